@@ -1,0 +1,43 @@
+# flowpipe: every lab and the main job as make targets over the tools in src/bin/.
+# `make` runs the main job; `make test` runs the tests; `make bench` prints benchmark JSON.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+MAKEFLAGS += --no-builtin-rules
+.DEFAULT_GOAL := all
+
+CARGO ?= cargo
+# Where the tools are; the pipeline smoke test points this at the test build.
+BIN ?= target/release
+OUT ?= out
+# SMALL=1 shrinks every lab to seconds (used by the tests); FULL=1 uses the lab's sizes (GPU).
+SMALL ?=
+FULL ?=
+DEVICE ?= cpu
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: all build test bench clean
+all: lab1
+	@echo "outputs are under $(OUT)/"
+
+# Tools are built once; every pipeline stage depends on this stamp.
+TOOLS := $(BIN)/.built
+$(TOOLS): Cargo.toml Cargo.lock $(wildcard lib/*.rs lib/*/*.rs src/bin/*.rs)
+ifeq ($(BIN),target/release)
+	$(CARGO) build --release --locked --bins
+	@touch $@
+else
+	@test -x $(BIN)/sample-noise || { echo "no tools in BIN=$(BIN)"; exit 1; }
+	@touch $@
+endif
+
+build: $(TOOLS)
+
+test:
+	$(CARGO) test --locked --no-fail-fast
+
+clean:
+	rm -rf $(OUT)
+
+include $(sort $(wildcard pipelines/*.mk))

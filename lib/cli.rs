@@ -1,0 +1,99 @@
+//! The shared shape of every tool: common flags, and one `main` that prints errors and picks
+//! the exit code (0 ok or closed downstream pipe, 1 runtime error, 2 usage error).
+//!
+//! A tool is `#[derive(Parser)] struct Args { #[command(flatten)] common: Common, ... }`,
+//! a `run(args) -> Result<()>`, and `fn main() -> ExitCode { cli::main("tool", run) }`.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+use crate::device::DeviceArg;
+use crate::error::{is_broken_pipe, is_usage};
+use crate::Result;
+
+/// Flags every tool shares, defined once.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Output file; `-` writes to stdout
+    #[arg(short = 'o', long = "output", default_value = "-", value_name = "PATH")]
+    pub output: String,
+    /// Seed of every random stream; the same seed gives the same bytes
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where tensors are computed (cuda needs the `cuda` cargo feature)
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Worker threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print nothing on stderr but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Explain what is being done on stderr
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+}
+
+impl Common {
+    /// Applies `--threads` and opens `--device`. Call once, first thing in `run`.
+    pub fn setup(&self) -> Result<candle_core::Device> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                crate::usage_bail!("--threads must be at least 1");
+            }
+            set_threads(n);
+        }
+        self.device.open()
+    }
+
+    /// Prints a line on stderr when `-v` is given.
+    pub fn explain(&self, msg: impl AsRef<str>) {
+        if self.verbose {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// Prints a line on stderr unless `-q` is given.
+    pub fn say(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+}
+
+/// Limits candle's and our own worker pools to `n` threads.
+pub fn set_threads(n: usize) {
+    // candle's CPU kernels and gemm read RAYON_NUM_THREADS; our own loops use rayon's global pool.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
+
+/// Parses `A`, runs the tool, prints `tool: error: ...` on failure and returns the exit code.
+pub fn main<A: Parser>(tool: &str, run: impl FnOnce(A) -> Result<()>) -> ExitCode {
+    let args = A::parse(); // clap prints usage errors itself and exits with code 2
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e:#}");
+            if is_usage(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Parses a comma-separated list of numbers such as `1,28,28` or `-1,1`.
+pub fn parse_list<T: std::str::FromStr>(s: &str) -> std::result::Result<Vec<T>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<T>()
+                .map_err(|_| format!("'{p}' is not a number"))
+        })
+        .collect()
+}

@@ -1,0 +1,320 @@
+//! `.npy` arrays: the wire format between every pair of tools (NumPy format version 1-3).
+//!
+//! The header is parsed here first, so that a wrong dtype, a truncated body or an unexpected
+//! shape is reported with the file's name and what was expected and found; the body is then
+//! decoded by `ndarray-npy`. f32 is the working float; f64 input is accepted and converted
+//! (NumPy's default dtype), labels are i64 (i32/u8 accepted and widened).
+
+use anyhow::{anyhow, bail, Context};
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
+use std::io::Cursor;
+
+use super::{display_name, read_bytes, sniff, write_bytes, Format};
+use crate::Result;
+
+/// The parsed header of a `.npy` file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// NumPy dtype descriptor, e.g. `<f4`.
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+    /// Byte offset where the data starts.
+    pub data_offset: usize,
+}
+
+impl Header {
+    /// Size in bytes of one element, from the descriptor (`<f4` -> 4).
+    pub fn item_size(&self) -> Option<usize> {
+        self.descr.get(2..)?.parse().ok()
+    }
+
+    /// A readable dtype name: `float32`, `int64`, ...
+    pub fn dtype_name(&self) -> String {
+        dtype_name(&self.descr)
+    }
+}
+
+/// Maps a NumPy descriptor to the name NumPy users know.
+pub fn dtype_name(descr: &str) -> String {
+    let kind = descr.get(1..2).unwrap_or("");
+    let size: usize = descr.get(2..).and_then(|s| s.parse().ok()).unwrap_or(0);
+    match kind {
+        "f" => format!("float{}", size * 8),
+        "i" => format!("int{}", size * 8),
+        "u" => format!("uint{}", size * 8),
+        "b" => "bool".to_string(),
+        _ => descr.to_string(),
+    }
+}
+
+/// Formats a shape the way NumPy prints it: `(16, 1, 28, 28)`.
+pub fn shape_str(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Parses and validates the header of an in-memory `.npy` file named `name`.
+pub fn parse_header(bytes: &[u8], name: &str) -> Result<Header> {
+    let found = sniff(bytes);
+    if found != Format::Npy {
+        bail!("{name} is not a .npy file (found {found})");
+    }
+    if bytes.len() < 10 {
+        bail!("{name} is truncated: the .npy header is incomplete");
+    }
+    let major = bytes[6];
+    let (len, start) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                bail!("{name} is truncated: the .npy header is incomplete");
+            }
+            (
+                u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+                12,
+            )
+        }
+        v => bail!("{name}: unsupported .npy format version {v}"),
+    };
+    let end = start + len;
+    if bytes.len() < end {
+        bail!("{name} is truncated: the .npy header is incomplete");
+    }
+    let text = std::str::from_utf8(&bytes[start..end])
+        .map_err(|_| anyhow!("{name}: the .npy header is not text"))?;
+    let descr = dict_value(text, "descr")
+        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .ok_or_else(|| anyhow!("{name}: the .npy header has no 'descr'"))?;
+    let fortran_order = dict_value(text, "fortran_order")
+        .map(|v| v.trim() == "True")
+        .unwrap_or(false);
+    let shape_text = dict_value(text, "shape")
+        .ok_or_else(|| anyhow!("{name}: the .npy header has no 'shape'"))?;
+    let shape = shape_text
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("{name}: bad shape {shape_text} in the .npy header"))?;
+    let header = Header {
+        descr,
+        fortran_order,
+        shape,
+        data_offset: end,
+    };
+    if let Some(item) = header.item_size() {
+        let want = header.shape.iter().product::<usize>() * item;
+        let have = bytes.len() - end;
+        if have < want {
+            bail!(
+                "{name} is truncated: shape {} of {} needs {want} data bytes, found {have}",
+                shape_str(&header.shape),
+                header.dtype_name()
+            );
+        }
+    }
+    Ok(header)
+}
+
+/// Finds the raw text of `key`'s value in the header's Python dict literal.
+fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let at = text
+        .find(&format!("'{key}'"))
+        .or_else(|| text.find(&format!("\"{key}\"")))?;
+    let rest = &text[at + key.len() + 2..];
+    let rest = rest[rest.find(':')? + 1..].trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}']).unwrap_or(rest.len())
+    };
+    Some(rest[..end].trim())
+}
+
+fn decode<T: ReadableElement + Clone>(bytes: &[u8], name: &str) -> Result<ArrayD<T>> {
+    let arr = ArrayD::<T>::read_npy(Cursor::new(bytes))
+        .map_err(|e| anyhow!("{name}: cannot decode .npy: {e}"))?;
+    Ok(arr.as_standard_layout().into_owned())
+}
+
+/// Decodes an in-memory `.npy` into f32 (f32 as is, f64 converted).
+pub fn decode_f32(bytes: &[u8], name: &str) -> Result<ArrayD<f32>> {
+    let header = parse_header(bytes, name)?;
+    match header.descr.as_str() {
+        "<f4" | "|f4" => decode::<f32>(bytes, name),
+        "<f8" | "|f8" => Ok(decode::<f64>(bytes, name)?.mapv(|v| v as f32)),
+        _ => bail!(
+            "{name}: expected float32 (or float64) data, found {}",
+            header.dtype_name()
+        ),
+    }
+}
+
+/// Decodes an in-memory `.npy` of integer labels into i64 (i64, i32, u8 accepted).
+pub fn decode_i64(bytes: &[u8], name: &str) -> Result<ArrayD<i64>> {
+    let header = parse_header(bytes, name)?;
+    match header.descr.as_str() {
+        "<i8" => decode::<i64>(bytes, name),
+        "<i4" => Ok(decode::<i32>(bytes, name)?.mapv(i64::from)),
+        "|u1" | "<u1" => Ok(decode::<u8>(bytes, name)?.mapv(i64::from)),
+        _ => bail!(
+            "{name}: expected int64 labels, found {}",
+            header.dtype_name()
+        ),
+    }
+}
+
+/// Decodes an in-memory `.npy` of bytes (u8).
+pub fn decode_u8(bytes: &[u8], name: &str) -> Result<ArrayD<u8>> {
+    let header = parse_header(bytes, name)?;
+    match header.descr.as_str() {
+        "|u1" | "<u1" => decode::<u8>(bytes, name),
+        _ => bail!("{name}: expected uint8 data, found {}", header.dtype_name()),
+    }
+}
+
+/// Reads an f32 array from a path or stdin (`-`).
+pub fn read_f32(path: &str) -> Result<ArrayD<f32>> {
+    decode_f32(&read_bytes(path)?, &display_name(path))
+}
+
+/// Reads i64 labels from a path or stdin (`-`).
+pub fn read_i64(path: &str) -> Result<ArrayD<i64>> {
+    decode_i64(&read_bytes(path)?, &display_name(path))
+}
+
+/// Reads a u8 array from a path or stdin (`-`).
+pub fn read_u8(path: &str) -> Result<ArrayD<u8>> {
+    decode_u8(&read_bytes(path)?, &display_name(path))
+}
+
+/// Serialises an array as `.npy` bytes (C order).
+pub fn encode<T: WritableElement + Clone>(arr: &ArrayD<T>) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(arr.len() * std::mem::size_of::<T>() + 128);
+    arr.as_standard_layout()
+        .write_npy(&mut out)
+        .context("encoding .npy")?;
+    Ok(out)
+}
+
+/// Writes an array to a path (atomically) or stdout (`-`).
+pub fn write<T: WritableElement + Clone>(path: &str, arr: &ArrayD<T>) -> Result<()> {
+    write_bytes(path, &encode(arr)?, true)
+}
+
+/// Builds an f32 array from a shape and row-major data.
+pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<ArrayD<f32>> {
+    ArrayD::from_shape_vec(IxDyn(shape), data).context("building an array")
+}
+
+/// Checks `shape` against a pattern such as `"N,2"`, `"N,C,H,W"` or `"N,..."`.
+///
+/// Numbers must match exactly, names match anything, and a trailing `...` matches any number
+/// of further axes. The error reads: `expected points (N, 2), got (16, 3) in x.npy`.
+pub fn expect_shape(shape: &[usize], pattern: &str, what: &str, name: &str) -> Result<()> {
+    let parts: Vec<&str> = pattern.split(',').map(str::trim).collect();
+    let open = parts.last() == Some(&"...");
+    let fixed = if open {
+        &parts[..parts.len() - 1]
+    } else {
+        &parts[..]
+    };
+    let rank_ok = if open {
+        shape.len() >= fixed.len()
+    } else {
+        shape.len() == fixed.len()
+    };
+    let dims_ok = rank_ok
+        && fixed
+            .iter()
+            .zip(shape)
+            .all(|(p, &d)| p.parse::<usize>().map_or(true, |want| want == d));
+    if !dims_ok {
+        bail!(
+            "expected {what} ({}), got {} in {name}",
+            parts.join(", "),
+            shape_str(shape)
+        );
+    }
+    Ok(())
+}
+
+/// Fails when any value is NaN or infinite, naming the file and the first bad index.
+pub fn expect_finite(arr: &ArrayD<f32>, name: &str) -> Result<()> {
+    if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{name} holds a non-finite value ({}) at flat index {i}",
+            arr.as_slice().map_or(f32::NAN, |s| s[i])
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_f32_and_i64() {
+        let a = from_vec(&[2, 3], (0..6).map(|v| v as f32 * 0.5).collect()).unwrap();
+        let bytes = encode(&a).unwrap();
+        assert_eq!(decode_f32(&bytes, "a").unwrap(), a);
+        let l = ArrayD::from_shape_vec(IxDyn(&[4]), vec![3i64, -1, 0, 9]).unwrap();
+        assert_eq!(decode_i64(&encode(&l).unwrap(), "l").unwrap(), l);
+        let e = ArrayD::<f32>::zeros(IxDyn(&[0, 2]));
+        assert_eq!(
+            decode_f32(&encode(&e).unwrap(), "e").unwrap().shape(),
+            &[0, 2]
+        );
+    }
+
+    #[test]
+    fn f64_is_converted_and_wrong_dtype_named() {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2]), vec![1.5f64, -2.0]).unwrap();
+        let b = decode_f32(&encode(&a).unwrap(), "a.npy").unwrap();
+        assert_eq!(b.as_slice().unwrap(), &[1.5f32, -2.0]);
+        let l = ArrayD::from_shape_vec(IxDyn(&[2]), vec![1i64, 2]).unwrap();
+        let err = decode_f32(&encode(&l).unwrap(), "l.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("l.npy") && err.contains("int64"), "{err}");
+    }
+
+    #[test]
+    fn truncated_file_is_named() {
+        let a = from_vec(&[4, 4], vec![0.0; 16]).unwrap();
+        let bytes = encode(&a).unwrap();
+        let err = decode_f32(&bytes[..bytes.len() - 5], "x.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.npy is truncated") && err.contains("(4, 4)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shape_patterns() {
+        assert!(expect_shape(&[5, 2], "N,2", "points", "x").is_ok());
+        assert!(expect_shape(&[5, 1, 28, 28], "N,...", "batch", "x").is_ok());
+        let err = expect_shape(&[16, 1, 28, 28], "N,4,8,8", "latents", "x.npy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "expected latents (N, 4, 8, 8), got (16, 1, 28, 28) in x.npy"
+        );
+        assert!(expect_shape(&[5], "N,2", "points", "x").is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! NumPy reads what we write and we read what NumPy writes; Python's safetensors loads our
+//! model files with their config. CI installs numpy and safetensors (.ci/run).
+
+use crate::common::*;
+use flowpipe::io::{model, npy};
+use ndarray::{ArrayD, IxDyn};
+use std::process::Command;
+
+fn python(code: &str) -> String {
+    assert!(
+        python_with(&["numpy", "safetensors"]),
+        "the interop tests need python3 with numpy and safetensors: \
+         python3 -m pip install numpy safetensors"
+    );
+    let out = Command::new("python3").args(["-c", code]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn we_read_what_numpy_writes() {
+    let dir = tmp();
+    let d = dir.path().to_string_lossy().into_owned();
+    python(&format!(
+        r#"
+import numpy as np
+np.save("{d}/f1.npy", np.arange(5, dtype=np.float32) * 0.5)
+np.save("{d}/f4.npy", np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))
+np.save("{d}/f64.npy", np.array([[1.5, -2.0]]))
+np.save("{d}/i64.npy", np.array([3, -1, 7], dtype=np.int64))
+np.save("{d}/u8.npy", np.arange(6, dtype=np.uint8).reshape(2, 3))
+np.save("{d}/empty.npy", np.zeros((0, 2), dtype=np.float32))
+np.save("{d}/fortran.npy", np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)))
+"#
+    ));
+    let f1 = npy::read_f32(&format!("{d}/f1.npy")).unwrap();
+    assert_eq!(f1.as_slice().unwrap(), &[0.0, 0.5, 1.0, 1.5, 2.0]);
+    let f4 = npy::read_f32(&format!("{d}/f4.npy")).unwrap();
+    assert_eq!(f4.shape(), &[2, 3, 2, 2]);
+    assert_eq!(f4[[1, 2, 1, 0]], 22.0);
+    let f64 = npy::read_f32(&format!("{d}/f64.npy")).unwrap();
+    assert_eq!(f64.as_slice().unwrap(), &[1.5, -2.0]);
+    let i = npy::read_i64(&format!("{d}/i64.npy")).unwrap();
+    assert_eq!(i.as_slice().unwrap(), &[3, -1, 7]);
+    let u = npy::read_u8(&format!("{d}/u8.npy")).unwrap();
+    assert_eq!(u[[1, 2]], 5);
+    let e = npy::read_f32(&format!("{d}/empty.npy")).unwrap();
+    assert_eq!(e.shape(), &[0, 2]);
+    let f = npy::read_f32(&format!("{d}/fortran.npy")).unwrap();
+    assert_eq!(f.as_slice().unwrap(), &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+}
+
+#[test]
+fn numpy_reads_what_we_write() {
+    let dir = tmp();
+    let d = dir.path().to_string_lossy().into_owned();
+    let f = ArrayD::from_shape_vec(
+        IxDyn(&[2, 1, 2, 3]),
+        (0..12).map(|v| v as f32 - 3.5).collect(),
+    )
+    .unwrap();
+    npy::write(&format!("{d}/f.npy"), &f).unwrap();
+    let i = ArrayD::from_shape_vec(IxDyn(&[3]), vec![9i64, 0, -4]).unwrap();
+    npy::write(&format!("{d}/i.npy"), &i).unwrap();
+    let u = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0u8, 1, 254, 255]).unwrap();
+    npy::write(&format!("{d}/u.npy"), &u).unwrap();
+    let e = ArrayD::<f32>::zeros(IxDyn(&[0, 3]));
+    npy::write(&format!("{d}/e.npy"), &e).unwrap();
+    let out = python(&format!(
+        r#"
+import numpy as np
+f = np.load("{d}/f.npy"); i = np.load("{d}/i.npy"); u = np.load("{d}/u.npy"); e = np.load("{d}/e.npy")
+assert f.dtype == np.float32 and f.shape == (2, 1, 2, 3), (f.dtype, f.shape)
+assert np.array_equal(f.ravel(), np.arange(12, dtype=np.float32) - 3.5)
+assert i.dtype == np.int64 and list(i) == [9, 0, -4]
+assert u.dtype == np.uint8 and u.tolist() == [[0, 1], [254, 255]]
+assert e.dtype == np.float32 and e.shape == (0, 3)
+print("ok")
+"#
+    ));
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn python_safetensors_loads_a_model_file() {
+    let dir = tmp();
+    let p = path(&dir, "m.safetensors");
+    let w =
+        candle_core::Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &candle_core::Device::Cpu).unwrap();
+    let config = serde_json::json!({"kind": "velocity", "arch": "mlp", "hidden": [64, 64]});
+    model::save(&p, &config, &[("net.0.weight".to_string(), w)]).unwrap();
+    let out = python(&format!(
+        r#"
+import json
+from safetensors import safe_open
+with safe_open("{p}", framework="numpy") as f:
+    meta = f.metadata()
+    cfg = json.loads(meta["flowpipe"])
+    assert meta["kind"] == "velocity" and cfg["kind"] == "velocity" and cfg["hidden"] == [64, 64]
+    assert cfg["time_convention"].startswith("t=0 noise")
+    w = f.get_tensor("net.0.weight")
+    assert w.tolist() == [[1.0, 2.0], [3.0, 4.0]], w
+print("ok")
+"#
+    ));
+    assert_eq!(out.trim(), "ok");
+}

@@ -1,0 +1,7 @@
+//! The one integration-test binary: runs the real tools, pipes them together, and checks the
+//! conventions every tool shares. One module per issue's tools; helpers live in `common`.
+
+#[macro_use]
+mod common;
+mod foundation;
+mod interop;
