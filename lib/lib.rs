@@ -16,8 +16,10 @@
 //! Modules are named for the course's concepts; each opens with the equations it implements.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod noise;
 pub mod progress;
