@@ -21,6 +21,7 @@ pub mod error;
 pub mod io;
 pub mod noise;
 pub mod progress;
+pub mod render;
 pub mod rng;
 
 pub use error::{Result, UsageError};
