@@ -43,7 +43,7 @@ pub fn candidates() -> Vec<PathBuf> {
 /// Registers the first loadable candidate once per process; returns the file used, if any.
 pub fn loaded() -> Option<&'static PathBuf> {
     LOADED
-        .get_or_init(|| candidates().into_iter().find(|p| register(p)))
+        .get_or_init(|| candidates().into_iter().find(register))
         .as_ref()
 }
 

@@ -65,7 +65,7 @@ pub fn to_byte(v: f32, lo: f32, hi: f32) -> u8 {
     if v.is_nan() {
         return 0;
     }
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return 128;
     }
     (255.0 * ((v - lo) / (hi - lo)).clamp(0.0, 1.0)).round() as u8

@@ -33,7 +33,8 @@ use crate::Result;
 /// What to draw an array as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
-    /// From the shape (see [`auto_kind`]).
+    /// From the shape: rank 4 images, (N, T, 1|2) traj, other rank 3 images, (N, 2) scatter,
+    /// (N, 1) or (N,) hist1d
     Auto,
     /// Image grid: (N, C, H, W), C = 1 or 3, or (N, H, W).
     Images,
@@ -46,7 +47,8 @@ pub enum Kind {
     Hist1d,
     /// Trajectories (N, T, 1) or (N, T, 2).
     Traj,
-    /// Arrows from rows (x, y, u, v): (N, 4).
+    /// Arrows from rows (x, y, u, v): (N, 4), scaled so the longest spans 0.9 of the mean
+    /// spacing √(area/N) of N arrows over the bounds
     Quiver,
 }
 
