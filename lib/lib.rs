@@ -23,6 +23,7 @@ pub mod eval;
 pub mod io;
 pub mod noise;
 pub mod progress;
+pub mod render;
 pub mod rng;
 
 pub use error::{Result, UsageError};

@@ -6,3 +6,4 @@ mod common;
 mod foundation;
 mod interop;
 mod toydata;
+mod render;
