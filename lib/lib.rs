@@ -16,12 +16,16 @@
 //! Modules are named for the course's concepts; each opens with the equations it implements.
 
 pub mod cli;
+pub mod densities;
 pub mod device;
 pub mod error;
+pub mod fields;
 pub mod io;
 pub mod noise;
 pub mod progress;
 pub mod rng;
+pub mod solvers;
+pub mod spec;
 
 pub use error::{Result, UsageError};
 
