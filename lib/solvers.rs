@@ -306,6 +306,14 @@ pub fn solve(
             }
         }
     }
+    if !all_finite(&x)? {
+        bail!(
+            "the solution is not finite at t = {}: it blew up (steps too large for {}, or an \
+             unstable field)",
+            grid[grid.len() - 1],
+            field.describe()
+        );
+    }
     let trajectory = if opts.save_every.is_some() {
         Some(Tensor::stack(&saved, 1)?)
     } else {
@@ -449,8 +457,9 @@ impl<'a> Dopri5<'a> {
         while (target - self.t) * dir > 0.0 {
             if stats.accepted + stats.rejected >= self.opts.max_steps {
                 bail!(
-                    "dopri5 took {} steps and reached t = {} of {target}: the problem is stiff or \
-                     the tolerance too tight (raise --rtol/--atol or use a fixed-step solver)",
+                    "dopri5 took {} steps and reached t = {} of {target}: the solution may blow up, \
+                     the problem be stiff or the tolerance too tight (f32 holds about 7 digits; raise --rtol/--atol or use a \
+                     fixed-step solver)",
                     self.opts.max_steps,
                     self.t
                 );
@@ -536,6 +545,16 @@ fn error_norm(e: &Tensor, y0: &Tensor, y1: &Tensor, opts: &SolveOptions) -> Resu
     rms_max(&(e / scale)?)
 }
 
+/// Whether every element of `x` is finite (one reduction: NaN and ±inf poison a sum).
+fn all_finite(x: &Tensor) -> Result<bool> {
+    let sum = x
+        .to_dtype(DType::F64)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(sum.is_finite())
+}
+
 /// max over samples of the RMS of each sample's elements.
 fn rms_max(r: &Tensor) -> Result<f64> {
     let n = r.dims().first().copied().unwrap_or(1).max(1);
@@ -548,8 +567,16 @@ fn rms_max(r: &Tensor) -> Result<f64> {
         .reshape((n, per))?
         .sqr()?
         .mean(1)?
-        .max(0)?;
-    Ok(ms.to_scalar::<f64>()?.sqrt())
+        .to_vec1::<f64>()?;
+    // A NaN (a sample that blew up) must win the max, so that the step is rejected.
+    let worst = ms.iter().fold(0.0f64, |m, &v| {
+        if v.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    });
+    Ok(worst.sqrt())
 }
 
 /// The starting step size of Hairer, Nørsett & Wanner (II.4): a step that makes an Euler step's
@@ -758,6 +785,25 @@ mod tests {
             assert!((x - want).abs() < 1e-7, "t {t}: {x} vs {want}");
         }
         assert!(sol.stats.accepted > 4);
+        // A solution that blows up is an error, not a file of infinities.
+        let up = Linear { theta: -100.0 };
+        let x32 = Tensor::new(&[[1.0f32], [2.0]], &cpu()).unwrap();
+        let loose = SolveOptions {
+            rtol: 1e-4,
+            atol: 1e-4,
+            max_steps: 2000,
+            ..opts.clone()
+        };
+        let err = solve(&up, &x32, &[0.0, 2.0], &loose, None).err().unwrap();
+        assert!(err.to_string().contains("blow up"), "{err}");
+        let euler = SolveOptions {
+            method: Method::Euler,
+            ..Default::default()
+        };
+        let err = solve(&up, &x32, &uniform_grid(0.0, 2.0, 100), &euler, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("blew up"), "{err}");
         let tight = SolveOptions {
             max_steps: 3,
             ..opts
