@@ -35,7 +35,8 @@ Density specs: `gaussian:mean=0;0,std=1` (diagonal: `std=1;2`; `dim=D` broadcast
 `random_2d:nmodes=5,std=0.75,scale=15,seed=3` (means uniform in [-scale/2, scale/2]^2), \
 `symmetric_2d:nmodes=5,std=1,scale=10` (means on a circle of radius scale), both with an \
 optional `offset=X` shifting the means along x; or JSON, inline or in a file: \
-{\"density\": \"mixture\", \"weights\": [..], \"means\": [[..], ..], \"stds\": s | [s_k] | [[..], ..]} \
+{\"density\": \"mixture\", \"weights\": [..], \"means\": [[..], ..], \
+\"stds\": s | [s_k] | [[..], ..]} \
 or any shorthand above as {\"density\": \"gaussian\", \"mean\": [0, 0], \"std\": 1}.";
 
 /// A probability density on R^D with its exact score.

@@ -20,10 +20,11 @@
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
+use ndarray::ArrayD;
 use serde_json::{Map, Value};
 
 use crate::densities::{self, Density};
-use crate::io::{self, model, Format};
+use crate::io::{self, model, npy, Format};
 use crate::spec::{self, Keys};
 use crate::Result;
 
@@ -139,6 +140,25 @@ impl Field for Langevin {
     }
 }
 
+/// Checks initial states `x` (N, ...) from `name` for `field`: N >= 1, every value finite, and
+/// the per-sample shape the field expects, e.g. `expected initial states for langevin(...)
+/// (N, 2), got (16, 3) in x0.npy`.
+pub fn check_states(field: &dyn Field, x: &ArrayD<f32>, name: &str) -> Result<()> {
+    if x.ndim() == 0 || x.shape()[0] == 0 {
+        bail!(
+            "expected initial states (N, ...) with N >= 1, got {} in {name}",
+            npy::shape_str(x.shape())
+        );
+    }
+    npy::expect_finite(x, name)?;
+    if let Some(shape) = field.sample_shape() {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let what = format!("initial states for {}", field.describe());
+        npy::expect_shape(x.shape(), &format!("N,{}", dims.join(",")), &what, name)?;
+    }
+    Ok(())
+}
+
 /// What a field spec may add besides its own text (flags of the tool that loads it).
 #[derive(Clone, Debug, Default)]
 pub struct FieldOptions {
@@ -188,6 +208,8 @@ pub fn from_model(
     _opts: &FieldOptions,
     _device: &Device,
 ) -> Result<Box<dyn Field>> {
+    // Learned velocity/score models and guided fields are added here, one arm per kind.
+    #[allow(clippy::match_single_binding)]
     match m.kind() {
         kind => bail!(
             "{}: model kind {kind} is not supported as a field yet",
@@ -223,10 +245,14 @@ pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dy
             let sigma = sigma(&mut k)?;
             let density = match (k.raw("density"), &opts.density) {
                 (Some(_), Some(_)) => {
-                    bail!("field langevin: give its density in the spec or with --density, not both")
+                    bail!(
+                        "field langevin: give its density in the spec or with --density, \
+                         not both"
+                    )
                 }
                 (None, None) => bail!(
-                    "field langevin needs a density: `langevin:sigma=S,density=SPEC` or --density SPEC"
+                    "field langevin needs a density: `langevin:sigma=S,density=SPEC` or \
+                     --density SPEC"
                 ),
                 (Some(Value::Object(o)), None) => densities::from_json(o)?,
                 (Some(Value::String(s)), None) => densities::from_spec(s)?,

@@ -129,6 +129,17 @@ pub fn check_grid(grid: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// Reads a time grid, a (T,) .npy of strictly monotone times (f32 or f64), naming the file in
+/// errors.
+pub fn read_grid(path: &str) -> Result<Vec<f64>> {
+    let t = crate::io::npy::read_f32(path)?;
+    let name = crate::io::display_name(path);
+    crate::io::npy::expect_shape(t.shape(), "T", "a time grid", &name)?;
+    let grid: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+    check_grid(&grid).map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok(grid)
+}
+
 /// Whether `field` has noise anywhere on `grid` (then it needs an SDE solver).
 pub fn is_stochastic(field: &dyn Field, grid: &[f64]) -> bool {
     grid.iter().any(|&t| field.diffusion(t) != 0.0)
@@ -457,9 +468,9 @@ impl<'a> Dopri5<'a> {
         while (target - self.t) * dir > 0.0 {
             if stats.accepted + stats.rejected >= self.opts.max_steps {
                 bail!(
-                    "dopri5 took {} steps and reached t = {} of {target}: the solution may blow up, \
-                     the problem be stiff or the tolerance too tight (f32 holds about 7 digits; raise --rtol/--atol or use a \
-                     fixed-step solver)",
+                    "dopri5 took {} steps and reached t = {} of {target}: the solution may \
+                     blow up, the problem be stiff or the tolerance too tight (f32 holds about \
+                     7 digits; raise --rtol/--atol or use a fixed-step solver)",
                     self.opts.max_steps,
                     self.t
                 );

@@ -43,7 +43,8 @@ L1_GRID_SIGMAS := 1 2 10
 L1_GRID_DS := 0.25 1 4
 # Row-major over D (rows) then sigma (columns), as the course draws them.
 L1_GRID_RUNS := $(foreach d,$(L1_GRID_DS),$(foreach s,$(L1_GRID_SIGMAS),s$(s)_d$(d)))
-L1_GRID_TITLES := $(subst $(L1_SPACE),;,$(foreach d,$(L1_GRID_DS),$(foreach s,$(L1_GRID_SIGMAS),sigma=$(s),D=$(d))))
+L1_GRID_TITLES := $(subst $(L1_SPACE),;,$(strip $(foreach d,$(L1_GRID_DS),\
+	$(foreach s,$(L1_GRID_SIGMAS),sigma=$(s),D=$(d)))))
 
 L1_DATA := $(L1)/brownian.traj.npy $(L1)/brownian.x1.npy \
 	$(foreach s,$(L1_OU_SIGMAS),$(L1)/ou-sigma$(s).traj.npy) \
@@ -97,29 +98,29 @@ $(L1)/target-density.npy: $(TOOLS) | $(L1)
 $(L1)/target-samples.npy: $(TOOLS) | $(L1)
 	density sample -d $(L1_TARGET) -n $(L1_LANG_N) --seed $(LAB1_SEED) -o $@
 
-# Figures.
-$(L1)/brownian-paths.png: $(L1)/brownian.traj.npy
+# Figures, drawn by render-grid.
+$(L1)/brownian-paths.png: $(L1)/brownian.traj.npy $(TOOLS)
 	render-grid $< --kind traj --t0 0 --t1 5 --max-lines 20 --title "Brownian motion, sigma = 1" -o $@
 
-$(L1)/brownian-hist.png: $(L1)/brownian.x1.npy
+$(L1)/brownian-hist.png: $(L1)/brownian.x1.npy $(TOOLS)
 	render-grid $< --kind hist1d --bins 50 --title "W_5 over $(L1_BM_N) paths (variance 5)" -o $@
 
-$(L1)/brownian.png: $(L1)/brownian-paths.png $(L1)/brownian-hist.png
-	render-grid $^ --panel-cols 2 -o $@
+$(L1)/brownian.png: $(L1)/brownian-paths.png $(L1)/brownian-hist.png $(TOOLS)
+	render-grid $(filter-out $(TOOLS),$^) --panel-cols 2 -o $@
 
-$(L1)/ou.png: $(foreach s,$(L1_OU_SIGMAS),$(L1)/ou-sigma$(s).traj.npy)
-	render-grid $^ --kind traj --t0 0 --t1 20 --panel-cols 4 \
+$(L1)/ou.png: $(foreach s,$(L1_OU_SIGMAS),$(L1)/ou-sigma$(s).traj.npy) $(TOOLS)
+	render-grid $(filter-out $(TOOLS),$^) --kind traj --t0 0 --t1 20 --panel-cols 4 \
 		--titles "$(subst $(L1_SPACE),;,$(foreach s,$(L1_OU_SIGMAS),sigma=$(s)))" \
 		--title "OU processes, theta = 0.25" -o $@
 
-$(L1)/ou-grid.png: $(foreach r,$(L1_GRID_RUNS),$(L1)/ou-grid-$(r).traj.npy)
-	render-grid $^ --kind traj --t0 0 --t1 10 --panel-cols 3 --titles "$(L1_GRID_TITLES)" \
-		--title "OU with D = sigma^2/(2 theta); time axis sigma^2 t" -o $@
+$(L1)/ou-grid.png: $(foreach r,$(L1_GRID_RUNS),$(L1)/ou-grid-$(r).traj.npy) $(TOOLS)
+	render-grid $(filter-out $(TOOLS),$^) --kind traj --t0 0 --t1 10 --panel-cols 3 \
+		--titles "$(L1_GRID_TITLES)" --title "OU with D = sigma^2/(2 theta); time axis sigma^2 t" -o $@
 
-$(L1)/langevin.png: $(L1)/langevin.traj.npy $(L1)/target-density.npy
+$(L1)/langevin.png: $(L1)/langevin.traj.npy $(L1)/target-density.npy $(TOOLS)
 	render-grid $< --snapshots 6 --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \
 		--title "Langevin dynamics, sigma = 0.6, t from 0 to 5" -o $@
 
-$(L1)/target.png: $(L1)/target-samples.npy $(L1)/target-density.npy
+$(L1)/target.png: $(L1)/target-samples.npy $(L1)/target-density.npy $(TOOLS)
 	render-grid $< --kind scatter --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \
 		--title "Target: random_2D(5 modes, std 0.75, scale 15, seed 3)" -o $@

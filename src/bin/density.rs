@@ -133,7 +133,10 @@ fn run(args: Args) -> Result<()> {
             };
             let b = match bounds[..] {
                 [x0, x1, y0, y1] if x0 < x1 && y0 < y1 => [x0, x1, y0, y1],
-                _ => usage_bail!("--bounds must be XMIN,XMAX,YMIN,YMAX with XMIN < XMAX and YMIN < YMAX, got {bounds:?}"),
+                _ => usage_bail!(
+                    "--bounds must be XMIN,XMAX,YMIN,YMAX with XMIN < XMAX and YMIN < YMAX, \
+                     got {bounds:?}"
+                ),
             };
             if d.dim() != 2 {
                 usage_bail!(

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 /// Simulate dX = u_t(X) dt + sigma_t dW from initial states X_0 (N, ...) and write X_1.
 ///
 /// Prints one JSON line of statistics (field evaluations, accepted and rejected steps) on
-/// stderr, or into --log. The same --seed gives the same paths however --batch splits N.
+/// stderr (not with -q), or into --log. The same --seed gives the same paths however --batch
+/// splits N.
 #[derive(Parser, Debug)]
 #[command(
     name = "simulate-sde",
@@ -94,29 +95,7 @@ fn run(args: Args) -> Result<()> {
             flowpipe::io::display_name(&args.input),
         ),
     };
-    if x0.ndim() == 0 || x0.shape()[0] == 0 {
-        anyhow::bail!(
-            "expected initial states (N, ...) with N >= 1, got {} in {name}",
-            npy::shape_str(x0.shape())
-        );
-    }
-    npy::expect_finite(&x0, &name)?;
-    if let Some(shape) = field.sample_shape() {
-        let pattern = format!(
-            "N,{}",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        npy::expect_shape(
-            x0.shape(),
-            &pattern,
-            &format!("initial states for {}", field.describe()),
-            &name,
-        )?;
-    }
+    fields::check_states(field.as_ref(), &x0, &name)?;
     let grid = time_grid(&args)?;
     let stochastic = solvers::is_stochastic(field.as_ref(), &grid);
     let method = args.solver.resolve(stochastic, &field.describe())?;
@@ -133,7 +112,8 @@ fn run(args: Args) -> Result<()> {
     let batch = args.batch.unwrap_or(n);
     let batches = n.div_ceil(batch);
     args.common.explain(format!(
-        "simulating {} with {} from t = {} to {} ({} grid intervals), {n} samples in {batches} batches",
+        "simulating {} with {} from t = {} to {} ({} grid intervals), {n} samples in \
+         {batches} batches",
         field.describe(),
         method.name(),
         grid[0],
@@ -162,7 +142,8 @@ fn run(args: Args) -> Result<()> {
     let line = json!({
         "tool": "simulate-sde", "field": field.describe(), "solver": method.name(), "n": n,
         "t0": grid[0], "t1": grid[grid.len() - 1], "grid_intervals": grid.len() - 1,
-        "batches": batches, "nfe": stats.nfe, "accepted": stats.accepted, "rejected": stats.rejected,
+        "batches": batches, "nfe": stats.nfe, "accepted": stats.accepted,
+        "rejected": stats.rejected,
     });
     match &args.log {
         Some(p) => JsonLog::open(Some(p))?.line(&line),
@@ -199,14 +180,7 @@ fn check_flags(a: &Args) -> Result<()> {
 /// The grid from --times, or uniform from --t0 to --t1 (see --steps for its default).
 fn time_grid(a: &Args) -> Result<Vec<f64>> {
     match &a.times {
-        Some(path) => {
-            let t = npy::read_f32(path)?;
-            let name = flowpipe::io::display_name(path);
-            npy::expect_shape(t.shape(), "T", "a time grid", &name)?;
-            let grid: Vec<f64> = t.iter().map(|&v| v as f64).collect();
-            solvers::check_grid(&grid).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            Ok(grid)
-        }
+        Some(path) => solvers::read_grid(path),
         None => {
             let default = if a.solver == Method::Dopri5 { 1 } else { 100 };
             Ok(solvers::uniform_grid(
