@@ -20,11 +20,17 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod densities;
+pub mod device;
+pub mod error;
+pub mod fields;
 pub mod io;
 pub mod noise;
 pub mod progress;
 pub mod render;
 pub mod rng;
+pub mod solvers;
+pub mod spec;
 
 pub use error::{Result, UsageError};
 

@@ -7,3 +7,4 @@ mod foundation;
 mod interop;
 mod toydata;
 mod render;
+mod lab1;

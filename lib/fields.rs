@@ -1,0 +1,355 @@
+//! Vector fields and SDEs: what the solvers integrate (notes section 2).
+//!
+//! An ODE is dX_t = u_t(X_t) dt (notes eq. 1); an SDE adds noise, dX_t = u_t(X_t) dt +
+//! σ_t dW_t (notes eq. 6). A [`Field`] gives the drift u_t(x) on a batch of candle tensors
+//! (so learned fields run on any device) and the diffusion coefficient σ_t (0 for an ODE).
+//!
+//! Analytic fields of Lab 1:
+//! - `brownian` (mu, sigma): u = mu (a constant drift on every coordinate), σ = sigma;
+//!   with mu = 0 this is Brownian motion scaled by sigma (notes section 2.1).
+//! - `ou` (theta, sigma): the Ornstein-Uhlenbeck process u = -theta x, σ = sigma (notes
+//!   Example 7); its stationary law is N(0, sigma²/(2 theta)).
+//! - `linear` (theta): the ODE u = -theta x, whose solution x_0 e^{-theta t} the convergence
+//!   tests measure against.
+//! - `langevin` (sigma, density): u = (sigma²/2) ∇ log p(x), σ = sigma (notes eq. 11); p is
+//!   its stationary law. For a Gaussian p it is an OU process (notes Remark 20).
+//!
+//! [`from_spec`] turns a spec (shorthand `name:key=val,...`, JSON, or a model file recognised
+//! by its magic bytes) into a field; model files are dispatched on their kind in one place,
+//! [`from_model`], where learned and guided fields plug in.
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use ndarray::ArrayD;
+use serde_json::{Map, Value};
+
+use crate::densities::{self, Density};
+use crate::io::{self, model, npy, Format};
+use crate::spec::{self, Keys};
+use crate::Result;
+
+/// The spec forms a field accepts, for `--help` texts.
+pub const SPEC_HELP: &str = "\
+Field specs: `brownian:sigma=1,mu=0` (dX = mu dt + sigma dW), `ou:theta=1,sigma=1` \
+(dX = -theta X dt + sigma dW), `linear:theta=1` (the ODE dX = -theta X dt), \
+`langevin:sigma=1,density=SPEC` (dX = sigma^2/2 grad log p(X) dt + sigma dW; `density=` must \
+come last and takes the rest of the text, or use --density); the values shown are the \
+defaults. Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
+with \"density\" a spec string or object; or a .safetensors model file.";
+
+/// A vector field u_t(x) with a diffusion coefficient σ_t: dX_t = u_t(X_t) dt + σ_t dW_t.
+pub trait Field {
+    /// The drift u_t(x) at time `t` of a batch `x` (N, ...) -> (N, ...), same dtype and device.
+    fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor>;
+    /// σ_t; 0 for an ODE.
+    fn diffusion(&self, t: f64) -> f64;
+    /// A short description for logs, e.g. `ou(theta=0.25, sigma=0.5)`.
+    fn describe(&self) -> String;
+    /// The shape of one sample the field expects (e.g. `[2]`), or `None` for any shape.
+    fn sample_shape(&self) -> Option<Vec<usize>>;
+}
+
+/// dX = mu dt + sigma dW.
+#[derive(Clone, Copy, Debug)]
+pub struct Brownian {
+    pub mu: f64,
+    pub sigma: f64,
+}
+
+impl Field for Brownian {
+    fn drift(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        x.zeros_like()?.affine(1.0, self.mu)
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        self.sigma
+    }
+    fn describe(&self) -> String {
+        format!("brownian(mu={}, sigma={})", self.mu, self.sigma)
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// Ornstein-Uhlenbeck: dX = -theta X dt + sigma dW.
+#[derive(Clone, Copy, Debug)]
+pub struct Ou {
+    pub theta: f64,
+    pub sigma: f64,
+}
+
+impl Field for Ou {
+    fn drift(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        x.affine(-self.theta, 0.0)
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        self.sigma
+    }
+    fn describe(&self) -> String {
+        format!("ou(theta={}, sigma={})", self.theta, self.sigma)
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// The linear ODE dX = -theta X dt, solved by x_0 e^{-theta t}.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub theta: f64,
+}
+
+impl Field for Linear {
+    fn drift(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        x.affine(-self.theta, 0.0)
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        0.0
+    }
+    fn describe(&self) -> String {
+        format!("linear(theta={})", self.theta)
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// Langevin dynamics dX = (sigma²/2) ∇ log p(X) dt + sigma dW, whose stationary law is p.
+pub struct Langevin {
+    pub sigma: f64,
+    pub density: Box<dyn Density>,
+}
+
+impl Field for Langevin {
+    fn drift(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        densities::score_tensor(self.density.as_ref(), x)?
+            .affine(0.5 * self.sigma * self.sigma, 0.0)
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        self.sigma
+    }
+    fn describe(&self) -> String {
+        format!(
+            "langevin(sigma={}, {})",
+            self.sigma,
+            self.density.describe()
+        )
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.density.dim()])
+    }
+}
+
+/// Checks initial states `x` (N, ...) from `name` for `field`: N >= 1, every value finite, and
+/// the per-sample shape the field expects, e.g. `expected initial states for langevin(...)
+/// (N, 2), got (16, 3) in x0.npy`.
+pub fn check_states(field: &dyn Field, x: &ArrayD<f32>, name: &str) -> Result<()> {
+    if x.ndim() == 0 || x.shape()[0] == 0 {
+        bail!(
+            "expected initial states (N, ...) with N >= 1, got {} in {name}",
+            npy::shape_str(x.shape())
+        );
+    }
+    npy::expect_finite(x, name)?;
+    if let Some(shape) = field.sample_shape() {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let what = format!("initial states for {}", field.describe());
+        npy::expect_shape(x.shape(), &format!("N,{}", dims.join(",")), &what, name)?;
+    }
+    Ok(())
+}
+
+/// What a field spec may add besides its own text (flags of the tool that loads it).
+#[derive(Clone, Debug, Default)]
+pub struct FieldOptions {
+    /// A density spec for `langevin` given apart from the field spec (`--density`).
+    pub density: Option<String>,
+}
+
+/// The analytic field names [`from_json`] knows.
+pub const KINDS: &[&str] = &["brownian", "ou", "linear", "langevin"];
+
+/// Builds a field from a spec: shorthand, inline JSON, a JSON file, or a `.safetensors` model
+/// file (told apart by magic bytes). Errors in a spec typed on the command line are usage
+/// errors (exit 2); errors in a file are input errors (exit 1).
+pub fn from_spec(spec: &str, device: &Device) -> Result<Box<dyn Field>> {
+    from_spec_with(spec, &FieldOptions::default(), device)
+}
+
+/// [`from_spec`] with the tool's extra options (e.g. `--density`).
+pub fn from_spec_with(spec: &str, opts: &FieldOptions, device: &Device) -> Result<Box<dyn Field>> {
+    if spec::is_file(spec) {
+        let bytes = io::read_bytes(spec)?;
+        if io::sniff(&bytes) == Format::Safetensors {
+            let m = model::decode(&bytes, spec, device)?;
+            return from_model(m, opts, device);
+        }
+    }
+    let built = spec::load_object(spec, "field", Some("density")).and_then(|obj| {
+        if !spec::is_file(spec) && !spec.trim_start().starts_with('{') {
+            let name = spec::kind(&obj, "field")?;
+            if !KINDS.contains(&name) {
+                bail!(
+                    "unknown field '{name}' (known: {}; or the path of a JSON spec or model \
+                     file, and no file {spec} exists)",
+                    KINDS.join(", ")
+                );
+            }
+        }
+        from_json(&obj, opts)
+    });
+    spec::blame(spec, built).with_context(|| format!("field spec '{spec}'"))
+}
+
+/// The one place a model file becomes a field, by its kind. Learned velocity/score models and
+/// guided fields plug in here.
+pub fn from_model(
+    m: model::ModelFile,
+    _opts: &FieldOptions,
+    _device: &Device,
+) -> Result<Box<dyn Field>> {
+    // Learned velocity/score models and guided fields are added here, one arm per kind.
+    #[allow(clippy::match_single_binding)]
+    match m.kind() {
+        kind => bail!(
+            "{}: model kind {kind} is not supported as a field yet",
+            m.name
+        ),
+    }
+}
+
+/// Builds an analytic field from a spec object `{"field": name, ...}`.
+pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dyn Field>> {
+    let name = spec::kind(obj, "field")?;
+    let mut k = Keys::new(obj, format!("field {name}"), "field");
+    let sigma = |k: &mut Keys| -> Result<f64> {
+        let s = k.num("sigma", Some(1.0))?;
+        if s < 0.0 {
+            bail!("field {name}: sigma must be >= 0, got {s}");
+        }
+        Ok(s)
+    };
+    let field: Box<dyn Field> = match name {
+        "brownian" => Box::new(Brownian {
+            mu: k.num("mu", Some(0.0))?,
+            sigma: sigma(&mut k)?,
+        }),
+        "ou" => Box::new(Ou {
+            theta: k.num("theta", Some(1.0))?,
+            sigma: sigma(&mut k)?,
+        }),
+        "linear" => Box::new(Linear {
+            theta: k.num("theta", Some(1.0))?,
+        }),
+        "langevin" => {
+            let sigma = sigma(&mut k)?;
+            let density = match (k.raw("density"), &opts.density) {
+                (Some(_), Some(_)) => {
+                    bail!(
+                        "field langevin: give its density in the spec or with --density, \
+                         not both"
+                    )
+                }
+                (None, None) => bail!(
+                    "field langevin needs a density: `langevin:sigma=S,density=SPEC` or \
+                     --density SPEC"
+                ),
+                (Some(Value::Object(o)), None) => densities::from_json(o)?,
+                (Some(Value::String(s)), None) => densities::from_spec(s)?,
+                (Some(v), None) => bail!("field langevin: 'density' must be a spec, got {v}"),
+                (None, Some(s)) => densities::from_spec(s)?,
+            };
+            Box::new(Langevin { sigma, density })
+        }
+        other => bail!("unknown field '{other}' (known: {})", KINDS.join(", ")),
+    };
+    k.finish()?;
+    Ok(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drift_of(f: &dyn Field, x: &[f32]) -> Vec<f32> {
+        let t = Tensor::new(x, &Device::Cpu)
+            .unwrap()
+            .reshape((x.len(), 1))
+            .unwrap();
+        f.drift(&t, 0.3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn analytic_drifts() {
+        let cpu = Device::Cpu;
+        let ou = from_spec("ou:theta=0.25,sigma=0.5", &cpu).unwrap();
+        assert_eq!(drift_of(ou.as_ref(), &[4.0, -2.0]), vec![-1.0, 0.5]);
+        assert_eq!(ou.diffusion(0.7), 0.5);
+        let b = from_spec("brownian:mu=2", &cpu).unwrap();
+        assert_eq!(drift_of(b.as_ref(), &[4.0, -2.0]), vec![2.0, 2.0]);
+        assert_eq!(b.diffusion(0.0), 1.0);
+        let l = from_spec(r#"{"field": "linear", "theta": 2}"#, &cpu).unwrap();
+        assert_eq!(drift_of(l.as_ref(), &[1.0]), vec![-2.0]);
+        assert_eq!(l.diffusion(0.0), 0.0);
+    }
+
+    #[test]
+    fn langevin_on_a_gaussian_is_ou() {
+        // p = N(0, s²): (sigma²/2)(-x/s²) = -theta x with theta = sigma²/(2 s²) (Remark 20).
+        let cpu = Device::Cpu;
+        let lang = from_spec("langevin:sigma=0.6,density=gaussian:mean=0,std=2", &cpu).unwrap();
+        let theta = 0.36 / (2.0 * 4.0);
+        let ou = Ou { theta, sigma: 0.6 };
+        let x = [3.0f32, -1.0, 0.25];
+        for (a, b) in drift_of(lang.as_ref(), &x).iter().zip(drift_of(&ou, &x)) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        assert_eq!(lang.sample_shape(), Some(vec![1]));
+        let opts = FieldOptions {
+            density: Some("gaussian:mean=0,std=2".into()),
+        };
+        let via_flag = from_spec_with("langevin:sigma=0.6", &opts, &cpu).unwrap();
+        assert_eq!(drift_of(via_flag.as_ref(), &x), drift_of(lang.as_ref(), &x));
+    }
+
+    #[test]
+    fn bad_specs_are_usage_errors_that_say_why() {
+        let cpu = Device::Cpu;
+        let cases = [
+            ("warp:speed=9", "unknown field 'warp'"),
+            ("ou:theta=1,sigma=-1", "sigma must be >= 0"),
+            ("ou:thta=1", "unknown key 'thta'"),
+            ("langevin:sigma=1", "needs a density"),
+        ];
+        for (s, want) in cases {
+            let err = from_spec(s, &cpu).err().expect(s);
+            assert!(crate::error::is_usage(&err), "{s}");
+            assert!(format!("{err:#}").contains(want), "{s}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn model_files_are_dispatched_on_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let p = p.to_str().unwrap();
+        let t = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        model::save(
+            p,
+            &serde_json::json!({"kind": "velocity"}),
+            &[("w".into(), t)],
+        )
+        .unwrap();
+        let err = from_spec(p, &Device::Cpu).err().unwrap();
+        assert!(!crate::error::is_usage(&err));
+        assert!(
+            format!("{err:#}").contains("model kind velocity is not supported as a field yet"),
+            "{err:#}"
+        );
+    }
+}

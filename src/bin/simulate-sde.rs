@@ -1,0 +1,197 @@
+//! simulate-sde: integrate an ODE or SDE (notes section 2) from X_0 at --t0 to X_1 at --t1.
+
+use clap::Parser;
+use flowpipe::cli::{self, Common};
+use flowpipe::fields::{self, FieldOptions};
+use flowpipe::io::npy;
+use flowpipe::progress::{JsonLog, Progress};
+use flowpipe::solvers::{self, Method, SolveOptions};
+use flowpipe::{usage_bail, Result};
+use serde_json::json;
+use std::process::ExitCode;
+
+/// Simulate dX = u_t(X) dt + sigma_t dW from initial states X_0 (N, ...) and write X_1.
+///
+/// Prints one JSON line of statistics (field evaluations, accepted and rejected steps) on
+/// stderr (not with -q), or into --log. The same --seed gives the same paths however --batch
+/// splits N.
+#[derive(Parser, Debug)]
+#[command(
+    name = "simulate-sde",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Example:\n  sample-noise -n 500 --shape 1 | simulate-sde --field ou:theta=0.25,sigma=0.5 \
+--t1 20 --steps 1000 --trajectory paths.npy -o x1.npy && render-grid paths.npy --t1 20 -o ou.png"
+)]
+struct Args {
+    /// Initial states X_0, an (N, ...) .npy; `-` reads stdin
+    #[arg(default_value = "-")]
+    input: String,
+    /// Make X_0 instead of reading it: `zeros:n=N,dim=D`, `const:n=N,dim=D,value=V`, or
+    /// `linspace:n=N,from=A,to=B` (N, 1)
+    #[arg(long, value_name = "SPEC", conflicts_with = "input")]
+    x0: Option<String>,
+    /// The vector field or SDE, e.g. `ou:theta=0.25,sigma=0.5` (--help lists the forms)
+    #[arg(long, value_name = "SPEC", long_help = fields::SPEC_HELP)]
+    field: String,
+    /// The density of a `langevin` field, instead of its `density=` key (see `density --help`)
+    #[arg(long, value_name = "SPEC")]
+    density: Option<String>,
+    /// Integration rule; auto is euler-maruyama for an SDE and euler for an ODE
+    #[arg(long, value_enum, default_value_t = Method::Auto)]
+    solver: Method,
+    /// Start time
+    #[arg(long, default_value_t = 0.0)]
+    t0: f64,
+    /// End time
+    #[arg(long, default_value_t = 1.0)]
+    t1: f64,
+    /// Steps from t0 to t1 [default: 100; 1 for dopri5, which picks its own steps and lands
+    /// exactly on each of these times, where --trajectory records]
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Time grid as a (T,) .npy of strictly monotone times, instead of --t0/--t1/--steps
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["t0", "t1", "steps"])]
+    times: Option<String>,
+    /// Relative tolerance of dopri5
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    /// Absolute tolerance of dopri5
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// dopri5 fails after this many (accepted + rejected) steps
+    #[arg(long, default_value_t = 100_000)]
+    max_steps: u64,
+    /// Also write the states along the way, (N, T', ...), to PATH
+    #[arg(long, value_name = "PATH")]
+    trajectory: Option<String>,
+    /// Keep every K-th state in --trajectory (the first and the last are always kept)
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    save_every: usize,
+    /// Samples integrated at once [default: all]
+    #[arg(long, value_name = "B")]
+    batch: Option<usize>,
+    /// Index of the first sample, whose Brownian stream it uses (to run a large set in parts)
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Write the statistics line to PATH instead of stderr
+    #[arg(long, value_name = "PATH")]
+    log: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.setup()?;
+    check_flags(&args)?;
+    let opts = FieldOptions {
+        density: args.density.clone(),
+    };
+    let field = fields::from_spec_with(&args.field, &opts, &device)?;
+    let (x0, name) = match &args.x0 {
+        Some(spec) => (solvers::initial_states(spec)?, "--x0".to_string()),
+        None => (
+            npy::read_f32(&args.input)?,
+            flowpipe::io::display_name(&args.input),
+        ),
+    };
+    fields::check_states(field.as_ref(), &x0, &name)?;
+    let grid = time_grid(&args)?;
+    let stochastic = solvers::is_stochastic(field.as_ref(), &grid);
+    let method = args.solver.resolve(stochastic, &field.describe())?;
+    let sopts = SolveOptions {
+        method,
+        rtol: args.rtol,
+        atol: args.atol,
+        max_steps: args.max_steps,
+        seed: args.common.seed,
+        first: args.first,
+        save_every: args.trajectory.as_ref().map(|_| args.save_every),
+    };
+    let n = x0.shape()[0];
+    let batch = args.batch.unwrap_or(n);
+    let batches = n.div_ceil(batch);
+    args.common.explain(format!(
+        "simulating {} with {} from t = {} to {} ({} grid intervals), {n} samples in \
+         {batches} batches",
+        field.describe(),
+        method.name(),
+        grid[0],
+        grid[grid.len() - 1],
+        grid.len() - 1
+    ));
+    let progress = Progress::new(
+        (batches * (grid.len() - 1)) as u64,
+        "steps",
+        args.common.quiet,
+    );
+    let (x1, traj, stats) = solvers::solve_batched(
+        field.as_ref(),
+        &x0,
+        &grid,
+        &sopts,
+        batch,
+        &device,
+        Some(&progress),
+    )?;
+    progress.finish();
+    if let (Some(path), Some(traj)) = (&args.trajectory, &traj) {
+        npy::write(path, traj)?;
+    }
+    npy::write(&args.common.output, &x1)?;
+    let line = json!({
+        "tool": "simulate-sde", "field": field.describe(), "solver": method.name(), "n": n,
+        "t0": grid[0], "t1": grid[grid.len() - 1], "grid_intervals": grid.len() - 1,
+        "batches": batches, "nfe": stats.nfe, "accepted": stats.accepted,
+        "rejected": stats.rejected,
+    });
+    match &args.log {
+        Some(p) => JsonLog::open(Some(p))?.line(&line),
+        None if !args.common.quiet => JsonLog::open(Some("-"))?.line(&line),
+        None => Ok(()),
+    }
+}
+
+/// Flag values that are wrong whatever the inputs (exit 2).
+fn check_flags(a: &Args) -> Result<()> {
+    if a.steps == Some(0) {
+        usage_bail!("--steps must be at least 1");
+    }
+    if a.save_every == 0 || a.batch == Some(0) {
+        usage_bail!("--save-every and --batch must be at least 1");
+    }
+    if !(a.t0.is_finite() && a.t1.is_finite()) || a.t0 == a.t1 {
+        usage_bail!(
+            "--t0 and --t1 must be finite and different, got {} and {}",
+            a.t0,
+            a.t1
+        );
+    }
+    if !(a.rtol > 0.0 && a.atol > 0.0) {
+        usage_bail!(
+            "--rtol and --atol must be positive, got {} and {}",
+            a.rtol,
+            a.atol
+        );
+    }
+    Ok(())
+}
+
+/// The grid from --times, or uniform from --t0 to --t1 (see --steps for its default).
+fn time_grid(a: &Args) -> Result<Vec<f64>> {
+    match &a.times {
+        Some(path) => solvers::read_grid(path),
+        None => {
+            let default = if a.solver == Method::Dopri5 { 1 } else { 100 };
+            Ok(solvers::uniform_grid(
+                a.t0,
+                a.t1,
+                a.steps.unwrap_or(default),
+            ))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main("simulate-sde", run)
+}
