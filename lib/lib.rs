@@ -21,8 +21,6 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod densities;
-pub mod device;
-pub mod error;
 pub mod fields;
 pub mod io;
 pub mod noise;
