@@ -16,6 +16,7 @@
 //! Modules are named for the course's concepts; each opens with the equations it implements.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod io;

@@ -1,0 +1,3 @@
+//! Data sets: real images imported from their standard files.
+
+pub mod import;
