@@ -231,11 +231,11 @@ pub fn parse_idx(bytes: &[u8], name: &str) -> Result<Idx> {
 }
 
 /// What an IDX magic number holds, for error messages.
-fn idx_kind(magic: u32) -> &'static str {
-    match magic {
-        IDX_IMAGES => "images",
-        IDX_LABELS => "labels",
-        _ => "unknown data",
+fn idx_kind(idx: &Idx) -> String {
+    match idx.magic {
+        IDX_IMAGES => "IDX images".to_string(),
+        IDX_LABELS => "IDX labels".to_string(),
+        _ => format!("a {}-dimensional IDX array", idx.dims.len()),
     }
 }
 
@@ -244,9 +244,8 @@ pub fn decode_idx_images(bytes: &[u8], name: &str) -> Result<ImageSet> {
     let idx = parse_idx(bytes, name)?;
     if idx.magic != IDX_IMAGES {
         bail!(
-            "{name} holds IDX {} of {} dimensions (magic 0x{:08x}), expected images (0x{IDX_IMAGES:08x})",
-            idx_kind(idx.magic),
-            idx.dims.len(),
+            "{name} holds {} (magic 0x{:08x}), expected images (0x{IDX_IMAGES:08x})",
+            idx_kind(&idx),
             idx.magic
         );
     }
@@ -270,9 +269,8 @@ pub fn decode_idx_labels(bytes: &[u8], name: &str) -> Result<Vec<i64>> {
     let idx = parse_idx(bytes, name)?;
     if idx.magic != IDX_LABELS {
         bail!(
-            "{name} holds IDX {} of {} dimensions (magic 0x{:08x}), expected labels (0x{IDX_LABELS:08x})",
-            idx_kind(idx.magic),
-            idx.dims.len(),
+            "{name} holds {} (magic 0x{:08x}), expected labels (0x{IDX_LABELS:08x})",
+            idx_kind(&idx),
             idx.magic
         );
     }
@@ -305,7 +303,7 @@ struct DigitFile {
 /// Converts one class's flat [0, 1] intensities into bytes, checking range and length.
 fn digit_bytes(values: &[f64], name: &str) -> Result<Vec<u8>> {
     let per = MNIST_SIDE * MNIST_SIDE;
-    if values.is_empty() || values.len() % per != 0 {
+    if values.is_empty() || !values.len().is_multiple_of(per) {
         bail!(
             "{name} holds {} values, not a positive multiple of {MNIST_SIDE}x{MNIST_SIDE} = {per}",
             values.len()
@@ -770,7 +768,7 @@ mod tests {
         let x = to_array(&s, a, Some(4)).unwrap();
         assert_eq!(x.shape(), &[1, 1, 4, 4]);
         // a 1x2 image centred in 4x4: row 1, columns 1..3; the rest is black = -1
-        let mut want = vec![-1.0f32; 16];
+        let mut want = [-1.0f32; 16];
         want[6] = 1.0;
         assert_eq!(x.as_slice().unwrap(), &want[..]);
         let u = Affine::choose(Normalize::Unit, &s).unwrap();

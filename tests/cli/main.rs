@@ -4,4 +4,5 @@
 #[macro_use]
 mod common;
 mod foundation;
+mod import;
 mod interop;
