@@ -551,7 +551,7 @@ pub fn labels_array(labels: &[i64]) -> ArrayD<i64> {
 
 /// Data sets that ship as IDX files under the standard names
 /// (`train-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dataset {
     FashionMnist,
     Mnist,
@@ -579,10 +579,16 @@ impl Dataset {
         dirs.push(Path::new("/usr/share/datasets").join(self.name()));
         dirs
     }
+
+    /// [`Dataset::search_dirs`] with `$FLOWPIPE_DATA` from the environment (empty = unset).
+    pub fn search_dirs_from_env(self) -> Vec<PathBuf> {
+        let env = std::env::var_os("FLOWPIPE_DATA").filter(|v| !v.is_empty());
+        self.search_dirs(env.as_deref().map(Path::new))
+    }
 }
 
 /// A split of a data set: IDX files `train-*` (60,000 samples) or `t10k-*` (10,000).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     Train,
     Test,

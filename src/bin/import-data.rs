@@ -38,10 +38,10 @@ struct Args {
     mnist_json: Option<String>,
     /// A data set found by name in $FLOWPIPE_DATA/NAME/, $FLOWPIPE_DATA/ or /usr/share/datasets/NAME/
     #[arg(long, value_enum)]
-    dataset: Option<DatasetArg>,
+    dataset: Option<Dataset>,
     /// Split of --dataset: train (60,000) or test (10,000) [default: train]
     #[arg(long, value_enum)]
-    split: Option<SplitArg>,
+    split: Option<Split>,
     /// Where to write the (N,) i64 labels [default: not written]
     #[arg(long, value_name = "PATH")]
     labels_out: Option<String>,
@@ -68,19 +68,6 @@ struct Args {
     limit: Option<usize>,
     #[command(flatten)]
     common: Common,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DatasetArg {
-    FashionMnist,
-    Mnist,
-    Kmnist,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SplitArg {
-    Train,
-    Test,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,19 +105,9 @@ fn read_source(args: &Args, common: &Common) -> Result<(Labelled, String)> {
         return Ok((import::read_mnist_json(path)?, path.clone()));
     }
     let (images, labels) = match args.dataset {
-        Some(d) => {
-            let dataset = match d {
-                DatasetArg::FashionMnist => Dataset::FashionMnist,
-                DatasetArg::Mnist => Dataset::Mnist,
-                DatasetArg::Kmnist => Dataset::Kmnist,
-            };
-            let split = match args.split {
-                None | Some(SplitArg::Train) => Split::Train,
-                Some(SplitArg::Test) => Split::Test,
-            };
-            let env = std::env::var_os("FLOWPIPE_DATA").filter(|v| !v.is_empty());
-            let dirs = dataset.search_dirs(env.as_deref().map(std::path::Path::new));
-            let (i, l) = import::locate(dataset, split, &dirs)?;
+        Some(dataset) => {
+            let split = args.split.unwrap_or(Split::Train);
+            let (i, l) = import::locate(dataset, split, &dataset.search_dirs_from_env())?;
             let show = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
             (show(i), Some(show(l)))
         }
