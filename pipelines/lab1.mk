@@ -118,7 +118,7 @@ $(L1)/ou-grid.png: $(foreach r,$(L1_GRID_RUNS),$(L1)/ou-grid-$(r).traj.npy) $(TO
 		--titles "$(L1_GRID_TITLES)" --title "OU with D = sigma^2/(2 theta); time axis sigma^2 t" -o $@
 
 $(L1)/langevin.png: $(L1)/langevin.traj.npy $(L1)/target-density.npy $(TOOLS)
-	render-grid $< --snapshots 6 --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \
+	render-grid $< --snapshots 6 --t1 5 --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \
 		--title "Langevin dynamics, sigma = 0.6, t from 0 to 5" -o $@
 
 $(L1)/target.png: $(L1)/target-samples.npy $(L1)/target-density.npy $(TOOLS)
