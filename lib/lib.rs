@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod io;
 pub mod noise;
+pub mod paths;
 pub mod progress;
 pub mod rng;
 
