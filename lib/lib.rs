@@ -19,6 +19,7 @@ pub mod cli;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod nn;
 pub mod noise;
 pub mod paths;
 pub mod progress;
