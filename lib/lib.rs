@@ -24,6 +24,7 @@ pub mod noise;
 pub mod paths;
 pub mod progress;
 pub mod rng;
+pub mod train;
 
 pub use error::{Result, UsageError};
 

@@ -42,7 +42,7 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Silu => x.silu(),
+            Activation::Silu => super::ops::silu(x),
             Activation::Relu => x.relu(),
             Activation::Tanh => x.tanh(),
         }

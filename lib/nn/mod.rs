@@ -13,6 +13,7 @@
 pub mod init;
 pub mod learned;
 pub mod mlp;
+pub mod ops;
 
 use anyhow::bail;
 use candle_core::Tensor;
