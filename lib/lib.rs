@@ -23,12 +23,15 @@ pub mod eval;
 pub mod densities;
 pub mod fields;
 pub mod io;
+pub mod nn;
 pub mod noise;
+pub mod paths;
 pub mod progress;
 pub mod render;
 pub mod rng;
 pub mod solvers;
 pub mod spec;
+pub mod train;
 
 pub use error::{Result, UsageError};
 

@@ -9,3 +9,4 @@ mod interop;
 mod toydata;
 mod render;
 mod lab1;
+mod train;

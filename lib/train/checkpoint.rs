@@ -1,0 +1,109 @@
+//! Training state on disk: checkpoints to resume from, and the final model file.
+//!
+//! A **checkpoint** is a model file ([`crate::io::model`]) of kind `checkpoint` whose config is
+//! `{"kind": "checkpoint", "step": s, "model": <the model's own config, with its "train"
+//! arguments>}` and whose tensors are
+//! - `<name>`: the network's weights (e.g. `layers.0.weight`),
+//! - `ema.<name>`: the EMA weights, when training keeps an average,
+//! - `adam.m.<name>`, `adam.v.<name>`: the optimiser's moments.
+//!
+//! Nothing else is needed to resume bit-identically: every random draw of step s comes from
+//! streams keyed by (seed, purpose, s) (see [`super::losses`]), so the step count *is* the RNG
+//! state. A checkpoint also loads as a model ([`crate::nn::Learned`] reads `"model"`).
+//!
+//! The **model file** written with `-o` holds the model config and the `<name>` and `ema.<name>`
+//! tensors only.
+
+use anyhow::{anyhow, bail};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+
+use super::ema::Ema;
+use super::optim::AdamW;
+use crate::io::model::{self, ModelFile};
+use crate::nn::Params;
+use crate::Result;
+
+/// The kind of a checkpoint file.
+pub const KIND: &str = "checkpoint";
+
+/// Everything that changes while training.
+pub struct TrainState {
+    pub params: Params,
+    pub opt: AdamW,
+    pub ema: Option<Ema>,
+}
+
+impl TrainState {
+    /// The optimiser steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.opt.step_count()
+    }
+
+    /// The weights and, when kept, their EMA: the tensors of a model file.
+    pub fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t = self.params.tensors();
+        if let Some(ema) = &self.ema {
+            t.extend(ema.tensors());
+        }
+        t
+    }
+
+    /// The model tensors plus the optimiser's moments.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t = self.model_tensors();
+        t.extend(self.opt.state_tensors());
+        t
+    }
+
+    /// Restores the optimiser (moments, step) and EMA from a loaded checkpoint; the weights come
+    /// from building the network on `Params::from_tensors` of the same file.
+    pub fn restore(&mut self, ckpt: &ModelFile) -> Result<()> {
+        let step = step_of(ckpt)?;
+        self.opt.restore(&ckpt.tensors, step, &ckpt.name)?;
+        if let Some(ema) = &mut self.ema {
+            ema.restore(&ckpt.tensors, &ckpt.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint's file name for `step`: `{step}` in `pattern` is replaced by the step.
+pub fn path_for(pattern: &str, step: u64) -> String {
+    pattern.replace("{step}", &step.to_string())
+}
+
+/// Writes a checkpoint (atomically) of `state` for the model described by `model_config`.
+pub fn save(path: &str, model_config: &Value, state: &TrainState) -> Result<()> {
+    let config = json!({"kind": KIND, "step": state.step(), "model": model_config});
+    model::save(path, &config, &state.checkpoint_tensors())
+}
+
+/// Writes the final model file: the model config with its weights and EMA weights.
+pub fn save_model(path: &str, model_config: &Value, state: &TrainState) -> Result<()> {
+    model::save(path, model_config, &state.model_tensors())
+}
+
+/// Loads a checkpoint file, checking its kind.
+pub fn load(path: &str, device: &Device) -> Result<ModelFile> {
+    model::load_kind(path, &[KIND], device)
+}
+
+/// The step a checkpoint was written at.
+pub fn step_of(ckpt: &ModelFile) -> Result<u64> {
+    ckpt.field("step")?
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}: the checkpoint's step is not a count", ckpt.name))
+}
+
+/// The config of the model a checkpoint is training.
+pub fn model_config(ckpt: &ModelFile) -> Result<&Value> {
+    let m = ckpt.field("model")?;
+    if !m.is_object() {
+        bail!(
+            "{}: the checkpoint's model config is not an object",
+            ckpt.name
+        );
+    }
+    Ok(m)
+}

@@ -1,0 +1,289 @@
+//! The regression losses of flow matching and score matching, and the minibatches they draw.
+//!
+//! Both regress a network onto a conditional target that is cheap to sample (notes section 3.2
+//! and 4.1): with z ~ p_data, eps ~ N(0, I), t ~ U[0, 1) and x_t = alpha_t z + beta_t eps,
+//! - conditional flow matching (notes eq. 26 and 31, Algorithm 3):
+//!   L = E || u_theta(x_t, t) - (d_alpha_t z + d_beta_t eps) ||^2;
+//! - denoising score matching (notes Theorem 22):
+//!   L = E || s_theta(x_t, t) + eps / beta_t ||^2,
+//!   or in the noise-prediction (DDPM) form, the same loss weighted by beta_t^2 and
+//!   reparametrised as s = -eps_theta / beta: L = E || eps_theta(x_t, t) - eps ||^2.
+//!
+//! For the linear interpolant from a source data set: x_t = (1 - t) x_0 + t z with x_0 and z
+//! drawn independently, target z - x_0. `||.||^2` sums over a sample's coordinates and the
+//! expectation is the mean over the batch, as in the notes. The score target divides by beta
+//! (clamped, see [`crate::paths::MIN_DIVISOR`]): its variance grows without bound as t -> 1,
+//! which is why the noise form trains more steadily.
+//!
+//! **Draws of step s** come from streams keyed by the step, so a resumed run draws exactly what
+//! an uninterrupted one would, and nothing but the step count needs saving:
+//! data (and source) indices, uniform with replacement, from (seed, Shuffle, s); times from
+//! (seed, Time, s); noise from (seed, Noise, s).
+
+use anyhow::bail;
+use candle_core::{Device, Tensor};
+use ndarray::ArrayD;
+use rand::Rng;
+
+use crate::io::npy::{expect_finite, shape_str};
+use crate::nn::FieldNet;
+use crate::paths::{LinearInterpolant, Param, Path};
+use crate::rng::{self, Purpose};
+use crate::Result;
+
+/// A training set held in host memory: n samples of `shape`, row-major.
+pub struct Dataset {
+    values: Vec<f32>,
+    pub n: usize,
+    /// The shape of one sample, e.g. [2].
+    pub shape: Vec<usize>,
+    /// The file, for messages.
+    pub name: String,
+}
+
+impl Dataset {
+    /// A data set of (N, ...) samples from an array read from `name`; needs N >= 1 and finite
+    /// values.
+    pub fn new(arr: ArrayD<f32>, name: &str) -> Result<Dataset> {
+        if arr.ndim() < 2 || arr.shape()[0] == 0 || arr.shape().contains(&0) {
+            bail!(
+                "expected a non-empty data set (N, ...), got {} in {name}",
+                shape_str(arr.shape())
+            );
+        }
+        expect_finite(&arr, name)?;
+        let shape = arr.shape()[1..].to_vec();
+        let n = arr.shape()[0];
+        let values = arr.as_standard_layout().iter().copied().collect();
+        Ok(Dataset {
+            values,
+            n,
+            shape,
+            name: name.to_string(),
+        })
+    }
+
+    /// Values per sample.
+    pub fn dim(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The samples at `idx`, row-major (idx.len() * dim values).
+    pub fn gather(&self, idx: &[usize]) -> Vec<f32> {
+        let d = self.dim();
+        let mut out = Vec::with_capacity(idx.len() * d);
+        for &i in idx {
+            out.extend_from_slice(&self.values[i * d..(i + 1) * d]);
+        }
+        out
+    }
+
+    /// A 64-bit fingerprint of the shape and values (hex), to notice a resumed run on other data.
+    pub fn fingerprint(&self) -> String {
+        let mut h = rng::mix64(self.n as u64);
+        for &d in &self.shape {
+            h = rng::mix64(h ^ d as u64);
+        }
+        for v in &self.values {
+            h = rng::mix64(h ^ v.to_bits() as u64);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// Where x_0 comes from: N(0, I), or a data set (for the linear interpolant).
+pub enum Source {
+    Gaussian,
+    Data(Dataset),
+}
+
+/// One minibatch: the network's inputs and its regression target.
+pub struct Batch {
+    /// x_t: (B, ...shape)
+    pub x: Tensor,
+    /// t: (B, 1)
+    pub t: Tensor,
+    /// (B, ...shape)
+    pub target: Tensor,
+}
+
+/// The conditional regression loss of flow matching or (denoising) score matching.
+pub struct ConditionalLoss {
+    pub path: Path,
+    /// What the network predicts: velocity (flow matching), score or noise (score matching).
+    pub target: Param,
+    pub data: Dataset,
+    pub source: Source,
+    pub batch: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl ConditionalLoss {
+    /// Checks that the path, target and source go together.
+    pub fn validate(&self) -> Result<()> {
+        match (&self.path, &self.source) {
+            (Path::Gaussian(_), Source::Data(_)) => {
+                bail!("a Gaussian path starts from N(0, I): a source data set needs the linear interpolant")
+            }
+            (Path::LinearInterpolant, _) if self.target != Param::Velocity => bail!(
+                "the linear interpolant has a velocity target only, not {}",
+                self.target.name()
+            ),
+            (_, Source::Data(s)) if s.shape != self.data.shape => bail!(
+                "the source samples {} differ in shape from the data's {}",
+                shape_str(&s.shape),
+                shape_str(&self.data.shape)
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The minibatch of step `step`.
+    pub fn batch(&self, step: u64) -> candle_core::Result<Batch> {
+        let b = self.batch;
+        let mut shape = vec![b];
+        shape.extend_from_slice(&self.data.shape);
+        let mut shuffle = rng::stream(self.seed, Purpose::Shuffle, step);
+        let mut indices = |n: usize| -> Vec<usize> {
+            (0..b)
+                .map(|_| shuffle.random_range(0..n as u64) as usize)
+                .collect()
+        };
+        let z = Tensor::from_vec(
+            self.data.gather(&indices(self.data.n)),
+            shape.as_slice(),
+            &self.device,
+        )?;
+        let x0 = match &self.source {
+            Source::Data(s) => s.gather(&indices(s.n)),
+            Source::Gaussian => {
+                let mut eps = vec![0f32; b * self.data.dim()];
+                rng::fill_normal(&mut rng::stream(self.seed, Purpose::Noise, step), &mut eps);
+                eps
+            }
+        };
+        let x0 = Tensor::from_vec(x0, shape.as_slice(), &self.device)?;
+        let mut t32 = vec![0f32; b];
+        rng::fill_uniform(
+            &mut rng::stream(self.seed, Purpose::Time, step),
+            &mut t32,
+            0.0,
+            1.0,
+        );
+        let ts: Vec<f64> = t32.iter().map(|&t| t as f64).collect();
+        let t = Tensor::from_vec(t32, (b, 1), &self.device)?;
+        let (x, target) = match &self.path {
+            Path::Gaussian(g) => (
+                g.sample_xt_at(&z, &x0, &ts)?,
+                g.target_at(self.target, &z, &x0, &ts)?,
+            ),
+            Path::LinearInterpolant => (
+                LinearInterpolant.sample_xt_at(&x0, &z, &ts)?,
+                LinearInterpolant.conditional_velocity(&x0, &z)?,
+            ),
+        };
+        Ok(Batch { x, t, target })
+    }
+
+    /// The loss of step `step`: mean over the batch of || net(x_t, t) - target ||^2.
+    pub fn loss(&self, net: &dyn FieldNet, step: u64) -> candle_core::Result<Tensor> {
+        let batch = self.batch(step)?;
+        let pred = net.forward(&batch.x, &batch.t)?;
+        (pred - batch.target)?
+            .sqr()?
+            .sum_all()?
+            .affine(1.0 / self.batch as f64, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paths::GaussianPath;
+
+    fn data(n: usize) -> Dataset {
+        let v: Vec<f32> = (0..2 * n).map(|i| i as f32).collect();
+        Dataset::new(
+            ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 2]), v).unwrap(),
+            "d.npy",
+        )
+        .unwrap()
+    }
+
+    fn loss(path: Path, target: Param, source: Source) -> ConditionalLoss {
+        ConditionalLoss {
+            path,
+            target,
+            data: data(10),
+            source,
+            batch: 6,
+            seed: 3,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn batches_depend_on_the_step_only_and_have_the_path_targets() {
+        let l = loss(
+            Path::Gaussian(GaussianPath::COSINE),
+            Param::Noise,
+            Source::Gaussian,
+        );
+        let (a, b, c) = (
+            l.batch(4).unwrap(),
+            l.batch(4).unwrap(),
+            l.batch(5).unwrap(),
+        );
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&a.x), v(&b.x));
+        assert_ne!(v(&a.x), v(&c.x));
+        assert_eq!(a.t.dims(), &[6, 1]);
+        // Noise target: z = (x_t - beta eps) / alpha must be a data row (2k, 2k + 1).
+        let (x, t, eps) = (v(&a.x), v(&a.t), v(&a.target));
+        for i in 0..6 {
+            let k = GaussianPath::COSINE.coefs(t[i] as f64);
+            let z = |j: usize| (x[j] as f64 - k.beta * eps[j] as f64) / k.alpha;
+            let (z0, z1) = (z(2 * i), z(2 * i + 1));
+            let tol = 1e-4 / k.alpha;
+            assert!(
+                (z0 - z0.round()).abs() < tol && z0.round() % 2.0 == 0.0,
+                "{z0}"
+            );
+            assert!((z1 - z0 - 1.0).abs() < 2.0 * tol, "{z0} {z1}");
+        }
+    }
+
+    #[test]
+    fn interpolant_target_is_data_minus_source() {
+        let mut l = loss(Path::LinearInterpolant, Param::Velocity, Source::Gaussian);
+        l.source = Source::Data(data(7));
+        l.validate().unwrap();
+        let b = l.batch(0).unwrap();
+        let target: Vec<f32> = b.target.flatten_all().unwrap().to_vec1().unwrap();
+        // Every data row is (2i, 2i + 1), so z - x0 is (2k, 2k) for an integer k.
+        for pair in target.chunks(2) {
+            assert_eq!(pair[0], pair[1]);
+            assert_eq!(pair[0] % 2.0, 0.0);
+        }
+    }
+
+    #[test]
+    fn mismatched_settings_are_refused() {
+        let mut l = loss(
+            Path::Gaussian(GaussianPath::CONDOT),
+            Param::Velocity,
+            Source::Data(data(3)),
+        );
+        assert!(l.validate().is_err());
+        l.path = Path::LinearInterpolant;
+        l.target = Param::Score;
+        assert!(l.validate().is_err());
+        let empty = ArrayD::<f32>::zeros(ndarray::IxDyn(&[0, 2]));
+        let err = Dataset::new(empty, "e.npy").err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "expected a non-empty data set (N, ...), got (0, 2) in e.npy"
+        );
+    }
+}

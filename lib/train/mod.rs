@@ -1,0 +1,121 @@
+//! Training: the losses of flow and score matching, an optimiser with saveable state, an EMA of
+//! the weights, checkpoints, and the loop they share (notes sections 3.2 and 4.1, Algorithm 3).
+//!
+//! A trainer builds a network on [`crate::nn::Params`], a [`checkpoint::TrainState`] (params,
+//! [`optim::AdamW`], optional [`ema::Ema`]) and a loss closure `step -> loss`, then calls
+//! [`trainer::run`]. Resuming rebuilds the same state from a checkpoint: weights via
+//! `Params::from_model`, moments, EMA and step via `TrainState::restore`. Every random draw of
+//! step s is keyed by s, so a resumed run ends bit-identical to an uninterrupted one.
+//! [`fit`] is the driver of the `fit-velocity` and `fit-score` tools.
+
+pub mod checkpoint;
+pub mod ema;
+pub mod fit;
+pub mod losses;
+pub mod optim;
+pub mod trainer;
+
+use candle_core::Tensor;
+
+use crate::nn::Params;
+use crate::Result;
+
+/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the system.
+///
+/// A training step allocates and frees the same few-megabyte buffers over and over; by default
+/// glibc serves each from fresh pages (mmap, or a heap it trims back after each free), and the
+/// page faults that follow cost about a third of a CPU step. Raising the mmap threshold to its
+/// maximum (32 MiB) and never trimming keeps those pages mapped. No effect off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only sets allocator tunables; any value is safe to pass.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+            mallopt(M_TOP_PAD, 64 << 20);
+        }
+    }
+}
+
+/// The names of the parameters one AdamW step on `loss` leaves unchanged: those its gradient
+/// does not reach. A check for every new network, since candle 0.11 silently lacks a backward
+/// pass for some fused ops (`layer_norm`, `rms_norm`, `softmax_last_dim`); an empty list is
+/// what a test wants.
+pub fn unmoved_params(params: &Params, loss: &Tensor) -> Result<Vec<String>> {
+    let before = params.snapshot()?;
+    let schedule = optim::Schedule {
+        lr: 1e-2,
+        warmup: 0,
+        decay: optim::Decay::Constant,
+        total: 1,
+    };
+    let mut opt = optim::AdamW::new(params, optim::AdamWConfig::new(schedule, 0.0))?;
+    opt.step(&loss.backward()?)?;
+    let mut unmoved = Vec::new();
+    for ((name, old), (_, new)) in before.iter().zip(params.tensors()) {
+        let diff = (old - &new)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        if diff == 0.0 {
+            unmoved.push(name.clone());
+        }
+    }
+    Ok(unmoved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{build, time_column, Init, MlpConfig};
+    use candle_core::Device;
+
+    #[test]
+    fn every_mlp_parameter_moves_after_one_step() {
+        let cfg = MlpConfig {
+            dim: 3,
+            hidden: vec![16, 16, 16],
+            activation: crate::nn::Activation::Silu,
+            time_features: 2,
+        };
+        let params = Params::new(0, &Device::Cpu);
+        let mut config = cfg.to_json();
+        config["kind"] = "velocity".into();
+        let net = build(&config, &params).unwrap();
+        let x = Tensor::from_vec(
+            crate::rng::normal_rows(0, crate::rng::Purpose::Misc, 0, 8, 3),
+            (8, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let t = time_column(&Tensor::new(0.4f32, &Device::Cpu).unwrap(), 8).unwrap();
+        let loss = net
+            .forward(&x, &t)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert_eq!(
+            unmoved_params(&params, &loss).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_parameter_the_loss_does_not_reach_is_reported() {
+        let params = Params::new(0, &Device::Cpu);
+        let a = params.var("a", &[2], Init::Ones).unwrap();
+        params.var("unused", &[2], Init::Ones).unwrap();
+        let loss = a.sqr().unwrap().sum_all().unwrap();
+        assert_eq!(unmoved_params(&params, &loss).unwrap(), vec!["unused"]);
+    }
+}
