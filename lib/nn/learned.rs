@@ -99,7 +99,7 @@ impl Learned {
             );
         }
         let t = time_column(t, x.dim(0)?)?.to_dtype(x.dtype())?;
-        Ok(self.net.forward(x, &t)?)
+        Ok(self.net.forward(x, &t, None)?)
     }
 
     /// The Gaussian path needed to convert between parametrisations.

@@ -159,14 +159,17 @@ impl Mlp {
 }
 
 impl FieldNet for Mlp {
-    /// x: (N, D), t: (N, 1) -> (N, D).
-    fn forward(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+    /// x: (N, D), t: (N, 1) -> (N, D). Unconditional: y must be `None` or the null label 0.
+    fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if x.dims().len() != 2 || x.dim(1)? != self.dim {
             candle_core::bail!(
                 "the mlp expects x of shape (N, {}), got {:?}",
                 self.dim,
                 x.dims()
             );
+        }
+        if y.is_some() {
+            super::embed::label_ids(y, x.dim(0)?, 0, x.device())?;
         }
         let mut h = self.features(x, t)?;
         for layer in &self.layers {
@@ -201,7 +204,7 @@ mod tests {
         let mlp = Mlp::new(&cfg(&[8, 8], 3), &p).unwrap();
         let x = Tensor::zeros((5, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         let t = time_column(&Tensor::new(0.3f32, &Device::Cpu).unwrap(), 5).unwrap();
-        assert_eq!(mlp.forward(&x, &t).unwrap().dims(), &[5, 2]);
+        assert_eq!(mlp.forward(&x, &t, None).unwrap().dims(), &[5, 2]);
         // (2 + 1 + 6) * 8 + 8, 8 * 8 + 8, 8 * 2 + 2
         assert_eq!(p.count(), 80 + 72 + 18);
         let names: Vec<String> = p.vars().into_iter().map(|(n, _)| n).collect();
@@ -217,7 +220,7 @@ mod tests {
             ]
         );
         let bad = Tensor::zeros((5, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(mlp.forward(&bad, &t).is_err());
+        assert!(mlp.forward(&bad, &t, None).is_err());
     }
 
     #[test]
@@ -241,7 +244,7 @@ mod tests {
         let x = Tensor::ones((1, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         let at = |t: f32| {
             values(
-                &mlp.forward(&x, &Tensor::new(&[[t]], &Device::Cpu).unwrap())
+                &mlp.forward(&x, &Tensor::new(&[[t]], &Device::Cpu).unwrap(), None)
                     .unwrap(),
             )
         };
