@@ -189,7 +189,7 @@ impl ConditionalLoss {
     /// The loss of step `step`: mean over the batch of || net(x_t, t) - target ||^2.
     pub fn loss(&self, net: &dyn FieldNet, step: u64) -> candle_core::Result<Tensor> {
         let batch = self.batch(step)?;
-        let pred = net.forward(&batch.x, &batch.t)?;
+        let pred = net.forward(&batch.x, &batch.t, None)?;
         (pred - batch.target)?
             .sqr()?
             .sum_all()?
