@@ -300,7 +300,7 @@ impl Linear {
             _ => x.matmul(&self.weight.t()?)?,
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => super::ops::add_bias(&y, b),
             None => Ok(y),
         }
     }

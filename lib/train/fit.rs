@@ -72,7 +72,7 @@ pub struct FitFlags {
     #[arg(long, value_name = "K")]
     pub time_features: Option<usize>,
     /// Peak learning rate [default: 1e-3]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f64>,
     /// Steps of linear learning-rate warm-up [default: 0]
     #[arg(long, value_name = "STEPS")]
@@ -82,7 +82,7 @@ pub struct FitFlags {
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
     /// Decoupled weight decay (AdamW); 0 is Adam [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub weight_decay: Option<f64>,
     /// Minibatch size [default: 1000]
     #[arg(long)]
@@ -92,7 +92,7 @@ pub struct FitFlags {
     pub steps: Option<u64>,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999); saved
     /// as ema.<name> and used for sampling [default: off]
-    #[arg(long, value_name = "DECAY")]
+    #[arg(long, value_name = "DECAY", allow_hyphen_values = true)]
     pub ema: Option<f64>,
     /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
     #[arg(long, value_name = "PATH")]

@@ -241,8 +241,8 @@ mod tests {
         assert_eq!(a.t.dims(), &[6, 1]);
         // Noise target: z = (x_t - beta eps) / alpha must be a data row (2k, 2k + 1).
         let (x, t, eps) = (v(&a.x), v(&a.t), v(&a.target));
-        for i in 0..6 {
-            let k = GaussianPath::COSINE.coefs(t[i] as f64);
+        for (i, &ti) in t.iter().enumerate() {
+            let k = GaussianPath::COSINE.coefs(ti as f64);
             let z = |j: usize| (x[j] as f64 - k.beta * eps[j] as f64) / k.alpha;
             let (z0, z1) = (z(2 * i), z(2 * i + 1));
             let tol = 1e-4 / k.alpha;

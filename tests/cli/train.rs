@@ -12,6 +12,14 @@ use flowpipe::rng::{self, Purpose};
 const FIT_V: &str = bin!("fit-velocity");
 const FIT_S: &str = bin!("fit-score");
 
+/// Runs a trainer on one thread: these nets are small, and CI runs tests side by side on two
+/// cores, where candle's spinning worker pool would only wait for a descheduled thread.
+fn train(tool: &str, args: &[&str]) {
+    let mut all = args.to_vec();
+    all.extend(["--threads", "1"]);
+    ok(tool, &all, b"");
+}
+
 /// Data mean m and standard deviation s of the Gaussian test data N(m, s^2 I).
 const M: [f32; 2] = [1.0, -0.5];
 const S: f32 = 0.5;
@@ -168,7 +176,7 @@ fn flow_matching_learns_the_gaussian_marginal_field_and_its_ode_samples_the_data
         "100",
     ];
     args.extend(SHORT);
-    ok(FIT_V, &args, b"");
+    train(FIT_V, &args);
     let u = LearnedVelocity::open(&out, &Device::Cpu).unwrap();
     let path = GaussianPath::CONDOT;
     let (err, scale) = rms_error(
@@ -212,7 +220,7 @@ fn score_matching_learns_the_gaussian_score_in_both_forms() {
         let out = path(&dir, &format!("{param}.st"));
         let mut args = vec!["--data", &data, "--param", param, "-o", &out];
         args.extend(SHORT);
-        ok(FIT_S, &args, b"");
+        train(FIT_S, &args);
         let m = model::load(&out, &Device::Cpu).unwrap();
         assert_eq!(m.kind(), "score");
         assert_eq!(m.config["parametrisation"], param);
@@ -249,7 +257,7 @@ fn a_flow_bridges_a_source_data_set_to_the_data() {
     write_gaussian(&data, 2000, [3.0, 1.0], 0.3, 4);
     let mut args = vec!["--data", &data, "--source", &src, "-o", &out];
     args.extend(SHORT);
-    ok(FIT_V, &args, b"");
+    train(FIT_V, &args);
     let m = model::load(&out, &Device::Cpu).unwrap();
     assert_eq!(m.config["path"]["kind"], "linear-interpolant");
     assert_eq!(m.config["source"], "data");
@@ -322,7 +330,7 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
             &whole,
         ];
         args.extend_from_slice(extra);
-        ok(tool, &args, b"");
+        train(tool, &args);
         // The checkpoint of step 20 is what an interrupted run leaves behind.
         let ck20 = ckpt.replace("{step}", "20");
         let c = model::load(&ck20, &Device::Cpu).unwrap();
@@ -333,7 +341,7 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         if extra.contains(&"--source") {
             again.extend(["--source", &src]);
         }
-        ok(tool, &again, b"");
+        train(tool, &again);
         let (a, b) = (tensor_bytes(&whole), tensor_bytes(&resumed));
         assert_eq!(a.len(), b.len());
         for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
@@ -368,7 +376,7 @@ fn bad_hyperparameters_exit_2_and_write_nothing() {
     let ck = path(&dir, "ck.st");
     let cases: [(&str, &[&str], &str); 8] = [
         (FIT_V, &["--lr", "0"], "--lr must be positive"),
-        (FIT_V, &["--lr", "-0.001"], "--lr must be positive"),
+        (FIT_V, &["--lr", "-1e-3"], "--lr must be positive"),
         (FIT_V, &["--batch", "0"], "--batch"),
         (FIT_S, &["--steps", "0"], "--steps"),
         (FIT_V, &["--ema", "1.5"], "--ema"),
@@ -443,7 +451,7 @@ fn resuming_checks_data_dimension_kind_and_settings() {
     let first = path(&dir, "first.st");
     let mut args = vec!["--data", &d2, "--checkpoint", &ck, "-o", &first];
     args.extend(small);
-    ok(FIT_V, &args, b"");
+    train(FIT_V, &args);
     // The checkpoint loads as a model, too.
     assert!(LearnedVelocity::open(&ck, &Device::Cpu).is_ok());
     let out = path(&dir, "m.st");
