@@ -17,10 +17,10 @@
 
 pub mod cli;
 pub mod data;
+pub mod densities;
 pub mod device;
 pub mod error;
 pub mod eval;
-pub mod densities;
 pub mod fields;
 pub mod io;
 pub mod nn;

@@ -1,13 +1,14 @@
 //! Model files: one `.safetensors` for every trained thing, self-describing.
 //!
-//! `__metadata__` holds three string entries:
-//! - `format`: `flowpipe-model/1`;
-//! - `kind`: what the file is (`velocity`, `score`, `vae`, `classifier`, `checkpoint`, ...);
-//! - `flowpipe`: the JSON config that rebuilds the network without any repeated flag: kind,
-//!   architecture and sizes, probability path, data shape, training arguments, the flowpipe
-//!   version and the time convention (t = 0 noise, t = 1 data).
+//! `__metadata__` holds one string entry, `flowpipe`: the JSON config that rebuilds the network
+//! without any repeated flag: `format` (`flowpipe-model/1`), `kind` (`velocity`, `score`, `vae`,
+//! `classifier`, `checkpoint`, ...), architecture and sizes, probability path, data shape,
+//! training arguments, the flowpipe version and the time convention (t = 0 noise, t = 1 data).
+//! One entry, not several: safetensors writes its metadata map in hash order, so several
+//! entries would make the same model serialise to different bytes from run to run.
 //!
-//! The files load in Python: `safetensors.safe_open(path, "pt").metadata()["flowpipe"]`.
+//! The files load in Python:
+//! `json.loads(safetensors.safe_open(path, "np").metadata()["flowpipe"])["kind"]`.
 
 use anyhow::{anyhow, bail, Context};
 use candle_core::{Device, Tensor};
@@ -74,6 +75,7 @@ pub fn stamp(config: &Value) -> Result<Value> {
     if !obj.contains_key("kind") {
         bail!("a model config must have a 'kind'");
     }
+    obj.insert("format".into(), json!(FORMAT));
     obj.insert("flowpipe_version".into(), json!(crate::VERSION));
     obj.insert("time_convention".into(), json!(crate::TIME_CONVENTION));
     Ok(config)
@@ -82,14 +84,8 @@ pub fn stamp(config: &Value) -> Result<Value> {
 /// Serialises tensors and config into safetensors bytes. Tensors are written in name order.
 pub fn encode(config: &Value, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let config = stamp(config)?;
-    let kind = config["kind"].as_str().unwrap_or("unknown").to_string();
-    let metadata: HashMap<String, String> = [
-        ("format".to_string(), FORMAT.to_string()),
-        ("kind".to_string(), kind),
-        ("flowpipe".to_string(), serde_json::to_string(&config)?),
-    ]
-    .into_iter()
-    .collect();
+    let metadata: HashMap<String, String> =
+        [("flowpipe".to_string(), serde_json::to_string(&config)?)].into();
     let mut sorted: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
@@ -170,9 +166,18 @@ mod tests {
             .unwrap();
         let bytes = encode(
             &json!({"kind": "velocity", "hidden": [4, 4]}),
-            &[("w".into(), t)],
+            &[("w".into(), t.clone())],
         )
         .unwrap();
+        let again = encode(
+            &json!({"kind": "velocity", "hidden": [4, 4]}),
+            &[("w".into(), t.clone())],
+        )
+        .unwrap();
+        assert_eq!(
+            bytes, again,
+            "the same model must serialise to the same bytes"
+        );
         let m = decode(&bytes, "m.safetensors", &Device::Cpu).unwrap();
         assert_eq!(m.kind(), "velocity");
         assert_eq!(m.config["hidden"], json!([4, 4]));

@@ -98,7 +98,7 @@ mod tests {
         .unwrap();
         let t = time_column(&Tensor::new(0.4f32, &Device::Cpu).unwrap(), 8).unwrap();
         let loss = net
-            .forward(&x, &t)
+            .forward(&x, &t, None)
             .unwrap()
             .sqr()
             .unwrap()

@@ -100,7 +100,8 @@ from safetensors import safe_open
 with safe_open("{p}", framework="numpy") as f:
     meta = f.metadata()
     cfg = json.loads(meta["flowpipe"])
-    assert meta["kind"] == "velocity" and cfg["kind"] == "velocity" and cfg["hidden"] == [64, 64]
+    assert cfg["kind"] == "velocity" and cfg["hidden"] == [64, 64]
+    assert cfg["format"] == "flowpipe-model/1"
     assert cfg["time_convention"].startswith("t=0 noise")
     w = f.get_tensor("net.0.weight")
     assert w.tolist() == [[1.0, 2.0], [3.0, 4.0]], w
