@@ -182,6 +182,23 @@ pub struct GaussianMixture {
 }
 
 impl GaussianMixture {
+    /// Draws one point into `out` (length D) from `rng` and returns its mode: one uniform picks
+    /// the mode by weight, then D normals place the point.
+    pub fn draw(&self, rng: &mut impl Rng, out: &mut [f64]) -> usize {
+        let u: f64 = rng.random();
+        let mut acc = 0.0;
+        let k = self
+            .weights
+            .iter()
+            .position(|w| {
+                acc += w;
+                u < acc
+            })
+            .unwrap_or(self.weights.len() - 1);
+        self.components[k].draw(rng, out);
+        k
+    }
+
     /// A mixture from positive weights (normalised here) and components of one dimension.
     pub fn new(weights: Vec<f64>, components: Vec<Gaussian>) -> Result<Self> {
         if components.is_empty() || weights.len() != components.len() {
@@ -308,17 +325,7 @@ impl Density for GaussianMixture {
         for (i, mut o) in out.rows_mut().into_iter().enumerate() {
             // Per sample: one uniform picks the mode, then D normals place the point.
             let mut rng = rng::stream(seed, Purpose::Data, first + i as u64);
-            let u: f64 = rng.random();
-            let mut acc = 0.0;
-            let k = self
-                .weights
-                .iter()
-                .position(|w| {
-                    acc += w;
-                    u < acc
-                })
-                .unwrap_or(self.weights.len() - 1);
-            self.components[k].draw(&mut rng, o.as_slice_mut().expect("contiguous"));
+            self.draw(&mut rng, o.as_slice_mut().expect("contiguous"));
         }
         out
     }
@@ -388,21 +395,44 @@ pub fn from_json(obj: &Map<String, Value>) -> Result<Box<dyn Density>> {
     let density: Box<dyn Density> = match kind {
         "gaussian" => Box::new(gaussian_from(&mut k)?),
         "mixture" => Box::new(mixture_from(&mut k)?),
-        "random_2d" | "symmetric_2d" => {
-            let nmodes = k.count("nmodes", None, 1)? as usize;
-            let std = k.num("std", None)?;
-            let scale = k.num("scale", Some(10.0))?;
-            let mix = if kind == "random_2d" {
-                GaussianMixture::random_2d(nmodes, std, scale, k.count("seed", Some(0), 0)?)?
-            } else {
-                GaussianMixture::symmetric_2d(nmodes, std, scale)?
-            };
-            Box::new(mix.shift(&[k.num("offset", Some(0.0))?, 0.0]))
-        }
+        "random_2d" | "symmetric_2d" => Box::new(course_mixture(kind, &mut k)?),
         other => bail!("unknown density '{other}' (known: {})", KINDS.join(", ")),
     };
     k.finish()?;
     Ok(density)
+}
+
+/// The course's constructors: `random_2d` (nmodes, std, scale, seed) and `symmetric_2d`
+/// (nmodes, std, scale), each with an optional x `offset`.
+fn course_mixture(kind: &str, k: &mut Keys) -> Result<GaussianMixture> {
+    let nmodes = k.count("nmodes", None, 1)? as usize;
+    let std = k.num("std", None)?;
+    let scale = k.num("scale", Some(10.0))?;
+    let mix = if kind == "random_2d" {
+        GaussianMixture::random_2d(nmodes, std, scale, k.count("seed", Some(0), 0)?)?
+    } else {
+        GaussianMixture::symmetric_2d(nmodes, std, scale)?
+    };
+    Ok(mix.shift(&[k.num("offset", Some(0.0))?, 0.0]))
+}
+
+/// A Gaussian mixture from a spec (`mixture`, `random_2d` or `symmetric_2d`, in any spec
+/// form), for tools that sample mixtures with their mode labels (sample-data).
+pub fn mixture_from_spec(spec: &str) -> Result<GaussianMixture> {
+    let built = spec::load_object(spec, "density", None).and_then(|obj| {
+        let kind = spec::kind(&obj, "density")?;
+        let mut k = Keys::new(&obj, format!("density {kind}"), "density");
+        let mix = match kind {
+            "mixture" => mixture_from(&mut k)?,
+            "random_2d" | "symmetric_2d" => course_mixture(kind, &mut k)?,
+            other => {
+                bail!("'{other}' is not a Gaussian mixture (mixture, random_2d, symmetric_2d)")
+            }
+        };
+        k.finish()?;
+        Ok(mix)
+    });
+    spec::blame(spec, built).with_context(|| format!("mixture spec '{spec}'"))
 }
 
 /// `gaussian`: keys `mean`, `std` (numbers or lists), `dim` (broadcasts scalars).

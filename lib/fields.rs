@@ -14,6 +14,9 @@
 //! - `langevin` (sigma, density): u = (sigma²/2) ∇ log p(x), σ = sigma (notes eq. 11); p is
 //!   its stationary law. For a Gaussian p it is an OU process (notes Remark 20).
 //!
+//! Learned fields ([`learned`]): `learned:model=PATH[,sigma=S][,schedule=beta][,score=PATH]`,
+//! or a model file given directly (its ODE).
+//!
 //! [`from_spec`] turns a spec (shorthand `name:key=val,...`, JSON, or a model file recognised
 //! by its magic bytes) into a field; model files are dispatched on their kind in one place,
 //! [`from_model`], where learned and guided fields plug in.
@@ -28,13 +31,22 @@ use crate::io::{self, model, npy, Format};
 use crate::spec::{self, Keys};
 use crate::Result;
 
+pub mod gaussian;
+pub mod learned;
+pub use gaussian::GaussianTarget;
+pub use learned::{LearnedField, Sigma};
+
 /// The spec forms a field accepts, for `--help` texts.
 pub const SPEC_HELP: &str = "\
 Field specs: `brownian:sigma=1,mu=0` (dX = mu dt + sigma dW), `ou:theta=1,sigma=1` \
 (dX = -theta X dt + sigma dW), `linear:theta=1` (the ODE dX = -theta X dt), \
 `langevin:sigma=1,density=SPEC` (dX = sigma^2/2 grad log p(X) dt + sigma dW; `density=` must \
 come last and takes the rest of the text, or use --density); the values shown are the \
-defaults. Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
+defaults. `gaussian-target:mean=0;0,std=1,path=condot,sigma=0` is the exact marginal field \
+(and SDE) from N(0, I) to N(mean, std^2 I), a closed form to test samplers. Learned: a model file (the ODE of its velocity), or \
+`learned:model=M.safetensors,sigma=0,schedule=const,score=S.safetensors` for the SDE \
+dX = [u + sigma_t^2/2 s] dt + sigma_t dW (Theorem 17; sigma_t = sigma, or sigma * beta_t with \
+schedule=beta; the score from S, or converted from the velocity model when score is absent). Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
 with \"density\" a spec string or object; or a .safetensors model file.";
 
 /// A vector field u_t(x) with a diffusion coefficient σ_t: dX_t = u_t(X_t) dt + σ_t dW_t.
@@ -167,7 +179,14 @@ pub struct FieldOptions {
 }
 
 /// The analytic field names [`from_json`] knows.
-pub const KINDS: &[&str] = &["brownian", "ou", "linear", "langevin"];
+pub const KINDS: &[&str] = &[
+    "brownian",
+    "ou",
+    "linear",
+    "langevin",
+    "learned",
+    "gaussian-target",
+];
 
 /// Builds a field from a spec: shorthand, inline JSON, a JSON file, or a `.safetensors` model
 /// file (told apart by magic bytes). Errors in a spec typed on the command line are usage
@@ -196,7 +215,7 @@ pub fn from_spec_with(spec: &str, opts: &FieldOptions, device: &Device) -> Resul
                 );
             }
         }
-        from_json(&obj, opts)
+        from_json(&obj, opts, device)
     });
     spec::blame(spec, built).with_context(|| format!("field spec '{spec}'"))
 }
@@ -206,20 +225,54 @@ pub fn from_spec_with(spec: &str, opts: &FieldOptions, device: &Device) -> Resul
 pub fn from_model(
     m: model::ModelFile,
     _opts: &FieldOptions,
-    _device: &Device,
+    device: &Device,
 ) -> Result<Box<dyn Field>> {
-    // Learned velocity/score models and guided fields are added here, one arm per kind.
-    #[allow(clippy::match_single_binding)]
     match m.kind() {
+        "velocity" | "score" | "checkpoint" => Ok(Box::new(LearnedField::ode(&m, device)?)),
         kind => bail!(
-            "{}: model kind {kind} is not supported as a field yet",
+            "{}: model kind {kind} is not supported as a field (expected velocity, score or \
+             checkpoint)",
             m.name
         ),
     }
 }
 
+/// `{"field": "learned", "model": PATH, "sigma": S, "schedule": "const"|"beta", "score": PATH}`.
+fn learned_from_json(k: &mut Keys, device: &Device) -> Result<Box<dyn Field>> {
+    let path = match k.raw("model") {
+        Some(Value::String(s)) => s.clone(),
+        _ => bail!("field learned needs model=PATH (a .safetensors velocity model)"),
+    };
+    let c = k.num("sigma", Some(0.0))?;
+    if !(c >= 0.0 && c.is_finite()) {
+        bail!("field learned: sigma must be >= 0, got {c}");
+    }
+    let sigma = match k.raw("schedule") {
+        None => Sigma::Constant(c),
+        Some(Value::String(s)) if s == "const" || s == "constant" => Sigma::Constant(c),
+        Some(Value::String(s)) if s == "beta" => Sigma::Beta(c),
+        Some(v) => bail!("field learned: schedule must be const or beta, got {v}"),
+    };
+    let score = match k.raw("score") {
+        None => None,
+        Some(Value::String(s)) => Some(learned::open_model(s, device)?),
+        Some(v) => bail!("field learned: score must be a path, got {v}"),
+    };
+    let m = learned::open_model(&path, device)?;
+    Ok(Box::new(LearnedField::sde(
+        &m,
+        sigma,
+        score.as_ref(),
+        device,
+    )?))
+}
+
 /// Builds an analytic field from a spec object `{"field": name, ...}`.
-pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dyn Field>> {
+pub fn from_json(
+    obj: &Map<String, Value>,
+    opts: &FieldOptions,
+    device: &Device,
+) -> Result<Box<dyn Field>> {
     let name = spec::kind(obj, "field")?;
     let mut k = Keys::new(obj, format!("field {name}"), "field");
     let sigma = |k: &mut Keys| -> Result<f64> {
@@ -241,6 +294,33 @@ pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dy
         "linear" => Box::new(Linear {
             theta: k.num("theta", Some(1.0))?,
         }),
+        "learned" => learned_from_json(&mut k, device)?,
+        "gaussian-target" => {
+            let path_name = match k.raw("path") {
+                None => "condot".to_string(),
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => bail!("field gaussian-target: path must be a name, got {v}"),
+            };
+            let path = match crate::paths::Path::from_cli(&path_name) {
+                Some(crate::paths::Path::Gaussian(g)) => g,
+                _ => bail!("field gaussian-target: path must be condot, sqrt or cosine"),
+            };
+            let mean = k.list("mean")?.unwrap_or_else(|| vec![0.0, 0.0]);
+            let std = k.num("std", Some(1.0))?;
+            if !(std > 0.0) {
+                bail!("field gaussian-target: std must be > 0, got {std}");
+            }
+            let sigma = k.num("sigma", Some(0.0))?;
+            if sigma < 0.0 {
+                bail!("field gaussian-target: sigma must be >= 0, got {sigma}");
+            }
+            Box::new(GaussianTarget {
+                mean,
+                std,
+                path,
+                sigma,
+            })
+        }
         "langevin" => {
             let sigma = sigma(&mut k)?;
             let density = match (k.raw("density"), &opts.density) {
@@ -339,16 +419,11 @@ mod tests {
         let p = dir.path().join("m.safetensors");
         let p = p.to_str().unwrap();
         let t = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
-        model::save(
-            p,
-            &serde_json::json!({"kind": "velocity"}),
-            &[("w".into(), t)],
-        )
-        .unwrap();
+        model::save(p, &serde_json::json!({"kind": "vae"}), &[("w".into(), t)]).unwrap();
         let err = from_spec(p, &Device::Cpu).err().unwrap();
         assert!(!crate::error::is_usage(&err));
         assert!(
-            format!("{err:#}").contains("model kind velocity is not supported as a field yet"),
+            format!("{err:#}").contains("model kind vae is not supported as a field"),
             "{err:#}"
         );
     }

@@ -49,25 +49,53 @@ pub const NAMES: &[&str] = &[
     "checkerboard",
     "spirals",
     "8gaussians",
+    "random_2d",
+    "symmetric_2d",
+    "mixture",
 ];
 
 /// Turns a spec `NAME[:key=value,...]` into a data set. Bad names or values are usage errors.
 ///
 /// This is the single dispatch on data-set names.
 pub fn parse(text: &str) -> Result<Box<dyn Dataset>> {
+    // Gaussian mixtures are the densities module's (its spec forms: shorthand with `;` lists,
+    // inline JSON, a JSON file); the label is the mode.
+    let name = text.split(':').next().unwrap_or("");
+    let json = text.trim_start().starts_with('{') || crate::spec::is_file(text);
+    if json || ["random_2d", "symmetric_2d", "mixture"].contains(&name) {
+        return Ok(Box::new(Mixture(crate::densities::mixture_from_spec(
+            text,
+        )?)));
+    }
     let spec = Spec::parse(text)?;
     match spec.name.as_str() {
-        // ---- PLUG-IN POINT for Gaussian mixtures (lib/densities.rs, merged by the lead) ----
-        // `random_2d`, `symmetric_2d` and an explicit JSON mixture file are sampled by the
-        // densities module. Wrap its mixture in a type implementing `Dataset` (draw sample i
-        // from the `rng` handed to `draw`, which is stream(seed, Purpose::Data, i)) and return
-        // it here; also add the names to `NAMES` and the help text in `toy::HELP`.
-        "random_2d" | "symmetric_2d" | "mixture" => usage_bail!(
-            "data set '{}': Gaussian mixtures come from lib/densities.rs, not built in yet",
-            spec.name
-        ),
-        // ---- end of plug-in point ----
         _ => Ok(Box::new(toy::Toy::from_spec(spec)?)),
+    }
+}
+
+/// A Gaussian mixture ([`crate::densities::GaussianMixture`]) as a data set labelled by mode.
+struct Mixture(crate::densities::GaussianMixture);
+
+impl Dataset for Mixture {
+    fn dim(&self) -> usize {
+        use crate::densities::Density;
+        self.0.dim()
+    }
+
+    fn has_labels(&self) -> bool {
+        true
+    }
+
+    fn draw(&self, rng: &mut ChaCha8Rng, out: &mut [f32]) -> i64 {
+        let mut point = vec![0f64; out.len()];
+        let mode = self.0.draw(rng, &mut point);
+        out.iter_mut().zip(&point).for_each(|(o, &p)| *o = p as f32);
+        mode as i64
+    }
+
+    fn describe(&self) -> String {
+        use crate::densities::Density;
+        self.0.describe()
     }
 }
 
@@ -222,5 +250,30 @@ mod tests {
             assert!(crate::error::is_usage(&err), "{err}");
         }
         assert!(parse("nope").err().unwrap().to_string().contains("moons"));
+    }
+}
+
+#[cfg(test)]
+mod mixture_tests {
+    use super::*;
+
+    #[test]
+    fn mixtures_are_sampled_with_their_modes_as_labels() {
+        let set = parse("symmetric_2d:nmodes=4,std=0.01,scale=10").unwrap();
+        let s = sample(set.as_ref(), 200, 3, 0);
+        let labels = s.labels.unwrap();
+        for (p, &k) in s.points.rows().into_iter().zip(labels.iter()) {
+            let angle = std::f64::consts::TAU * k as f64 / 4.0;
+            let (x, y) = (10.0 * angle.cos(), 10.0 * angle.sin());
+            assert!(
+                (p[0] as f64 - x).abs() < 0.1 && (p[1] as f64 - y).abs() < 0.1,
+                "{p} {k}"
+            );
+        }
+        assert!((0..4).all(|k| labels.iter().any(|&l| l == k)));
+        let json = r#"{"density": "mixture", "means": [[0, 0], [50, 50]], "std": 1, "weights": [0.1, 0.9]}"#;
+        let s = sample(parse(json).unwrap().as_ref(), 1000, 1, 0);
+        let far = s.labels.unwrap().iter().filter(|&&l| l == 1).count();
+        assert!((850..950).contains(&far), "{far} of 1000 from the 0.9 mode");
     }
 }

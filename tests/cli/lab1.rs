@@ -252,22 +252,20 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
 }
 
 #[test]
-fn a_model_file_is_not_a_field_yet() {
+fn a_model_file_of_another_kind_is_not_a_field() {
     let dir = tmp();
     let m = path(&dir, "m.safetensors");
     let t =
         candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    flowpipe::io::model::save(
-        &m,
-        &serde_json::json!({"kind": "velocity"}),
-        &[("w".into(), t)],
-    )
-    .unwrap();
+    flowpipe::io::model::save(&m, &serde_json::json!({"kind": "vae"}), &[("w".into(), t)]).unwrap();
     let r = run(SIM, &["--x0", "zeros:n=2,dim=2", "--field", &m], b"");
     fails(
         &r,
         1,
-        &["model kind velocity is not supported as a field yet"],
+        &[
+            "m.safetensors",
+            "model kind vae is not supported as a field",
+        ],
     );
 }
 
