@@ -7,6 +7,7 @@ mod foundation;
 mod import;
 mod interop;
 mod lab1;
+mod lab2;
 mod render;
 mod toydata;
 mod train;

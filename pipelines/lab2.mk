@@ -1,0 +1,125 @@
+# Lab 2: flow matching and score matching in 2D (notes sections 3-4), through the tools only.
+#   make lab2   figures out/lab2/*.png and out/lab2/metrics.json (evaluate's figures per model)
+# Parts: the ground-truth conditional path; flow matching on symmetric_2D(5 modes, std 1,
+# scale 10) with the sqrt(1 - t) path (samples, trajectories); score matching and the SDE
+# sampler with sigma = 2 (Theorem 17); the learned score against the score derived from the
+# velocity (quiver grids); Gaussian -> checkerboard(4) with CondOT; circles -> checkerboard(4)
+# by the linear interpolant between the two data sets. SMALL=1 shrinks every size.
+
+L2 := $(OUT)/lab2
+LAB2_SEED := 2
+L2_MIX := symmetric_2d:nmodes=5,std=1,scale=10
+L2_BOUNDS := -15,15,-15,15
+L2_CB_BOUNDS := -6,6,-6,6
+
+ifeq ($(SMALL),)
+L2_N := 20000
+L2_STEPS := 3000
+L2_SAMPLES := 2000
+L2_SIM_STEPS := 200
+else
+L2_N := 500
+L2_STEPS := 30
+L2_SAMPLES := 200
+L2_SIM_STEPS := 20
+endif
+L2_FIT := --steps $(L2_STEPS) --batch 1000 --lr 1e-3 --hidden 64,64,64,64 -q
+
+.PHONY: lab2
+lab2: $(L2)/paths.png $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
+      $(L2)/checkerboard.png $(L2)/bridge.png $(L2)/metrics.json
+	@echo "lab2: figures and metrics.json in $(L2)/"
+
+$(L2)/.dir:
+	@mkdir -p $(@D) && touch $@
+
+# ---- data ----
+$(L2)/mixture.npy: $(TOOLS) | $(L2)/.dir
+	sample-data $(L2_MIX) -n $(L2_N) --seed $(LAB2_SEED) -o $@
+$(L2)/mixture-ref.npy: $(TOOLS) | $(L2)/.dir
+	sample-data $(L2_MIX) -n $(L2_SAMPLES) --seed 102 -o $@
+$(L2)/checkerboard.npy: $(TOOLS) | $(L2)/.dir
+	sample-data checkerboard:grid=4 -n $(L2_N) --seed $(LAB2_SEED) -o $@
+$(L2)/checkerboard-ref.npy: $(TOOLS) | $(L2)/.dir
+	sample-data checkerboard:grid=4 -n $(L2_SAMPLES) --seed 103 -o $@
+$(L2)/circles.npy: $(TOOLS) | $(L2)/.dir
+	sample-data circles -n $(L2_N) --seed $(LAB2_SEED) -o $@
+$(L2)/circles-x0.npy: $(TOOLS) | $(L2)/.dir
+	sample-data circles -n $(L2_SAMPLES) --seed 104 -o $@
+$(L2)/noise.npy: $(TOOLS) | $(L2)/.dir
+	sample-noise -n $(L2_SAMPLES) --shape 2 --seed 105 -o $@
+
+# ---- the ground-truth conditional path: p_t(x|z) for one z, as the exact flow to a point ----
+$(L2)/conditional.traj.npy: $(TOOLS) | $(L2)/.dir
+	sample-noise -n 300 --shape 2 --seed 106 | simulate-sde -q \
+	  --field 'gaussian-target:mean=6;6,std=0.05,path=sqrt' --steps $(L2_SIM_STEPS) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $@ -o /dev/null
+$(L2)/paths.png: $(L2)/conditional.traj.npy $(L2)/fm-mixture.traj.npy
+	render-grid $< --snapshots 5 --bounds $(L2_BOUNDS) \
+	  --title "Conditional path p_t(x|z), z = (6, 6), sqrt path (t = 0 .. 1)" -o $(L2)/paths-conditional.png
+	render-grid $(L2)/fm-mixture.traj.npy --snapshots 5 --bounds $(L2_BOUNDS) \
+	  --title "Marginal path p_t(x) by the learned flow (t = 0 .. 1)" -o $(L2)/paths-marginal.png
+	render-grid $(L2)/paths-conditional.png $(L2)/paths-marginal.png --panel-cols 1 -o $@
+
+# ---- flow matching on the mixture, sqrt path ----
+$(L2)/fm-mixture.safetensors: $(L2)/mixture.npy
+	fit-velocity --data $< --path sqrt $(L2_FIT) --seed $(LAB2_SEED) --log $(L2)/fm-mixture.log.jsonl -o $@
+$(L2)/fm-mixture.x1.npy: $(L2)/fm-mixture.safetensors $(L2)/noise.npy
+	simulate-sde -q $(L2)/noise.npy --field $< --solver heun --steps $(L2_SIM_STEPS) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $(L2)/fm-mixture.traj.npy -o $@
+$(L2)/fm-mixture.traj.npy: $(L2)/fm-mixture.x1.npy
+	@test -f $@
+$(L2)/fm-mixture.png: $(L2)/fm-mixture.x1.npy $(L2)/mixture-ref.npy
+	render-grid $(L2)/mixture-ref.npy $< --bounds $(L2_BOUNDS) --panel-cols 2 \
+	  --titles "data;flow matching (ODE, Heun)" -o $@
+
+# ---- score matching (noise form) and the SDE sampler, sigma = 2 ----
+$(L2)/sm-mixture.safetensors: $(L2)/mixture.npy
+	fit-score --data $< --path sqrt --param noise $(L2_FIT) --seed $(LAB2_SEED) --log $(L2)/sm-mixture.log.jsonl -o $@
+$(L2)/sm-mixture.x1.npy: $(L2)/fm-mixture.safetensors $(L2)/sm-mixture.safetensors $(L2)/noise.npy
+	simulate-sde -q $(L2)/noise.npy --field learned:model=$<,score=$(L2)/sm-mixture.safetensors,sigma=2 \
+	  --steps $(L2_SIM_STEPS) --seed $(LAB2_SEED) -o $@
+$(L2)/sm-mixture.png: $(L2)/sm-mixture.x1.npy $(L2)/mixture-ref.npy
+	render-grid $(L2)/mixture-ref.npy $< --bounds $(L2_BOUNDS) --panel-cols 2 \
+	  --titles "data;SDE sampler, sigma = 2, learned score" -o $@
+
+# ---- learned score versus the score derived from the velocity (t = 0.5) ----
+$(L2)/score-learned.npy: $(L2)/sm-mixture.safetensors
+	eval-field --model $< --what score --t 0.5 --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
+$(L2)/score-from-velocity.npy: $(L2)/fm-mixture.safetensors
+	eval-field --model $< --what score --t 0.5 --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
+$(L2)/scores.png: $(L2)/score-learned.npy $(L2)/score-from-velocity.npy
+	render-grid $^ --kind quiver --bounds $(L2_BOUNDS) --panel-cols 2 \
+	  --titles "learned score, t = 0.5;score from the velocity, t = 0.5" -o $@
+
+# ---- Gaussian -> checkerboard(4), CondOT ----
+$(L2)/fm-checkerboard.safetensors: $(L2)/checkerboard.npy
+	fit-velocity --data $< --path condot $(L2_FIT) --seed $(LAB2_SEED) --log $(L2)/fm-checkerboard.log.jsonl -o $@
+$(L2)/fm-checkerboard.x1.npy: $(L2)/fm-checkerboard.safetensors $(L2)/noise.npy
+	simulate-sde -q $(L2)/noise.npy --field $< --steps $(L2_SIM_STEPS) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $(L2)/fm-checkerboard.traj.npy -o $@
+$(L2)/checkerboard.png: $(L2)/fm-checkerboard.x1.npy
+	render-grid $(L2)/fm-checkerboard.traj.npy --snapshots 5 --bounds $(L2_CB_BOUNDS) \
+	  --title "N(0, I) -> checkerboard(4), CondOT (t = 0 .. 1)" -o $@
+
+# ---- circles -> checkerboard(4), the linear interpolant between two data sets ----
+$(L2)/bridge.safetensors: $(L2)/checkerboard.npy $(L2)/circles.npy
+	fit-velocity --data $< --source $(L2)/circles.npy $(L2_FIT) --seed $(LAB2_SEED) --log $(L2)/bridge.log.jsonl -o $@
+$(L2)/bridge.x1.npy: $(L2)/bridge.safetensors $(L2)/circles-x0.npy
+	simulate-sde -q $(L2)/circles-x0.npy --field $< --steps $(L2_SIM_STEPS) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $(L2)/bridge.traj.npy -o $@
+$(L2)/bridge.png: $(L2)/bridge.x1.npy
+	render-grid $(L2)/bridge.traj.npy --snapshots 5 --bounds $(L2_CB_BOUNDS) \
+	  --title "circles -> checkerboard(4), linear interpolant (t = 0 .. 1)" -o $@
+
+# ---- evaluate's figures for every sampler, against held-out reference samples ----
+$(L2)/metrics.json: $(L2)/fm-mixture.x1.npy $(L2)/sm-mixture.x1.npy $(L2)/fm-checkerboard.x1.npy \
+                    $(L2)/bridge.x1.npy $(L2)/mixture-ref.npy $(L2)/checkerboard-ref.npy $(L2)/noise.npy
+	{ echo '{'; \
+	  echo '"flow_matching_mixture":'; evaluate $(L2)/fm-mixture.x1.npy --reference $(L2)/mixture-ref.npy; echo ','; \
+	  echo '"sde_sigma2_mixture":'; evaluate $(L2)/sm-mixture.x1.npy --reference $(L2)/mixture-ref.npy; echo ','; \
+	  echo '"noise_vs_mixture_baseline":'; evaluate $(L2)/noise.npy --reference $(L2)/mixture-ref.npy; echo ','; \
+	  echo '"gaussian_to_checkerboard":'; evaluate $(L2)/fm-checkerboard.x1.npy --reference $(L2)/checkerboard-ref.npy; echo ','; \
+	  echo '"circles_to_checkerboard":'; evaluate $(L2)/bridge.x1.npy --reference $(L2)/checkerboard-ref.npy; echo ','; \
+	  echo '"noise_vs_checkerboard_baseline":'; evaluate $(L2)/noise.npy --reference $(L2)/checkerboard-ref.npy; \
+	  echo '}'; } > $@.tmp && mv $@.tmp $@

@@ -1,0 +1,206 @@
+//! Lab 2 through the tools: a short flow-matching fit on checkerboard beats a fixed
+//! energy-distance bound, the exact Gaussian-target SDE keeps its marginals for several sigma,
+//! learned SDEs sample, and eval-field evaluates a model's conversions.
+
+use crate::common::*;
+
+const DATA: &str = bin!("sample-data");
+const NOISE: &str = bin!("sample-noise");
+const FIT: &str = bin!("fit-velocity");
+const SIM: &str = bin!("simulate-sde");
+const EVAL: &str = bin!("evaluate");
+const FIELD: &str = bin!("eval-field");
+
+fn energy(samples: &str, reference: &str) -> f64 {
+    let out = ok(
+        EVAL,
+        &[samples, "--reference", reference, "--max-n", "1000"],
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["energy_distance"]["value"].as_f64().unwrap()
+}
+
+#[test]
+fn a_short_checkerboard_fit_beats_a_fixed_energy_distance_bound() {
+    let dir = tmp();
+    let (data, reference, noise) = (
+        path(&dir, "cb.npy"),
+        path(&dir, "ref.npy"),
+        path(&dir, "z.npy"),
+    );
+    let (model, x1) = (path(&dir, "m.safetensors"), path(&dir, "x1.npy"));
+    ok(
+        DATA,
+        &[
+            "checkerboard:grid=4",
+            "-n",
+            "4000",
+            "--seed",
+            "1",
+            "-o",
+            &data,
+        ],
+        b"",
+    );
+    ok(
+        DATA,
+        &[
+            "checkerboard:grid=4",
+            "-n",
+            "1000",
+            "--seed",
+            "2",
+            "-o",
+            &reference,
+        ],
+        b"",
+    );
+    ok(NOISE, &["-n", "1000", "--seed", "3", "-o", &noise], b"");
+    let fit = [
+        "--data",
+        &data,
+        "--steps",
+        "800",
+        "--batch",
+        "256",
+        "--lr",
+        "3e-3",
+        "--hidden",
+        "64,64,64",
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        &model,
+    ];
+    ok(FIT, &fit, b"");
+    ok(
+        SIM,
+        &[
+            &noise, "--field", &model, "--solver", "heun", "--steps", "50", "-q", "-o", &x1,
+        ],
+        b"",
+    );
+    let baseline = energy(&noise, &reference);
+    let fitted = energy(&x1, &reference);
+    // N(0, I) against checkerboard(4) on [-5, 5]^2 is ~1.0; a fit that learned the board's
+    // support and cells is an order of magnitude closer.
+    assert!(baseline > 0.7, "baseline {baseline}");
+    assert!(
+        fitted < 0.12,
+        "flow matching after 800 steps: energy distance {fitted}"
+    );
+}
+
+#[test]
+fn the_exact_gaussian_sde_keeps_its_marginals_for_several_sigma() {
+    for sigma in ["0", "1", "2"] {
+        let field = format!("gaussian-target:mean=2;-1,std=0.5,path=sqrt,sigma={sigma}");
+        let z = ok(NOISE, &["-n", "3000", "--seed", "4"], b"");
+        let x = npy_f32(&ok(SIM, &["--field", &field, "--steps", "400", "-q"], &z));
+        let n = x.shape()[0] as f64;
+        for (j, m) in [2.0f64, -1.0].iter().enumerate() {
+            let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
+            let mean = col.iter().sum::<f64>() / n;
+            let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            assert!(
+                (mean - m).abs() < 0.06,
+                "sigma {sigma}: mean {mean} want {m}"
+            );
+            assert!(
+                (std - 0.5).abs() < 0.05,
+                "sigma {sigma}: std {std} want 0.5"
+            );
+        }
+    }
+}
+
+#[test]
+fn learned_sde_and_eval_field_run_on_a_trained_model() {
+    let dir = tmp();
+    let (data, model) = (path(&dir, "g.npy"), path(&dir, "m.safetensors"));
+    ok(
+        DATA,
+        &["gaussian:mean=1,1,std=0.5", "-n", "2000", "-o", &data],
+        b"",
+    );
+    let fit = [
+        "--data",
+        &data,
+        "--steps",
+        "300",
+        "--hidden",
+        "32,32",
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        &model,
+    ];
+    ok(FIT, &fit, b"");
+    let z = ok(NOISE, &["-n", "500", "--seed", "7"], b"");
+    let spec = format!("learned:model={model},sigma=1,schedule=beta");
+    let a = ok(
+        SIM,
+        &["--field", &spec, "--steps", "100", "--seed", "3", "-q"],
+        &z,
+    );
+    let b = ok(
+        SIM,
+        &[
+            "--field", &spec, "--steps", "100", "--seed", "3", "--batch", "64", "-q",
+        ],
+        &z,
+    );
+    // The noise is batch-independent; the network's float rounding may differ by batch size
+    // (matmul blocking), so the paths agree to rounding, not to the bit.
+    let (x, xb) = (npy_f32(&a), npy_f32(&b));
+    let worst = x
+        .iter()
+        .zip(xb.iter())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "the learned SDE depends on batching: max diff {worst}"
+    );
+    let mean = x.iter().sum::<f32>() / x.len() as f32;
+    assert!((mean - 1.0).abs() < 0.2, "learned SDE mean {mean}");
+
+    let grid = [
+        "--model",
+        &model,
+        "--what",
+        "score",
+        "--t",
+        "0.5",
+        "--grid",
+        "-2,2,-2,2",
+    ];
+    let q = npy_f32(&ok(
+        FIELD,
+        &[&grid[..], &["--resolution", "4", "--with-points"]].concat(),
+        b"",
+    ));
+    assert_eq!(q.shape(), &[16, 4]);
+    let pts = ok(NOISE, &["-n", "5"], b"");
+    let v = npy_f32(&ok(
+        FIELD,
+        &["-", "--model", &model, "--what", "velocity"],
+        &pts,
+    ));
+    assert_eq!(v.shape(), &[5, 2]);
+    let r = run(
+        FIELD,
+        &["-", "--model", &model],
+        &ok(NOISE, &["-n", "5", "--shape", "3"], b""),
+    );
+    fails(&r, 1, &["expected x of shape (N, 2)", "got (5, 3)"]);
+    let r = run(
+        FIELD,
+        &["--model", &model, "--what", "magic", "--grid", "0,1,0,1"],
+        b"",
+    );
+    fails(&r, 2, &["--what"]);
+}
