@@ -466,7 +466,7 @@ mod tests {
         let net = Dit::new(&cfg, &p).unwrap();
         let x = wobbly(&[8, 1, 8, 8], 5);
         let y = labels(&[0, 1, 2, 3, 0, 1, 2, 3]);
-        loss_falls(&net, &p, &x, Some(&y), 50, 0.2);
+        loss_falls(&net, &p, &x, Some(&y), 80, 0.2);
     }
 
     #[test]
