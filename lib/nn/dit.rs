@@ -9,6 +9,8 @@
 //! block   (s1, a1, g1, s2, a2, g2) = Linear(SiLU(c))          zero-initialised (adaLN-Zero)
 //!         z = z + g1 * Attn(RMSNorm(z) (1 + a1) + s1)
 //!         z = z + g2 * FF(RMSNorm(z) (1 + a2) + s2)           FF: D -> 4D -> GELU -> D
+//!                                      (exact GELU by default, SiLU on request: ~1.6x
+//!                                      cheaper per element on the CPU)
 //! final   (s, a) = Linear(SiLU(c)) (zero-initialised); h = RMSNorm(z) (1 + a) + s
 //!         h -> Linear -> GELU -> Linear to p p C per token -> rearranged to (N, H, W, C)
 //!         -> conv3x3 (smooths the seams between patches)
@@ -27,6 +29,36 @@ use super::init::{linear, Init, Linear, Params};
 use super::layers::{
     gelu, softmax_last_dim, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
+
+/// The feed-forward nonlinearity of a [`Dit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfActivation {
+    /// Exact GELU, x Phi(x) (erf form).
+    Gelu,
+    Silu,
+}
+
+impl FfActivation {
+    pub fn name(self) -> &'static str {
+        match self {
+            FfActivation::Gelu => "gelu",
+            FfActivation::Silu => "silu",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [FfActivation::Gelu, FfActivation::Silu]
+            .into_iter()
+            .find(|a| a.name() == s)
+    }
+
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FfActivation::Gelu => gelu(x),
+            FfActivation::Silu => x.silu(),
+        }
+    }
+}
 use super::{time_column, FieldNet};
 use crate::Result;
 
@@ -48,11 +80,13 @@ pub struct DitConfig {
     pub mlp_ratio: usize,
     /// Sinusoidal features of t fed to the time MLP.
     pub time_features: usize,
+    /// The nonlinearity of the feed-forward layers and of the final MLP.
+    pub activation: FfActivation,
 }
 
 impl DitConfig {
     /// The config fields: `arch` ("dit"), `data_shape`, `patch_size`, `width`, `depth`,
-    /// `heads`, `num_classes`, `mlp_ratio`, `time_features`.
+    /// `heads`, `num_classes`, `mlp_ratio`, `time_features`, `activation` ("gelu" | "silu").
     pub fn to_json(&self) -> Value {
         json!({
             "arch": "dit",
@@ -64,11 +98,12 @@ impl DitConfig {
             "num_classes": self.num_classes,
             "mlp_ratio": self.mlp_ratio,
             "time_features": self.time_features,
+            "activation": self.activation.name(),
         })
     }
 
     /// Reads a config. Defaults: patch 2, width 256, depth 6, 4 heads, unconditional, mlp_ratio
-    /// 4, 256 time features.
+    /// 4, 256 time features, GELU.
     pub fn from_json(config: &Value) -> ConfigResult<DitConfig> {
         let data_shape = image_shape(config, "dit")?;
         let cfg = DitConfig {
@@ -80,6 +115,13 @@ impl DitConfig {
             num_classes: size(config, "num_classes", 0)?,
             mlp_ratio: positive(config, "mlp_ratio", 4)?,
             time_features: positive(config, "time_features", 256)?,
+            activation: match &config["activation"] {
+                Value::Null => FfActivation::Gelu,
+                v => v
+                    .as_str()
+                    .and_then(FfActivation::parse)
+                    .ok_or_else(|| format!("unknown dit activation {v} (gelu or silu)"))?,
+            },
         };
         let [_, h, w] = data_shape;
         if h % cfg.patch_size != 0 || w % cfg.patch_size != 0 {
@@ -168,6 +210,7 @@ pub struct DitBlock {
     fc1: Linear,
     fc2: Linear,
     norm: RmsNorm,
+    activation: FfActivation,
 }
 
 impl DitBlock {
@@ -180,6 +223,7 @@ impl DitBlock {
             fc1: linear(params, "fc1", d, cfg.mlp_ratio * d)?,
             fc2: linear(params, "fc2", cfg.mlp_ratio * d, d)?,
             norm: RmsNorm::plain(),
+            activation: cfg.activation,
         })
     }
 
@@ -189,7 +233,9 @@ impl DitBlock {
         let h = modulate(&self.norm.forward(z)?, &m[0], &m[1])?;
         let z = (z + self.attn.forward(&h)?.broadcast_mul(&m[2])?)?;
         let h = modulate(&self.norm.forward(&z)?, &m[3], &m[4])?;
-        let ff = self.fc2.forward(&gelu(&self.fc1.forward(&h)?)?)?;
+        let ff = self
+            .fc2
+            .forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
         z + ff.broadcast_mul(&m[5])?
     }
 }
@@ -288,7 +334,7 @@ impl FieldNet for Dit {
         let z = modulate(&self.norm.forward(&z)?, &m[0], &m[1])?;
         let patches = self
             .final_fc2
-            .forward(&gelu(&self.final_fc1.forward(&z)?)?)?; // (N, L, p p C)
+            .forward(&cfg.activation.apply(&self.final_fc1.forward(&z)?)?)?; // (N, L, p p C)
         let img = patches
             .reshape((n, h / p, w / p, p, p, c))?
             .permute((0, 1, 3, 2, 4, 5))?
@@ -318,6 +364,7 @@ mod tests {
             num_classes,
             mlp_ratio: 4,
             time_features: 8,
+            activation: FfActivation::Gelu,
         }
     }
 
@@ -412,10 +459,14 @@ mod tests {
     #[test]
     fn loss_falls_on_a_tiny_fixed_batch() {
         let p = Params::new(3, &Device::Cpu);
-        let net = Dit::new(&tiny([1, 8, 8], 2, 3), &p).unwrap();
+        let cfg = DitConfig {
+            activation: FfActivation::Silu, // the GELU path is trained in the test above
+            ..tiny([1, 8, 8], 2, 3)
+        };
+        let net = Dit::new(&cfg, &p).unwrap();
         let x = wobbly(&[8, 1, 8, 8], 5);
         let y = labels(&[0, 1, 2, 3, 0, 1, 2, 3]);
-        loss_falls(&net, &p, &x, Some(&y), 50, 0.2);
+        loss_falls(&net, &p, &x, Some(&y), 80, 0.2);
     }
 
     #[test]
@@ -430,6 +481,16 @@ mod tests {
         bad["patch_size"] = json!(2);
         bad["heads"] = json!(3);
         assert!(DitConfig::from_json(&bad).unwrap_err().contains("heads"));
+        bad["heads"] = json!(2);
+        bad["activation"] = json!("relu");
+        assert!(DitConfig::from_json(&bad)
+            .unwrap_err()
+            .contains("activation"));
+        let silu = DitConfig {
+            activation: FfActivation::Silu,
+            ..cfg.clone()
+        };
+        assert_eq!(DitConfig::from_json(&silu.to_json()).unwrap(), silu);
         let p = Params::new(4, &Device::Cpu);
         let net = Dit::new(&cfg, &p).unwrap();
         let loaded = Params::from_tensors(p.tensors().into_iter().collect(), "", "m", &Device::Cpu);

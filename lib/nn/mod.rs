@@ -30,7 +30,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 pub use cmlp::{Cmlp, CmlpConfig};
-pub use dit::{Dit, DitConfig};
+pub use dit::{Dit, DitConfig, FfActivation};
 pub use init::{linear, linear_no_bias, Init, Linear, Params, Weights};
 pub use learned::{Learned, LearnedScore, LearnedVelocity};
 pub use mlp::{Activation, Mlp, MlpConfig};
