@@ -35,7 +35,9 @@ Field specs: `brownian:sigma=1,mu=0` (dX = mu dt + sigma dW), `ou:theta=1,sigma=
 `langevin:sigma=1,density=SPEC` (dX = sigma^2/2 grad log p(X) dt + sigma dW; `density=` must \
 come last and takes the rest of the text, or use --density); the values shown are the \
 defaults. Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
-with \"density\" a spec string or object; or a .safetensors model file.";
+with \"density\" a spec string or object; or a .safetensors model file; or a guided field \
+written by `guide`: {\"field\": \"guided\", \"model\": \"m.safetensors\", \"scale\": 3, \
+\"labels\": [0, 1], \"sigma\": 0} (classifier-free guidance).";
 
 /// A vector field u_t(x) with a diffusion coefficient σ_t: dX_t = u_t(X_t) dt + σ_t dW_t.
 pub trait Field {
@@ -47,6 +49,14 @@ pub trait Field {
     fn describe(&self) -> String;
     /// The shape of one sample the field expects (e.g. `[2]`), or `None` for any shape.
     fn sample_shape(&self) -> Option<Vec<usize>>;
+    /// The field as seen by samples `start..start + len` (indices into the whole run, as
+    /// `--first` counts them), for fields that differ per sample, such as a guided field with
+    /// one class label per sample. Solvers run a batch in row chunks and ask each chunk's field
+    /// here, so per-sample data stays aligned with the rows of X_0 however the batch is split.
+    /// `None` (the default): the same field for every sample.
+    fn rows(&self, _start: u64, _len: usize) -> Result<Option<Box<dyn Field + '_>>> {
+        Ok(None)
+    }
 }
 
 /// dX = mu dt + sigma dW.
@@ -167,7 +177,7 @@ pub struct FieldOptions {
 }
 
 /// The analytic field names [`from_json`] knows.
-pub const KINDS: &[&str] = &["brownian", "ou", "linear", "langevin"];
+pub const KINDS: &[&str] = &["brownian", "ou", "linear", "langevin", "guided"];
 
 /// Builds a field from a spec: shorthand, inline JSON, a JSON file, or a `.safetensors` model
 /// file (told apart by magic bytes). Errors in a spec typed on the command line are usage
@@ -196,7 +206,7 @@ pub fn from_spec_with(spec: &str, opts: &FieldOptions, device: &Device) -> Resul
                 );
             }
         }
-        from_json(&obj, opts)
+        from_json_on(&obj, opts, device)
     });
     spec::blame(spec, built).with_context(|| format!("field spec '{spec}'"))
 }
@@ -220,6 +230,15 @@ pub fn from_model(
 
 /// Builds an analytic field from a spec object `{"field": name, ...}`.
 pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dyn Field>> {
+    from_json_on(obj, opts, &Device::Cpu)
+}
+
+/// [`from_json`], loading the model of a `guided` field onto `device`.
+pub fn from_json_on(
+    obj: &Map<String, Value>,
+    opts: &FieldOptions,
+    device: &Device,
+) -> Result<Box<dyn Field>> {
     let name = spec::kind(obj, "field")?;
     let mut k = Keys::new(obj, format!("field {name}"), "field");
     let sigma = |k: &mut Keys| -> Result<f64> {
@@ -261,6 +280,8 @@ pub fn from_json(obj: &Map<String, Value>, opts: &FieldOptions) -> Result<Box<dy
             };
             Box::new(Langevin { sigma, density })
         }
+        // Classifier-free guidance of a conditional model (keys in crate::guidance).
+        "guided" => Box::new(crate::guidance::from_keys(&mut k, device)?),
         other => bail!("unknown field '{other}' (known: {})", KINDS.join(", ")),
     };
     k.finish()?;

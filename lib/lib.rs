@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fields;
+pub mod guidance;
 pub mod io;
 pub mod nn;
 pub mod noise;
