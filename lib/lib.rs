@@ -26,6 +26,7 @@ pub mod guidance;
 pub mod io;
 pub mod nn;
 pub mod noise;
+pub mod noising;
 pub mod paths;
 pub mod progress;
 pub mod render;
