@@ -47,7 +47,9 @@ defaults. `gaussian-target:mean=0;0,std=1,path=condot,sigma=0` is the exact marg
 `learned:model=M.safetensors,sigma=0,schedule=const,score=S.safetensors` for the SDE \
 dX = [u + sigma_t^2/2 s] dt + sigma_t dW (Theorem 17; sigma_t = sigma, or sigma * beta_t with \
 schedule=beta; the score from S, or converted from the velocity model when score is absent). Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
-with \"density\" a spec string or object; or a .safetensors model file.";
+with \"density\" a spec string or object; or a .safetensors model file; or a guided field \
+written by `guide`: {\"field\": \"guided\", \"model\": \"m.safetensors\", \"scale\": 3, \
+\"labels\": [0, 1], \"sigma\": 0} (classifier-free guidance).";
 
 /// A vector field u_t(x) with a diffusion coefficient σ_t: dX_t = u_t(X_t) dt + σ_t dW_t.
 pub trait Field {
@@ -59,6 +61,14 @@ pub trait Field {
     fn describe(&self) -> String;
     /// The shape of one sample the field expects (e.g. `[2]`), or `None` for any shape.
     fn sample_shape(&self) -> Option<Vec<usize>>;
+    /// The field as seen by samples `start..start + len` (indices into the whole run, as
+    /// `--first` counts them), for fields that differ per sample, such as a guided field with
+    /// one class label per sample. Solvers run a batch in row chunks and ask each chunk's field
+    /// here, so per-sample data stays aligned with the rows of X_0 however the batch is split.
+    /// `None` (the default): the same field for every sample.
+    fn rows(&self, _start: u64, _len: usize) -> Result<Option<Box<dyn Field + '_>>> {
+        Ok(None)
+    }
 }
 
 /// dX = mu dt + sigma dW.
@@ -186,6 +196,7 @@ pub const KINDS: &[&str] = &[
     "langevin",
     "learned",
     "gaussian-target",
+    "guided",
 ];
 
 /// Builds a field from a spec: shorthand, inline JSON, a JSON file, or a `.safetensors` model
@@ -341,6 +352,8 @@ pub fn from_json(
             };
             Box::new(Langevin { sigma, density })
         }
+        // Classifier-free guidance of a conditional model (keys in crate::guidance).
+        "guided" => Box::new(crate::guidance::from_keys(&mut k, device)?),
         other => bail!("unknown field '{other}' (known: {})", KINDS.join(", ")),
     };
     k.finish()?;

@@ -339,7 +339,9 @@ pub fn solve(
 
 /// [`solve`] on an f32 array x0 (N, ...) in batches of at most `batch` samples on `device`;
 /// returns X at the last time, the trajectory (N, T', ...) if asked for, and the summed stats.
-/// Fixed-step results are identical for every `batch`.
+/// Each chunk of rows runs the field [`Field::rows`] gives for its sample indices (`first` +
+/// row), so per-sample fields (labels) stay aligned. Fixed-step results are identical for every
+/// `batch`.
 pub fn solve_batched(
     field: &dyn Field,
     x0: &ArrayD<f32>,
@@ -360,7 +362,8 @@ pub fn solve_batched(
             first: opts.first + start as u64,
             ..opts.clone()
         };
-        let sol = solve(field, &x, grid, &o, progress)?;
+        let chunk = field.rows(o.first, len)?;
+        let sol = solve(chunk.as_deref().unwrap_or(field), &x, grid, &o, progress)?;
         xs.push(from_tensor(&sol.x)?);
         if let Some(t) = sol.trajectory {
             trajs.push(from_tensor(&t)?);

@@ -88,6 +88,12 @@ impl Learned {
 
     /// The network's raw output at x (N, ...data_shape), t (N,), (N, 1) or one value.
     pub fn predict(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.predict_labelled(x, t, None)
+    }
+
+    /// The raw output given class labels y (N,) u32 in 0..=num_classes (num_classes is the
+    /// null label), or `None` for the null label on every row.
+    pub fn predict_labelled(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         if x.rank() == 0 || x.dims()[1..] != self.data_shape[..] {
             let mut want = vec!["N".to_string()];
             want.extend(self.data_shape.iter().map(|d| d.to_string()));
@@ -99,11 +105,16 @@ impl Learned {
             );
         }
         let t = time_column(t, x.dim(0)?)?.to_dtype(x.dtype())?;
-        Ok(self.net.forward(x, &t, None)?)
+        Ok(self.net.forward(x, &t, y)?)
+    }
+
+    /// The number of classes the network was trained on (0: unconditional).
+    pub fn num_classes(&self) -> usize {
+        self.net.num_classes()
     }
 
     /// The Gaussian path needed to convert between parametrisations.
-    fn gaussian(&self, want: Param) -> Result<GaussianPath> {
+    pub fn gaussian(&self, want: Param) -> Result<GaussianPath> {
         self.path.as_gaussian(self.gaussian_source).ok_or_else(|| {
             anyhow!(
                 "{}: a {} model on the {} path from a data source cannot give a {}",
@@ -117,7 +128,18 @@ impl Learned {
 
     /// The prediction converted to `want` (velocity, score, noise or denoiser).
     pub fn predict_as(&self, want: Param, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let pred = self.predict(x, t)?;
+        self.predict_as_labelled(want, x, t, None)
+    }
+
+    /// [`Self::predict_as`] given class labels y (N,) (see [`Self::predict_labelled`]).
+    pub fn predict_as_labelled(
+        &self,
+        want: Param,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let pred = self.predict_labelled(x, t, y)?;
         if want == self.param {
             return Ok(pred);
         }

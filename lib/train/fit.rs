@@ -1,6 +1,8 @@
 //! The driver shared by `fit-velocity` (conditional flow matching, notes eq. 26/31, Algorithm 3)
-//! and `fit-score` (denoising score matching, Theorem 22): the MLP of Lab 2 trained on (N, D)
-//! points.
+//! and `fit-score` (denoising score matching, Theorem 22): the MLP of Lab 2 on (N, D) points, or
+//! Lab 3's conditional networks ([`super::arch`]) on labelled points or images (N, C, H, W),
+//! trained with label dropout for classifier-free guidance (notes Algorithm 5, see
+//! [`super::losses`]).
 //!
 //! Order of work, as every tool: check the flags (usage errors, exit 2), read the data, the
 //! source and the checkpoint and check them against each other (exit 1, naming the file),
@@ -12,19 +14,24 @@
 //! new total), the outputs (`-o`, `--log`, which is appended to, `--checkpoint`) and the data
 //! files are taken from the command line. Data of another dimension is refused; other data of
 //! the same shape gets a warning (training goes on, but no longer repeats the original run).
+//! A labelled run needs its labels again (`--labels`).
+//!
+//! `--sample-grid` draws samples of the model at each checkpoint step ([`super::preview`]).
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
+use super::arch::{self, NetFlags};
 use super::checkpoint::{self, TrainState};
 use super::ema::Ema;
-use super::losses::{ConditionalLoss, Dataset, Source};
+use super::losses::{ConditionalLoss, Dataset, Labels, Source};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use super::preview::Preview;
 use super::trainer::{self, LoopOptions};
 use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
-use crate::nn::{self, Activation, MlpConfig, Params};
+use crate::nn::{self, Params};
 use crate::paths::{GaussianPath, Param, Path};
 use crate::{usage_bail, Result};
 
@@ -62,9 +69,21 @@ impl PathArg {
 /// can tell a contradiction from a default.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FitFlags {
-    /// Training data: (N, D) points, .npy
+    /// Training data: (N, D) points or (N, C, H, W) images, .npy
     #[arg(long, value_name = "PATH")]
     pub data: String,
+    /// Class labels of the data, (N,) int64 in 0..K-1: trains a conditional model u(x | y)
+    #[arg(long, value_name = "PATH")]
+    pub labels: Option<String>,
+    /// K, the number of classes [default: the largest label + 1]
+    #[arg(long, value_name = "K")]
+    pub num_classes: Option<usize>,
+    /// Probability eta of replacing a label by the null label, so that the model also learns
+    /// u(x | null) for classifier-free guidance [default: 0.1 with --labels]
+    #[arg(long, value_name = "ETA")]
+    pub label_dropout: Option<f64>,
+    #[command(flatten)]
+    pub net: NetFlags,
     /// Hidden layer widths, comma separated [default: 64,64,64,64]
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
     pub hidden: Option<Vec<usize>>,
@@ -110,7 +129,20 @@ pub struct FitFlags {
     /// Continue the run a checkpoint belongs to (weights, optimiser moments, EMA, step)
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<String>,
+    /// Draw samples of the model (EMA weights) as a PNG here at every --checkpoint-every steps
+    /// and at the end: one row per class, from the same noise each time (images only)
+    #[arg(long, value_name = "PATH")]
+    pub sample_grid: Option<String>,
+    /// Samples per row of --sample-grid
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    pub grid_cols: usize,
+    /// Euler steps of the --sample-grid samples
+    #[arg(long, default_value_t = 20, value_name = "STEPS")]
+    pub grid_steps: usize,
 }
+
+/// The default label dropout eta with --labels (the lab's).
+pub const DEFAULT_LABEL_DROPOUT: f64 = 0.1;
 
 /// What a tool trains: the model kind and its tool-specific choices (None: default/checkpoint).
 pub struct FitSpec {
@@ -127,7 +159,8 @@ pub struct FitSpec {
 /// Everything that defines a run, as stored in the model config.
 #[derive(Clone, Debug, PartialEq)]
 struct Plan {
-    mlp: MlpConfig,
+    /// The architecture config (`arch`, `data_shape`, sizes, `num_classes`).
+    net: Value,
     param: Param,
     path: Path,
     data_source: bool,
@@ -135,6 +168,7 @@ struct Plan {
     batch: usize,
     seed: u64,
     ema: Option<f64>,
+    label_dropout: f64,
 }
 
 /// Trains the model `spec` describes with `flags`; the shared body of both tools.
@@ -142,36 +176,56 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     let device = common.setup()?;
     check_flags(&spec, flags)?;
     super::keep_freed_memory();
-    let data = read_points(&flags.data, "data")?;
+    let data = read_data(&flags.data, "data")?;
     let source = match &spec.source {
-        Some(p) => Some(read_points(p, "source")?),
+        Some(p) => Some(read_data(p, "source")?),
         None => None,
     };
     if let Some(s) = &source {
         if s.shape != data.shape {
+            let mut want = vec![s.n];
+            want.extend_from_slice(&data.shape);
             bail!(
-                "expected source points (N, {}) like the data, got {} in {}",
-                data.dim(),
-                shape_str(&[s.n, s.dim()]),
+                "expected source samples {} like the data, got {} in {}",
+                shape_str(&want).replacen(&s.n.to_string(), "N", 1),
+                shape_str(&[&[s.n][..], &s.shape].concat()),
                 s.name
             );
         }
     }
+    let labels = match &flags.labels {
+        Some(p) => Some(read_labels(p, &data, flags.num_classes)?),
+        None => None,
+    };
     let ckpt = match &flags.resume {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
     let plan = match &ckpt {
-        Some(c) => resumed_plan(&spec, flags, common, c, &data, source.as_ref())?,
-        None => fresh_plan(&spec, flags, common, &data, source.is_some()),
+        Some(c) => resumed_plan(&spec, flags, common, c, &data, source.as_ref(), &labels)?,
+        None => fresh_plan(&spec, flags, common, &data, source.is_some(), &labels)?,
     };
-    let config = model_config(&spec, &plan, &data, source.as_ref());
+    let config = model_config(&spec, &plan, &data, source.as_ref(), labels.as_ref());
+    let preview = match &flags.sample_grid {
+        Some(path) => {
+            let p = Preview {
+                path: path.clone(),
+                cols: flags.grid_cols,
+                steps: flags.grid_steps,
+                seed: plan.seed,
+            };
+            p.check_shape(&data.shape, &data.name)?;
+            Some(p)
+        }
+        None => None,
+    };
 
     let params = match &ckpt {
         Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, &device),
         None => Params::new(plan.seed, &device),
     };
-    let net = nn::build(&config, &params)?;
+    let net =
+        nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?;
     let ema = match plan.ema {
         Some(d) => Some(Ema::new(&params, d)?),
         None => None,
@@ -185,8 +239,9 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         state.restore(c)?;
     }
     common.explain(format!(
-        "{} parameters; {} on the {} path, {} steps from step {}",
+        "{} parameters ({}); {} on the {} path, {} steps from step {}",
         state.params.count(),
+        plan.net["arch"].as_str().unwrap_or("?"),
         plan.param.name(),
         plan.path.name(),
         plan.opt.schedule.total,
@@ -201,6 +256,8 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         batch: plan.batch,
         seed: plan.seed,
         device: device.clone(),
+        labels,
+        label_dropout: plan.label_dropout,
     };
     loss.validate()?;
     let opts = LoopOptions {
@@ -212,9 +269,16 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         checkpoint_every: flags.checkpoint_every,
         quiet: common.quiet,
     };
-    let summary = trainer::run(&mut state, &config, &opts, &mut |step| {
-        loss.loss(net.as_ref(), step)
-    })?;
+    let summary = trainer::run_with(
+        &mut state,
+        &config,
+        &opts,
+        &mut |step| loss.loss(net.as_ref(), step),
+        &mut |state, _| match &preview {
+            Some(p) => p.write(&config, state),
+            None => Ok(()),
+        },
+    )?;
     checkpoint::save_model(&common.output, &config, &state)?;
     if summary.steps > 0 {
         common.say(format!(
@@ -259,6 +323,24 @@ fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     if f.log_every == 0 || f.checkpoint_every == 0 {
         usage_bail!("--log-every and --checkpoint-every must be at least 1");
     }
+    if let Some(eta) = f.label_dropout {
+        if !(0.0..1.0).contains(&eta) {
+            usage_bail!("--label-dropout must be in [0, 1), got {eta}");
+        }
+    }
+    if f.labels.is_none() && (f.label_dropout.is_some() || f.num_classes.is_some()) {
+        usage_bail!("--label-dropout and --num-classes need --labels");
+    }
+    if f.num_classes == Some(0) {
+        usage_bail!("--num-classes must be at least 1");
+    }
+    if f.grid_cols == 0 || f.grid_steps == 0 {
+        usage_bail!("--grid-cols and --grid-steps must be at least 1");
+    }
+    if f.sample_grid.is_some() && spec.source.is_some() {
+        usage_bail!("--sample-grid samples from N(0, I) noise; it does not go with --source");
+    }
+    arch::check_flags(f)?;
     let path = spec_path(spec);
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(
@@ -277,12 +359,24 @@ fn spec_path(spec: &FitSpec) -> Option<Path> {
     spec.path.map(PathArg::path)
 }
 
-/// Reads (N, D) finite points from `path` (the `--data` or `--source` file).
-fn read_points(path: &str, what: &str) -> Result<Dataset> {
+/// Reads (N, ...) finite samples from `path` (the `--data` or `--source` file).
+fn read_data(path: &str, what: &str) -> Result<Dataset> {
     let arr = npy::read_f32(path)?;
     let name = crate::io::display_name(path);
-    npy::expect_shape(arr.shape(), "N,D", &format!("{what} points"), &name)?;
+    if arr.ndim() < 2 {
+        bail!(
+            "expected {what} samples (N, D) or (N, C, H, W), got {} in {name}",
+            shape_str(arr.shape())
+        );
+    }
     Dataset::new(arr, &name)
+}
+
+/// Reads the `--labels` file: one int64 label per data sample.
+fn read_labels(path: &str, data: &Dataset, num_classes: Option<usize>) -> Result<Labels> {
+    let arr = npy::read_i64(path)?;
+    let name = crate::io::display_name(path);
+    Labels::new(&arr, &name, data.n, &data.name, num_classes)
 }
 
 fn fresh_plan(
@@ -291,7 +385,8 @@ fn fresh_plan(
     common: &Common,
     data: &Dataset,
     data_source: bool,
-) -> Plan {
+    labels: &Option<Labels>,
+) -> Result<Plan> {
     let default_path = if data_source {
         Path::LinearInterpolant
     } else {
@@ -303,13 +398,9 @@ fn fresh_plan(
         decay: f.decay.unwrap_or(Decay::Constant),
         total: f.steps.unwrap_or(DEFAULT_STEPS),
     };
-    Plan {
-        mlp: MlpConfig {
-            dim: data.dim(),
-            hidden: f.hidden.clone().unwrap_or(DEFAULT_HIDDEN.to_vec()),
-            activation: Activation::Silu,
-            time_features: f.time_features.unwrap_or(0),
-        },
+    let num_classes = labels.as_ref().map_or(0, |l| l.num_classes);
+    Ok(Plan {
+        net: arch::fresh_config(f, data.n, &data.shape, num_classes, &data.name)?,
         param: spec.param.unwrap_or(spec.default_param),
         path: spec_path(spec).unwrap_or(default_path),
         data_source,
@@ -317,13 +408,23 @@ fn fresh_plan(
         batch: f.batch.unwrap_or(DEFAULT_BATCH),
         seed: common.seed,
         ema: f.ema,
-    }
+        label_dropout: match labels {
+            Some(_) => f.label_dropout.unwrap_or(DEFAULT_LABEL_DROPOUT),
+            None => 0.0,
+        },
+    })
 }
 
 /// The model config: architecture, what it predicts, the path, and the training arguments.
-fn model_config(spec: &FitSpec, plan: &Plan, data: &Dataset, source: Option<&Dataset>) -> Value {
+fn model_config(
+    spec: &FitSpec,
+    plan: &Plan,
+    data: &Dataset,
+    source: Option<&Dataset>,
+    labels: Option<&Labels>,
+) -> Value {
     let about = |d: &Dataset| json!({"file": d.name, "n": d.n, "fingerprint": d.fingerprint()});
-    let mut c = plan.mlp.to_json();
+    let mut c = plan.net.clone();
     c["kind"] = json!(spec.kind);
     c["parametrisation"] = json!(plan.param.name());
     c["path"] = plan.path.to_json();
@@ -340,6 +441,8 @@ fn model_config(spec: &FitSpec, plan: &Plan, data: &Dataset, source: Option<&Dat
         "seed": plan.seed,
         "data": about(data),
         "source": source.map(about),
+        "labels": labels.map(|l| json!({"file": l.name, "fingerprint": l.fingerprint()})),
+        "label_dropout": plan.label_dropout,
     });
     c
 }
@@ -352,6 +455,7 @@ fn resumed_plan(
     ckpt: &ModelFile,
     data: &Dataset,
     source: Option<&Dataset>,
+    labels: &Option<Labels>,
 ) -> Result<Plan> {
     let name = &ckpt.name;
     let m = checkpoint::model_config(ckpt)?;
@@ -363,8 +467,12 @@ fn resumed_plan(
             spec.kind
         );
     }
+    let mut net = m.clone();
+    if let Some(o) = net.as_object_mut() {
+        o.remove("train");
+    }
     let mut plan = Plan {
-        mlp: MlpConfig::from_json(m).map_err(|e| anyhow!("{name}: {e}"))?,
+        net,
         param: m["parametrisation"]
             .as_str()
             .and_then(Param::parse)
@@ -380,13 +488,36 @@ fn resumed_plan(
             .as_u64()
             .ok_or_else(|| bad("train.seed"))?,
         ema: m["ema"].as_f64(),
+        label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
     };
     let s = &plan.opt.schedule;
-    same("--hidden", &f.hidden, &plan.mlp.hidden, name)?;
+    for (flag, key, given, _) in arch::given(f) {
+        let saved = match (key, &plan.net[key]) {
+            ("time_features", Value::Null) => json!(0),
+            (_, v) => v.clone(),
+        };
+        same(flag, &Some(given), &saved, name)?;
+    }
+    let classes = arch::num_classes(&plan.net);
+    match labels {
+        None if classes > 0 => {
+            usage_bail!("{name} was trained with labels ({classes} classes): give --labels")
+        }
+        Some(_) if classes == 0 => {
+            usage_bail!("{name} was trained without labels: --labels does not apply")
+        }
+        Some(l) if l.num_classes != classes => bail!(
+            "{} holds {} classes, but {name} was trained on {classes} (give --num-classes              {classes} if some are missing)",
+            l.name,
+            l.num_classes
+        ),
+        _ => {}
+    }
+    same("--num-classes", &f.num_classes, &classes, name)?;
     same(
-        "--time-features",
-        &f.time_features,
-        &plan.mlp.time_features,
+        "--label-dropout",
+        &f.label_dropout,
+        &plan.label_dropout,
         name,
     )?;
     same("--lr", &f.lr, &s.lr, name)?;
@@ -431,13 +562,22 @@ fn resumed_plan(
         }
         plan.opt.schedule.total = total;
     }
-    if data.dim() != plan.mlp.dim {
+    let want = arch::data_shape(&plan.net).unwrap_or_default();
+    if data.shape != want {
         bail!(
-            "expected data points (N, {}) for the checkpoint {name}, got {} in {}",
-            plan.mlp.dim,
-            shape_str(&[data.n, data.dim()]),
+            "expected data samples {} for the checkpoint {name}, got {} in {}",
+            shape_str(&[&[data.n][..], &want].concat()).replacen(&data.n.to_string(), "N", 1),
+            shape_str(&[&[data.n][..], &data.shape].concat()),
             data.name
         );
+    }
+    if let (Some(l), Some(saved)) = (labels, m["train"]["labels"]["fingerprint"].as_str()) {
+        if l.fingerprint() != saved {
+            common.say(format!(
+                "warning: {} differs from the labels {name} was trained on; the run continues on the new labels",
+                l.name
+            ));
+        }
     }
     let seen = [("data", Some(data)), ("source", source)];
     for (key, d) in seen {

@@ -19,6 +19,12 @@
 //! an uninterrupted one would, and nothing but the step count needs saving:
 //! data (and source) indices, uniform with replacement, from (seed, Shuffle, s); times from
 //! (seed, Time, s); noise from (seed, Noise, s).
+//!
+//! **Class labels** (classifier-free guidance, notes section 5.1 and Algorithm 5): a labelled
+//! data set gives each sample its label y (the rows drawn for the batch, no extra draw), and
+//! each label is replaced by the null label ∅ = num_classes with probability eta, from one
+//! uniform per batch row of (seed, LabelDropout, s). The network then learns u(x | y) and
+//! u(x | ∅) at once: L = E || u_theta(x_t, t, y~) - u_t(x_t | z) ||^2.
 
 use anyhow::bail;
 use candle_core::{Device, Tensor};
@@ -91,6 +97,62 @@ impl Dataset {
     }
 }
 
+/// Class labels of a data set, one per sample.
+pub struct Labels {
+    /// u32 in 0..num_classes.
+    pub values: Vec<u32>,
+    /// Classes 0..num_classes; the null label is num_classes.
+    pub num_classes: usize,
+    /// The file, for messages.
+    pub name: String,
+}
+
+impl Labels {
+    /// Labels from an (N,) int64 array read from `name`, checked against `n` samples of the data
+    /// set `data` and `num_classes` (default: the largest label + 1).
+    pub fn new(
+        arr: &ndarray::ArrayD<i64>,
+        name: &str,
+        n: usize,
+        data: &str,
+        num_classes: Option<usize>,
+    ) -> Result<Labels> {
+        crate::io::npy::expect_shape(arr.shape(), "N", "labels", name)?;
+        if arr.len() != n {
+            bail!(
+                "expected {n} labels, one per sample of {data}, got {} in {name}",
+                arr.len()
+            );
+        }
+        let max = arr.iter().copied().max().unwrap_or(0);
+        if let Some(bad) = arr.iter().find(|&&y| y < 0) {
+            bail!("labels must be >= 0, found {bad} in {name}");
+        }
+        let num_classes = match num_classes {
+            Some(k) if max >= k as i64 => bail!(
+                "label {max} in {name} is out of range for --num-classes {k} (labels 0..{})",
+                k.saturating_sub(1)
+            ),
+            Some(k) => k,
+            None => max as usize + 1,
+        };
+        Ok(Labels {
+            values: arr.iter().map(|&y| y as u32).collect(),
+            num_classes,
+            name: name.to_string(),
+        })
+    }
+
+    /// A 64-bit fingerprint of the labels (hex), to notice a resumed run on other labels.
+    pub fn fingerprint(&self) -> String {
+        let mut h = rng::mix64(self.num_classes as u64);
+        for &y in &self.values {
+            h = rng::mix64(h ^ y as u64);
+        }
+        format!("{h:016x}")
+    }
+}
+
 /// Where x_0 comes from: N(0, I), or a data set (for the linear interpolant).
 pub enum Source {
     Gaussian,
@@ -105,6 +167,8 @@ pub struct Batch {
     pub t: Tensor,
     /// (B, ...shape)
     pub target: Tensor,
+    /// (B,) u32 labels after dropout (the null label is num_classes); `None` unconditional.
+    pub y: Option<Tensor>,
 }
 
 /// The conditional regression loss of flow matching or (denoising) score matching.
@@ -117,6 +181,10 @@ pub struct ConditionalLoss {
     pub batch: usize,
     pub seed: u64,
     pub device: Device,
+    /// Class labels of the data, for a conditional network; `None`: unconditional.
+    pub labels: Option<Labels>,
+    /// eta, the probability that a label is replaced by the null label.
+    pub label_dropout: f64,
 }
 
 impl ConditionalLoss {
@@ -150,11 +218,12 @@ impl ConditionalLoss {
                 .map(|_| shuffle.random_range(0..n as u64) as usize)
                 .collect()
         };
-        let z = Tensor::from_vec(
-            self.data.gather(&indices(self.data.n)),
-            shape.as_slice(),
-            &self.device,
-        )?;
+        let rows = indices(self.data.n);
+        let z = Tensor::from_vec(self.data.gather(&rows), shape.as_slice(), &self.device)?;
+        let y = match &self.labels {
+            Some(l) => Some(self.dropped_labels(l, &rows, step)?),
+            None => None,
+        };
         let x0 = match &self.source {
             Source::Data(s) => s.gather(&indices(s.n)),
             Source::Gaussian => {
@@ -183,13 +252,34 @@ impl ConditionalLoss {
                 LinearInterpolant.conditional_velocity(&x0, &z)?,
             ),
         };
-        Ok(Batch { x, t, target })
+        Ok(Batch { x, t, target, y })
+    }
+
+    /// The labels of `rows` with each replaced by the null label with probability eta
+    /// (Algorithm 5), from the step's LabelDropout stream: (B,) u32.
+    fn dropped_labels(&self, l: &Labels, rows: &[usize], step: u64) -> candle_core::Result<Tensor> {
+        let mut u = vec![0f32; rows.len()];
+        let mut s = rng::stream(self.seed, Purpose::LabelDropout, step);
+        rng::fill_uniform(&mut s, &mut u, 0.0, 1.0);
+        let null = l.num_classes as u32;
+        let y: Vec<u32> = rows
+            .iter()
+            .zip(&u)
+            .map(|(&i, &u)| {
+                if (u as f64) < self.label_dropout {
+                    null
+                } else {
+                    l.values[i]
+                }
+            })
+            .collect();
+        Tensor::from_vec(y, rows.len(), &self.device)
     }
 
     /// The loss of step `step`: mean over the batch of || net(x_t, t) - target ||^2.
     pub fn loss(&self, net: &dyn FieldNet, step: u64) -> candle_core::Result<Tensor> {
         let batch = self.batch(step)?;
-        let pred = net.forward(&batch.x, &batch.t, None)?;
+        let pred = net.forward(&batch.x, &batch.t, batch.y.as_ref())?;
         (pred - batch.target)?
             .sqr()?
             .sum_all()?
@@ -220,6 +310,8 @@ mod tests {
             batch: 6,
             seed: 3,
             device: Device::Cpu,
+            labels: None,
+            label_dropout: 0.0,
         }
     }
 
@@ -285,5 +377,52 @@ mod tests {
             err,
             "expected a non-empty data set (N, ...), got (0, 2) in e.npy"
         );
+    }
+
+    #[test]
+    fn labels_follow_their_rows_and_drop_out_at_rate_eta() {
+        let mut l = loss(
+            Path::Gaussian(GaussianPath::CONDOT),
+            Param::Velocity,
+            Source::Gaussian,
+        );
+        // Data row i is (2i, 2i + 1); its label is i % 3.
+        let arr = ndarray::Array1::from_iter((0..10).map(|i| (i % 3) as i64)).into_dyn();
+        l.labels = Some(Labels::new(&arr, "y.npy", 10, "d.npy", None).unwrap());
+        l.batch = 2000;
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let check = |eta: f64, l: &ConditionalLoss| -> usize {
+            let b = l.batch(7).unwrap();
+            let y: Vec<u32> = b.y.unwrap().to_vec1().unwrap();
+            // At t = 1 - beta the data row is recoverable: z = (x - beta eps) / alpha; instead
+            // check through the target u = z - eps: z = u + eps with eps = (x - t z)/(1 - t).
+            let (x, t, u) = (v(&b.x), v(&b.t), v(&b.target));
+            let mut nulls = 0;
+            for (i, &yi) in y.iter().enumerate() {
+                let ti = t[i] as f64;
+                // x = t z + (1 - t) eps and u = z - eps, so z = x + (1 - t) u.
+                let z0 = x[2 * i] as f64 + (1.0 - ti) * u[2 * i] as f64;
+                let row = (z0 / 2.0).round() as u32;
+                if yi == 3 {
+                    nulls += 1;
+                } else {
+                    assert_eq!(yi, row % 3, "label of row {row}");
+                }
+            }
+            let rate = nulls as f64 / y.len() as f64;
+            let se = (eta * (1.0 - eta) / y.len() as f64).sqrt();
+            assert!((rate - eta).abs() <= 4.0 * se + 1e-12, "eta {eta}: {rate}");
+            nulls
+        };
+        check(0.0, &l);
+        l.label_dropout = 0.25;
+        let a = check(0.25, &l);
+        assert_eq!(a, check(0.25, &l), "the same step drops the same labels");
+        let err = Labels::new(&arr, "y.npy", 9, "d.npy", None).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "expected 9 labels, one per sample of d.npy, got 10 in y.npy"
+        );
+        assert!(Labels::new(&arr, "y.npy", 10, "d.npy", Some(2)).is_err());
     }
 }

@@ -8,11 +8,13 @@
 //! step s is keyed by s, so a resumed run ends bit-identical to an uninterrupted one.
 //! [`fit`] is the driver of the `fit-velocity` and `fit-score` tools.
 
+pub mod arch;
 pub mod checkpoint;
 pub mod ema;
 pub mod fit;
 pub mod losses;
 pub mod optim;
+pub mod preview;
 pub mod trainer;
 
 use candle_core::Tensor;

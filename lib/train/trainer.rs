@@ -54,6 +54,18 @@ pub fn run(
     opts: &LoopOptions,
     loss_of: &mut dyn FnMut(u64) -> candle_core::Result<Tensor>,
 ) -> Result<Summary> {
+    run_with(state, model_config, opts, loss_of, &mut |_, _| Ok(()))
+}
+
+/// [`run`], calling `at_checkpoint(state, step)` every `checkpoint_every` steps and after the
+/// last one (whether or not checkpoints are written), e.g. to draw samples as training goes.
+pub fn run_with(
+    state: &mut TrainState,
+    model_config: &Value,
+    opts: &LoopOptions,
+    loss_of: &mut dyn FnMut(u64) -> candle_core::Result<Tensor>,
+    at_checkpoint: &mut dyn FnMut(&TrainState, u64) -> Result<()>,
+) -> Result<Summary> {
     let start = state.step();
     let mut log = if opts.append_log {
         JsonLog::append(opts.log.as_deref())?
@@ -94,10 +106,11 @@ pub fn run(
             log.line(&json!({"step": done, "loss": last_loss, "lr": lr, "time_s": t}))?;
             (window_sum, window_n) = (0.0, 0);
         }
-        if let Some(pattern) = &opts.checkpoint {
-            if done % ckpt_every == 0 || done == opts.total_steps {
+        if done % ckpt_every == 0 || done == opts.total_steps {
+            if let Some(pattern) = &opts.checkpoint {
                 checkpoint::save(&checkpoint::path_for(pattern, done), model_config, state)?;
             }
+            at_checkpoint(state, done)?;
         }
     }
     bar.finish();

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 mod foundation;
+mod images;
 mod import;
 mod interop;
 mod lab1;
