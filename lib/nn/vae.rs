@@ -540,6 +540,15 @@ impl Vae {
     }
 }
 
+/// Opens a `vae` model file (EMA weights when it has them), naming the file in errors.
+pub fn open(path: &str, device: &candle_core::Device) -> Result<Vae> {
+    let model = crate::io::model::load_kind(path, &["vae"], device)?;
+    let cfg =
+        VaeConfig::from_json(&model.config).map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
+    let params = Params::from_model(&model, super::Weights::Auto, device)?;
+    Vae::new(&cfg, &params)
+}
+
 /// -log N(x; mu, exp(logvar) I) per image: (N,), logvar a (1,) scalar tensor.
 pub fn gaussian_nll(x: &Tensor, mu: &Tensor, logvar: &Tensor) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
@@ -620,6 +629,38 @@ pub fn decode_all(
         out.extend(from_tensor(&vae.decode(&z)?)?.iter().copied());
     }
     Ok(ArrayD::from_shape_vec(ndarray::IxDyn(&[n, c, h, w]), out)?)
+}
+
+/// Decoded linear interpolations between the posterior means of image pairs:
+/// for pair (a, b) and s_j = j / (steps - 1), D((1 - s_j) mu(x_a) + s_j mu(x_b)), j = 0..steps.
+/// `images` (M, C, H, W); returns (pairs * steps, C, H, W), pair by pair.
+pub fn interpolate_pairs(
+    vae: &Vae,
+    images: &ArrayD<f32>,
+    pairs: &[(usize, usize)],
+    steps: usize,
+    device: &candle_core::Device,
+) -> Result<ArrayD<f32>> {
+    let m = images.shape()[0];
+    if let Some(&(a, b)) = pairs.iter().find(|(a, b)| *a >= m || *b >= m) {
+        bail!("pair {a}:{b} names an image past the {m} given");
+    }
+    let x = to_tensor(images, device)?;
+    let mean = vae.encode(&x)?.mean;
+    let mut rows = Vec::with_capacity(pairs.len() * steps);
+    for &(a, b) in pairs {
+        let (za, zb) = (mean.get(a)?, mean.get(b)?);
+        for j in 0..steps {
+            let s = if steps == 1 {
+                0.0
+            } else {
+                j as f64 / (steps - 1) as f64
+            };
+            rows.push(((&za * (1.0 - s))? + (&zb * s)?)?);
+        }
+    }
+    let z = Tensor::stack(&rows, 0)?;
+    Ok(from_tensor(&vae.decode(&z)?)?)
 }
 
 /// Fails unless `shape` is (N, ...want), naming `what`, the file, the expected and the found.

@@ -14,6 +14,7 @@ pub mod fit;
 pub mod losses;
 pub mod optim;
 pub mod trainer;
+pub mod vae;
 
 use candle_core::Tensor;
 

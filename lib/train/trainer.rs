@@ -54,6 +54,19 @@ pub fn run(
     opts: &LoopOptions,
     loss_of: &mut dyn FnMut(u64) -> candle_core::Result<Tensor>,
 ) -> Result<Summary> {
+    run_with_hook(state, model_config, opts, loss_of, &mut |_, _| Ok(()))
+}
+
+/// [`run`], calling `at_checkpoint(steps_done, state)` every `checkpoint_every` steps and after
+/// the last one (after the checkpoint, if any, is written): for figures such as a VAE's
+/// reconstruction grid.
+pub fn run_with_hook(
+    state: &mut TrainState,
+    model_config: &Value,
+    opts: &LoopOptions,
+    loss_of: &mut dyn FnMut(u64) -> candle_core::Result<Tensor>,
+    at_checkpoint: &mut dyn FnMut(u64, &TrainState) -> Result<()>,
+) -> Result<Summary> {
     let start = state.step();
     let mut log = if opts.append_log {
         JsonLog::append(opts.log.as_deref())?
@@ -94,10 +107,11 @@ pub fn run(
             log.line(&json!({"step": done, "loss": last_loss, "lr": lr, "time_s": t}))?;
             (window_sum, window_n) = (0.0, 0);
         }
-        if let Some(pattern) = &opts.checkpoint {
-            if done % ckpt_every == 0 || done == opts.total_steps {
+        if done % ckpt_every == 0 || done == opts.total_steps {
+            if let Some(pattern) = &opts.checkpoint {
                 checkpoint::save(&checkpoint::path_for(pattern, done), model_config, state)?;
             }
+            at_checkpoint(done, state)?;
         }
     }
     bar.finish();

@@ -10,3 +10,4 @@ mod lab1;
 mod render;
 mod toydata;
 mod train;
+mod vae;
