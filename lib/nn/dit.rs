@@ -176,7 +176,8 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(params: &Params, width: usize, heads: usize) -> Result<Attention> {
+    /// Names under `params`: `qkv`, `proj`.
+    pub fn new(params: &Params, width: usize, heads: usize) -> Result<Attention> {
         Ok(Attention {
             qkv: linear(params, "qkv", width, 3 * width)?,
             proj: linear(params, "proj", width, width)?,

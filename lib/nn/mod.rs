@@ -24,6 +24,7 @@ pub mod learned;
 pub mod mlp;
 pub mod ops;
 pub mod unet;
+pub mod vae;
 
 use anyhow::bail;
 use candle_core::Tensor;

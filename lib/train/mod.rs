@@ -16,6 +16,7 @@ pub mod losses;
 pub mod optim;
 pub mod preview;
 pub mod trainer;
+pub mod vae;
 
 use candle_core::Tensor;
 

@@ -12,3 +12,4 @@ mod lab2;
 mod render;
 mod toydata;
 mod train;
+mod vae;

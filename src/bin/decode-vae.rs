@@ -1,0 +1,52 @@
+//! decode-vae: latents -> images through a trained VAE's decoder mean (notes section 6).
+
+use clap::Parser;
+use flowpipe::cli::{self, Common};
+use flowpipe::io::{self, npy};
+use flowpipe::nn::vae;
+use flowpipe::{usage_bail, Result};
+use std::process::ExitCode;
+
+/// Decode scaled latents (N, k, h, w) into images (N, C, H, W): the decoder mean D(z / scale).
+///
+/// The latents are those encode-vae writes (or a flow model samples): multiplied by the model's
+/// scale factor, which is divided out here. Decoded --batch at a time.
+#[derive(Parser, Debug)]
+#[command(
+    name = "decode-vae",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Example:\n  decode-vae latents.npy --model vae.safetensors | render-grid --range -1,1 -o grid.png"
+)]
+struct Args {
+    /// Latents (N, k, h, w) .npy, shaped as the VAE's latents; `-` reads stdin
+    #[arg(default_value = "-", value_name = "LATENTS")]
+    input: String,
+    /// The VAE model file (from fit-vae)
+    #[arg(long, value_name = "PATH")]
+    model: String,
+    /// Latents per forward pass
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.setup()?;
+    if args.batch == 0 {
+        usage_bail!("--batch must be at least 1");
+    }
+    let latents = npy::read_f32(&args.input)?;
+    let name = io::display_name(&args.input);
+    let model = vae::open(&args.model, &device)?;
+    let want = model.config.latent_shape();
+    vae::expect_batch_of(latents.shape(), &want, "latents", &name)?;
+    npy::expect_finite(&latents, &name)?;
+    let x = vae::decode_all(&model, &latents, args.batch, &device)?;
+    npy::write(&args.common.output, &x)
+}
+
+fn main() -> ExitCode {
+    cli::main("decode-vae", run)
+}

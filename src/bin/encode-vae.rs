@@ -1,0 +1,68 @@
+//! encode-vae: images -> latents through a trained VAE's encoder q(z | x) (notes section 6).
+
+use clap::Parser;
+use flowpipe::cli::{self, Common};
+use flowpipe::io::{self, npy};
+use flowpipe::nn::vae::{self, Encoding};
+use flowpipe::{usage_bail, Result};
+use std::process::ExitCode;
+
+/// Encode (N, C, H, W) images into scaled latents (N, k, h, w) with a VAE's encoder.
+///
+/// `--mean` writes scale * mu(x) (deterministic); `--sample` writes scale * (mu + sigma eps),
+/// eps of image i from the stream (--seed, i), so any --batch gives the same bytes. The scale
+/// factor comes from the model file and makes the training latents unit-variance. Images are
+/// encoded --batch at a time, so the network's memory stays bounded on the whole data set.
+#[derive(Parser, Debug)]
+#[command(
+    name = "encode-vae",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Example:\n  encode-vae train.npy --model vae.safetensors --mean -o latents.npy"
+)]
+struct Args {
+    /// Images (N, C, H, W) .npy, shaped as the VAE was trained; `-` reads stdin
+    #[arg(default_value = "-", value_name = "IMAGES")]
+    input: String,
+    /// The VAE model file (from fit-vae)
+    #[arg(long, value_name = "PATH")]
+    model: String,
+    /// Write the posterior means
+    #[arg(long, conflicts_with = "sample")]
+    mean: bool,
+    /// Write posterior samples (seeded by --seed and the image index)
+    #[arg(long)]
+    sample: bool,
+    /// Images per forward pass
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.setup()?;
+    if !args.mean && !args.sample {
+        usage_bail!("say what to write: --mean (posterior means) or --sample (posterior draws)");
+    }
+    if args.batch == 0 {
+        usage_bail!("--batch must be at least 1");
+    }
+    let images = npy::read_f32(&args.input)?;
+    let name = io::display_name(&args.input);
+    let model = vae::open(&args.model, &device)?;
+    vae::expect_batch_of(images.shape(), &model.config.data_shape, "images", &name)?;
+    npy::expect_finite(&images, &name)?;
+    let how = match args.mean {
+        true => Encoding::Mean,
+        false => Encoding::Sample {
+            seed: args.common.seed,
+        },
+    };
+    let z = vae::encode_all(&model, &images, args.batch, how, &device)?;
+    npy::write(&args.common.output, &z)
+}
+
+fn main() -> ExitCode {
+    cli::main("encode-vae", run)
+}
