@@ -9,6 +9,7 @@
 //! [`fit`] is the driver of the `fit-velocity` and `fit-score` tools.
 
 pub mod checkpoint;
+pub mod classify;
 pub mod ema;
 pub mod fit;
 pub mod losses;
