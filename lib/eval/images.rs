@@ -24,12 +24,13 @@
 
 use anyhow::bail;
 use candle_core::{Device, Tensor};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use super::linalg::sqrt_psd;
 use super::subsample;
+use crate::io::npy::{expect_finite, shape_str};
 use crate::nn::classifier::{self, Classifier};
 use crate::Result;
 
@@ -270,6 +271,115 @@ pub fn figures(
         })),
         "class_histogram": {"counts": counts, "fractions": fractions},
     }))
+}
+
+/// A set of images read from a file, with optional labels (one per image).
+pub struct ImageSet {
+    /// (N, C, H, W)
+    pub images: ArrayD<f32>,
+    pub labels: Option<Vec<u32>>,
+    /// The images' file, for messages and the report.
+    pub name: String,
+}
+
+impl ImageSet {
+    /// Checks the images against the classifier `net` (file `classifier`): (N, C, H, W) of its
+    /// data shape, N >= 2, finite; labels (N,) in 0..num_classes, from `labels_name`.
+    pub fn new(
+        images: ArrayD<f32>,
+        labels: Option<(ArrayD<i64>, String)>,
+        name: &str,
+        net: &Classifier,
+        classifier: &str,
+    ) -> Result<ImageSet> {
+        let [c, h, w] = net.config.data_shape;
+        let s = images.shape();
+        if s.len() != 4 || s[1..] != [c, h, w] {
+            bail!(
+                "expected images (N, {c}, {h}, {w}) for the classifier {classifier}, got {} in {name}",
+                shape_str(s)
+            );
+        }
+        if s[0] < 2 {
+            bail!("{name} holds {} images, at least 2 are needed", s[0]);
+        }
+        expect_finite(&images, name)?;
+        let k = net.config.num_classes;
+        let labels = match labels {
+            None => None,
+            Some((y, y_name)) => {
+                if y.shape() != [s[0]] {
+                    bail!(
+                        "expected labels ({},) for the images of {name}, got {} in {y_name}",
+                        s[0],
+                        shape_str(y.shape())
+                    );
+                }
+                let v = y
+                    .iter()
+                    .map(|&l| match usize::try_from(l) {
+                        Ok(u) if u < k => Ok(u as u32),
+                        _ => bail!(
+                            "{y_name} holds the label {l}; the classifier {classifier} knows 0..{}",
+                            k - 1
+                        ),
+                    })
+                    .collect::<Result<_>>()?;
+                Some(v)
+            }
+        };
+        Ok(ImageSet {
+            images: images.as_standard_layout().into_owned(),
+            labels,
+            name: name.to_string(),
+        })
+    }
+
+    fn classify(&self, net: &Classifier, device: &Device) -> candle_core::Result<Classified> {
+        let flat = self.images.as_slice().expect("standard layout");
+        classify(net, flat, 500, device)
+    }
+}
+
+/// The whole image report: the generated `samples` against the `reference`, and, with
+/// `heldout` (real images the classifier was not trained on), the same figures for them under
+/// `"floor"`.
+pub fn report(
+    net: &Classifier,
+    samples: &ImageSet,
+    reference: &ImageSet,
+    heldout: Option<&ImageSet>,
+    opts: &ImageOptions,
+    device: &Device,
+) -> Result<Value> {
+    let k = net.config.num_classes;
+    let reference_c = reference.classify(net, device)?;
+    let reference_fit = Gaussian::fit(reference_c.features.view());
+    let of = |set: &ImageSet| -> Result<Value> {
+        let c = set.classify(net, device)?;
+        let mut v = figures(
+            &c,
+            set.labels.as_deref(),
+            &reference_c,
+            &reference_fit,
+            k,
+            opts,
+        )?;
+        v["images"] = json!(set.name);
+        Ok(v)
+    };
+    let mut out = of(samples)?;
+    out["reference"] = json!(reference.name);
+    out["n_samples"] = json!(samples.images.shape()[0]);
+    out["n_reference"] = json!(reference.images.shape()[0]);
+    out["image_shape"] = json!(net.config.data_shape);
+    out["num_classes"] = json!(k);
+    out["seed"] = json!(opts.seed);
+    out["floor"] = match heldout {
+        Some(h) => of(h)?,
+        None => Value::Null,
+    };
+    Ok(out)
 }
 
 #[cfg(test)]

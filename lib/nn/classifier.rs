@@ -14,13 +14,14 @@
 //! log softmax(z)_i = z_i - m - log sum_j exp(z_j - m), m = max_j z_j (detached: a constant shift
 //! that leaves the value unchanged and keeps exp from overflowing).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde_json::{json, Value};
 
 use super::config::{image_shape, positive, sizes, ConfigResult};
-use super::init::{linear, Linear, Params};
+use super::init::{linear, Linear, Params, Weights};
 use super::layers::{to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm};
 use super::ops::silu;
+use crate::io::model::ModelFile;
 use crate::Result;
 
 /// The model-file kind of a classifier.
@@ -162,6 +163,15 @@ impl Classifier {
     /// The class logits z: x (N, C, H, W) -> (N, K).
     pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.head.forward(&self.features(x)?)
+    }
+
+    /// Loads a classifier model file (kind `classifier`; EMA weights when it has them).
+    pub fn open(path: &str, device: &Device) -> Result<(Classifier, ModelFile)> {
+        let model = crate::io::model::load_kind(path, &[KIND], device)?;
+        let cfg = ClassifierConfig::from_json(&model.config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
+        let params = Params::from_model(&model, Weights::Auto, device)?;
+        Ok((Classifier::new(&cfg, &params)?, model))
     }
 
     /// The logits of features `f` (N, F) from [`Self::features`]: (N, K).

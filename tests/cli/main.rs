@@ -7,6 +7,7 @@ mod foundation;
 mod import;
 mod interop;
 mod lab1;
+mod metrics;
 mod render;
 mod toydata;
 mod train;
