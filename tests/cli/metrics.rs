@@ -210,3 +210,37 @@ fn evaluate_refuses_wrong_shapes_and_other_models() {
     );
     fails(&out, 2, &["--lr"]);
 }
+
+#[test]
+fn bench_runs_every_figure_at_tiny_sizes() {
+    let out = ok(bin!("run-bench"), &["--tiny", "--threads", "1"], b"");
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|v| v["figure"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, flowpipe::bench::FIGURES);
+    for v in &lines {
+        assert!(v["median_ms"].as_f64().unwrap() >= 0.0, "{v}");
+        assert_eq!(v["threads"], 1, "{v}");
+        assert!(
+            v["config"].is_object() && v["runs"].as_u64().unwrap() >= 1,
+            "{v}"
+        );
+    }
+    let dir = tmp();
+    let file = path(&dir, "b.jsonl");
+    ok(
+        bin!("run-bench"),
+        &["--tiny", "--only", "npy_read_pipe", "-o", &file],
+        b"",
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let out = run(bin!("run-bench"), &["--tiny", "--only", "nope"], b"");
+    fails(&out, 2, &["unknown figure 'nope'", "train_step_mlp2d"]);
+}
