@@ -24,6 +24,12 @@
 //! Distances use f64 accumulation; pairwise loops run on rayon's pool, each row summed in order,
 //! so results do not depend on the number of threads. The pairwise terms cost O((n + m)^2 D);
 //! [`compare`] bounds n, m by a seeded random subset (stream (seed, Misc, 0) for X, 1 for Y).
+//!
+//! Image metrics in a classifier's feature space (classifier-FID, KID, guided accuracy) live in
+//! [`images`]; the eigendecomposition they need in [`linalg`].
+
+pub mod images;
+pub mod linalg;
 
 use anyhow::bail;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};

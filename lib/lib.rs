@@ -15,6 +15,7 @@
 //! ## Layout
 //! Modules are named for the course's concepts; each opens with the equations it implements.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod densities;

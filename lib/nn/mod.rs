@@ -14,6 +14,7 @@
 //! MLP for 2-D checks), [`unet`] and [`dit`] (diffusion transformer), built from [`layers`] and
 //! [`embed`]. The same code runs on the CPU and on CUDA.
 
+pub mod classifier;
 pub mod cmlp;
 pub mod config;
 pub mod dit;

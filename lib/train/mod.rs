@@ -10,6 +10,7 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod classify;
 pub mod ema;
 pub mod fit;
 pub mod losses;

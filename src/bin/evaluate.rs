@@ -1,11 +1,16 @@
 //! evaluate: how far generated samples are from reference samples (energy distance, RBF MMD^2,
-//! sliced Wasserstein-2), as one JSON object. See `flowpipe::eval` for the formulas.
+//! sliced Wasserstein-2), as one JSON object; with `--classifier`, image metrics in the
+//! classifier's feature space (classifier-FID, KID, guided accuracy, class histogram). See
+//! `flowpipe::eval` and `flowpipe::eval::images` for the formulas.
 
 use anyhow::Context;
+use candle_core::Device;
 use clap::Parser;
 use flowpipe::cli::{self, Common};
+use flowpipe::eval::images::{self, ImageOptions, ImageSet};
 use flowpipe::eval::{self, Options};
 use flowpipe::io::{self, npy};
+use flowpipe::nn::classifier::Classifier;
 use flowpipe::{usage_bail, Result};
 use ndarray::{Array2, ArrayD};
 use std::process::ExitCode;
@@ -15,13 +20,20 @@ use std::process::ExitCode;
 /// Both inputs are (N, D) .npy (further axes are flattened into D). Prints one JSON object
 /// with each metric, its estimator and the sample counts used. Lower is closer; all are ~0
 /// for samples of the same distribution.
+///
+/// With --classifier (a model from fit-classifier), both inputs are images (N, C, H, W) and the
+/// report holds classifier_fid {value, n_samples, n_reference}, kid {value, standard_error},
+/// class_histogram, guided_accuracy (with --labels), and under "floor" the same figures for
+/// real --heldout images against the same reference.
 #[derive(Parser, Debug)]
 #[command(
     name = "evaluate",
     version,
     allow_negative_numbers = true,
     after_help = "Example:\n  sample-data moons --seed 2 -o ref.npy\n  \
-                  sample-data moons --seed 1 | evaluate --reference ref.npy"
+                  sample-data moons --seed 1 | evaluate --reference ref.npy\n  \
+                  evaluate gen.npy --labels asked.npy --classifier classifier.safetensors \\\n    \
+                  --reference train-x.npy --heldout test-x.npy --heldout-labels test-y.npy"
 )]
 struct Args {
     /// Generated samples, (N, D) .npy; `-` reads stdin
@@ -37,6 +49,24 @@ struct Args {
     /// Random directions of the sliced Wasserstein distance
     #[arg(long, default_value_t = 256)]
     projections: usize,
+    /// A classifier model file: compare images (N, C, H, W) in its feature space
+    #[arg(long, value_name = "PATH")]
+    classifier: Option<String>,
+    /// The labels the samples were generated for, (N,) i64: reports the guided accuracy
+    #[arg(long, value_name = "PATH", requires = "classifier")]
+    labels: Option<String>,
+    /// Real held-out images: the same figures for them against the reference (the floor)
+    #[arg(long, value_name = "PATH", requires = "classifier")]
+    heldout: Option<String>,
+    /// The held-out images' labels (their guided accuracy is the classifier's accuracy)
+    #[arg(long, value_name = "PATH", requires = "heldout")]
+    heldout_labels: Option<String>,
+    /// KID: the number of random subsets
+    #[arg(long, default_value_t = 100)]
+    kid_subsets: usize,
+    /// KID: samples of each set per subset (at most the smaller set's size)
+    #[arg(long, default_value_t = 1000)]
+    kid_subset_size: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -57,16 +87,79 @@ fn read_samples(path: &str, what: &str) -> Result<(Array2<f32>, Vec<usize>)> {
     Ok((flat, shape))
 }
 
+/// Reads images and, when given, their labels, checked against the classifier.
+fn read_image_set(
+    path: &str,
+    labels: Option<&str>,
+    net: &Classifier,
+    classifier: &str,
+) -> Result<ImageSet> {
+    let images = npy::read_f32(path)?;
+    let labels = match labels {
+        Some(l) => Some((npy::read_i64(l)?, io::display_name(l))),
+        None => None,
+    };
+    ImageSet::new(images, labels, &io::display_name(path), net, classifier)
+}
+
+/// The image path: every figure in the classifier's feature space.
+fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
+    if args.kid_subsets == 0 || args.kid_subset_size < 2 {
+        usage_bail!("--kid-subsets must be at least 1 and --kid-subset-size at least 2");
+    }
+    let (net, model) = Classifier::open(classifier, device)?;
+    let name = model.name.clone();
+    let samples = read_image_set(&args.input, args.labels.as_deref(), &net, &name)?;
+    let reference = read_image_set(&args.reference, None, &net, &name)?;
+    let heldout = match &args.heldout {
+        Some(h) => Some(read_image_set(
+            h,
+            args.heldout_labels.as_deref(),
+            &net,
+            &name,
+        )?),
+        None => None,
+    };
+    let opts = ImageOptions {
+        kid_subsets: args.kid_subsets,
+        kid_subset_size: args.kid_subset_size,
+        seed: args.common.seed,
+    };
+    let mut report = images::report(&net, &samples, &reference, heldout.as_ref(), &opts, device)?;
+    report["samples"] = serde_json::json!(samples.name);
+    report["classifier"] = serde_json::json!(name);
+    io::write_json(&args.common.output, &report)
+}
+
 fn run(args: Args) -> Result<()> {
-    args.common.setup()?;
+    let device = args.common.setup()?;
+    let stdin_inputs = [
+        Some(&args.input),
+        Some(&args.reference),
+        args.labels.as_ref(),
+    ]
+    .into_iter()
+    .chain([
+        args.heldout.as_ref(),
+        args.heldout_labels.as_ref(),
+        args.classifier.as_ref(),
+    ])
+    .filter(|p| p.is_some_and(|p| p == "-"))
+    .count();
+    if args.input == "-" && args.reference == "-" {
+        usage_bail!("the samples and --reference cannot both be stdin");
+    }
+    if stdin_inputs > 1 {
+        usage_bail!("only one input can be stdin");
+    }
+    if let Some(c) = args.classifier.clone() {
+        return run_images(&args, &c, &device);
+    }
     if args.max_n == 1 {
         usage_bail!("--max-n must be 0 (all) or at least 2, got 1");
     }
     if args.projections == 0 {
         usage_bail!("--projections must be at least 1");
-    }
-    if args.input == "-" && args.reference == "-" {
-        usage_bail!("the samples and --reference cannot both be stdin");
     }
     let (x, x_shape) = read_samples(&args.input, "generated samples")?;
     let (y, y_shape) = read_samples(&args.reference, "reference samples")?;

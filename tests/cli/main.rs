@@ -9,6 +9,7 @@ mod import;
 mod interop;
 mod lab1;
 mod lab2;
+mod metrics;
 mod render;
 mod toydata;
 mod train;

@@ -1,0 +1,30 @@
+# Benchmarks (run-bench; see lib/bench.rs). No timing is ever asserted.
+#   make bench           $(BENCH_DIR)/flowpipe.jsonl, one JSON line per figure, printed too
+#   make bench-compare   the same figures in PyTorch on the CPU (bench/torch_reference.py, when
+#                        python3 can import torch) and the ratio flowpipe / PyTorch per figure
+#   BENCH_THREADS=N      threads for both (default: all cores); BENCH_FLAGS: more run-bench
+#                        flags (e.g. --only train_step_mlp2d); SMALL=1: tiny sizes (smoke test)
+# Record what a change bought in bench/HISTORY.md.
+
+BENCH_DIR := $(OUT)/bench
+BENCH_THREADS ?=
+BENCH_FLAGS ?=
+PYTHON ?= python3
+BENCH_SIZE := $(if $(SMALL),--tiny)
+
+.PHONY: bench bench-compare
+bench: $(TOOLS)
+	@mkdir -p $(BENCH_DIR)
+	run-bench $(BENCH_SIZE) $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) $(BENCH_FLAGS) \
+	  -o $(BENCH_DIR)/flowpipe.jsonl
+	@cat $(BENCH_DIR)/flowpipe.jsonl
+
+bench-compare: bench
+	@if $(PYTHON) -c 'import torch, numpy' 2>/dev/null; then \
+	  $(PYTHON) bench/torch_reference.py $(BENCH_SIZE) \
+	    $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) -o $(BENCH_DIR)/pytorch.jsonl && \
+	  $(PYTHON) bench/compare.py $(BENCH_DIR)/flowpipe.jsonl $(BENCH_DIR)/pytorch.jsonl \
+	    | tee $(BENCH_DIR)/compare.jsonl; \
+	else \
+	  echo "bench-compare: skipped: $(PYTHON) cannot import torch and numpy"; \
+	fi

@@ -1,0 +1,183 @@
+//! fit-classifier: a small CNN classifier p_phi(y | x) trained by cross-entropy on labelled
+//! images, saved as a model file of kind `classifier` (the yardstick of `evaluate --classifier`).
+
+use clap::Parser;
+use flowpipe::cli::{self, Common};
+use flowpipe::io::{self, npy};
+use flowpipe::nn::classifier::ClassifierConfig;
+use flowpipe::train::classify::{self, FitOptions, Labelled};
+use flowpipe::train::losses::Dataset;
+use flowpipe::train::optim::{AdamWConfig, Decay, Schedule};
+use flowpipe::train::{checkpoint, keep_freed_memory, trainer::LoopOptions};
+use flowpipe::{usage_bail, Result};
+use serde_json::json;
+use std::process::ExitCode;
+
+/// Train a CNN image classifier by cross-entropy; write a model file, report test accuracy.
+///
+/// Stride-2 convolutions (GroupNorm, SiLU), a linear layer of penultimate features, a linear
+/// head. Minibatches are drawn with replacement from streams keyed by (--seed, step). With
+/// --test-data, prints {"test_accuracy", ...} as JSON on stderr (and in --log) at the end.
+#[derive(Parser, Debug)]
+#[command(
+    name = "fit-classifier",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Example:\n  import-data --dataset fashion-mnist --split train -o x.npy --labels-out y.npy\n  \
+                  import-data --dataset fashion-mnist --split test -o tx.npy --labels-out ty.npy\n  \
+                  fit-classifier --data x.npy --labels y.npy --test-data tx.npy --test-labels ty.npy -o classifier.safetensors"
+)]
+struct Args {
+    /// Training images (N, C, H, W), .npy
+    #[arg(long, value_name = "PATH")]
+    data: String,
+    /// Training labels (N,) i64, .npy
+    #[arg(long, value_name = "PATH")]
+    labels: String,
+    /// Held-out images to measure accuracy on
+    #[arg(long, value_name = "PATH", requires = "test_labels")]
+    test_data: Option<String>,
+    /// Held-out labels
+    #[arg(long, value_name = "PATH", requires = "test_data")]
+    test_labels: Option<String>,
+    /// Classes [default: 1 + the largest training label]
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Channels of the stride-2 convolutions
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "32,64",
+        value_name = "C,C,..."
+    )]
+    channels: Vec<usize>,
+    /// Width of the penultimate features
+    #[arg(long, default_value_t = 128)]
+    features: usize,
+    /// Optimiser steps
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    /// Minibatch size
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate (cosine decay to 0 at the last step)
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Decoupled weight decay (AdamW)
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
+    #[arg(long, value_name = "PATH")]
+    log: Option<String>,
+    /// Steps between log lines
+    #[arg(long, default_value_t = 100, value_name = "K")]
+    log_every: u64,
+    /// Write a checkpoint here every --checkpoint-every steps; `{step}` is replaced by the step
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<String>,
+    /// Steps between checkpoints
+    #[arg(long, default_value_t = 1000, value_name = "K")]
+    checkpoint_every: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Reads images (N, C, H, W) and their labels (N,).
+fn read_labelled(images: &str, labels: &str, what: &str) -> Result<Labelled> {
+    let name = io::display_name(images);
+    let arr = npy::read_f32(images)?;
+    npy::expect_shape(arr.shape(), "N,C,H,W", &format!("{what} images"), &name)?;
+    let y = npy::read_i64(labels)?;
+    Labelled::new(Dataset::new(arr, &name)?, &y, &io::display_name(labels))
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.setup()?;
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        usage_bail!("--lr must be positive, got {}", args.lr);
+    }
+    if args.steps == 0 || args.batch == 0 || args.features == 0 || args.log_every == 0 {
+        usage_bail!("--steps, --batch, --features and --log-every must be at least 1");
+    }
+    if args.channels.is_empty() || args.channels.iter().any(|&c| c == 0 || c % 8 != 0) {
+        usage_bail!("--channels must be multiples of 8, got {:?}", args.channels);
+    }
+    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
+        usage_bail!("--weight-decay must be zero or positive");
+    }
+    if [&args.data, &args.labels]
+        .iter()
+        .filter(|p| **p == "-")
+        .count()
+        > 1
+    {
+        usage_bail!("only one input can be stdin");
+    }
+    keep_freed_memory();
+    let train = read_labelled(&args.data, &args.labels, "training")?;
+    let test = match (&args.test_data, &args.test_labels) {
+        (Some(x), Some(y)) => Some(read_labelled(x, y, "test")?),
+        _ => None,
+    };
+    let classes = args.classes.unwrap_or(train.classes()).max(2);
+    for set in std::iter::once(&train).chain(&test) {
+        if set.classes() > classes {
+            usage_bail!(
+                "--classes {classes} is too few: {} holds the label {}",
+                set.images.name,
+                set.classes() - 1
+            );
+        }
+        if set.images.shape != train.images.shape {
+            anyhow::bail!(
+                "the test images {} are {:?} per image but the training images {:?}",
+                set.images.name,
+                set.images.shape,
+                train.images.shape
+            );
+        }
+    }
+    let s = &train.images.shape;
+    let opts = FitOptions {
+        config: ClassifierConfig {
+            channels: args.channels.clone(),
+            features: args.features,
+            ..ClassifierConfig::small([s[0], s[1], s[2]], classes)
+        },
+        optimizer: AdamWConfig::new(
+            Schedule {
+                lr: args.lr,
+                warmup: 0,
+                decay: Decay::Cosine,
+                total: args.steps,
+            },
+            args.weight_decay,
+        ),
+        batch: args.batch,
+        seed: args.common.seed,
+        loop_opts: LoopOptions {
+            total_steps: args.steps,
+            log: args.log.clone(),
+            log_every: args.log_every,
+            checkpoint: args.checkpoint.clone(),
+            checkpoint_every: args.checkpoint_every.max(1),
+            quiet: args.common.quiet,
+            ..Default::default()
+        },
+    };
+    let fitted = classify::fit(&opts, &train, test.as_ref(), &device)?;
+    checkpoint::save_model(&args.common.output, &fitted.config, &fitted.state)?;
+    let report = json!({
+        "steps": fitted.summary.steps,
+        "seconds": (fitted.summary.seconds * 100.0).round() / 100.0,
+        "final_loss": fitted.summary.last_loss,
+        "test_accuracy": fitted.test_accuracy,
+        "n_test": test.as_ref().map(|t| t.images.n),
+    });
+    args.common.say(report.to_string());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    cli::main("fit-classifier", run)
+}
