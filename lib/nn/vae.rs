@@ -122,7 +122,8 @@ pub struct VaeConfig {
 
 impl VaeConfig {
     /// Defaults for images of `data_shape`: channels [32, 64, 64] (32x32 -> 8x8), one block per
-    /// level, 4 latent channels, no attention, per-element log-variance, learned decoder variance.
+    /// level, 4 latent channels, no attention, per-element log-variance, learned decoder variance
+    /// started at sigma = 0.1 (pixels in [-1, 1]; Adam moves its log by about lr per step).
     pub fn default_for(data_shape: [usize; 3]) -> VaeConfig {
         VaeConfig {
             data_shape,
@@ -133,7 +134,7 @@ impl VaeConfig {
             groups: 8,
             logvar: LogvarMode::PerElement,
             decoder_variance: DecoderVariance::Learned,
-            decoder_std: 1.0,
+            decoder_std: 0.1,
             scale_factor: 1.0,
         }
     }

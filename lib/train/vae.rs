@@ -77,7 +77,8 @@ pub struct VaeFlags {
     /// Decoder variance sigma^2 of p(x | z) = N(D(z), sigma^2 I) [default: learned]
     #[arg(long, value_enum)]
     pub decoder_variance: Option<DecoderVariance>,
-    /// Decoder sigma: its value when fixed, its start when learned [default: 1]
+    /// Decoder sigma: its value when fixed, its start when learned [default: 0.1; Adam moves a
+    /// log-variance by about --lr per step, so a start near the final error matters]
     #[arg(long, value_name = "SIGMA", allow_hyphen_values = true)]
     pub decoder_std: Option<f64>,
     /// Weight of the KL term (1: the ELBO) [default: 1]
