@@ -244,6 +244,7 @@ impl GuidedField {
 impl Field for GuidedField {
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         self.guided_drift(x, t)
+            .map(|u| u.detach())
             .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
     }
     fn diffusion(&self, _t: f64) -> f64 {

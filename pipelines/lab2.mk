@@ -49,16 +49,22 @@ $(L2)/circles-x0.npy: $(TOOLS) | $(L2)/.dir
 $(L2)/noise.npy: $(TOOLS) | $(L2)/.dir
 	sample-noise -n $(L2_SAMPLES) --shape 2 --seed 105 -o $@
 
-# ---- the ground-truth conditional path: p_t(x|z) for one z, as the exact flow to a point ----
-$(L2)/conditional.traj.npy: $(TOOLS) | $(L2)/.dir
-	sample-noise -n 300 --shape 2 --seed 106 | simulate-sde -q \
-	  --field 'gaussian-target:mean=6;6,std=0.05,path=sqrt' --steps $(L2_SIM_STEPS) \
-	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $@ -o /dev/null
-$(L2)/paths.png: $(L2)/conditional.traj.npy $(L2)/fm-mixture.traj.npy
-	render-grid $< --snapshots 5 --bounds $(L2_BOUNDS) \
-	  --title "Conditional path p_t(x|z), z = (6, 6), sqrt path (t = 0 .. 1)" -o $(L2)/paths-conditional.png
-	render-grid $(L2)/fm-mixture.traj.npy --snapshots 5 --bounds $(L2_BOUNDS) \
-	  --title "Marginal path p_t(x) by the learned flow (t = 0 .. 1)" -o $(L2)/paths-marginal.png
+# ---- the ground-truth conditional and marginal paths, x_t = alpha_t z + beta_t eps (sqrt path) ----
+# Conditional: one z = (6, 6) (300 copies, from a Gaussian of std 1e-6); marginal: z ~ p_data.
+L2_TIMES := 0 0.25 0.5 0.75 1
+$(L2)/z-fixed.npy: $(TOOLS) | $(L2)/.dir
+	density sample -d 'gaussian:mean=6;6,std=1e-6' -n 300 --seed 106 -o $@
+$(L2)/conditional-%.npy: $(L2)/z-fixed.npy
+	sample-path $< --times $* --path sqrt --seed 107 -o $@
+$(L2)/marginal-%.npy: $(L2)/mixture-ref.npy
+	sample-path $< --times $* --path sqrt --seed 108 -o $@
+$(L2)/paths.png: $(foreach t,$(L2_TIMES),$(L2)/conditional-$(t).npy $(L2)/marginal-$(t).npy)
+	render-grid $(foreach t,$(L2_TIMES),$(L2)/conditional-$(t).npy) --bounds $(L2_BOUNDS) \
+	  --titles "$(subst $(L1_SPACE),;,$(foreach t,$(L2_TIMES),t=$(t)))" \
+	  --title "Conditional path p_t(x|z), z = (6, 6), sqrt path" -o $(L2)/paths-conditional.png
+	render-grid $(foreach t,$(L2_TIMES),$(L2)/marginal-$(t).npy) --bounds $(L2_BOUNDS) \
+	  --titles "$(subst $(L1_SPACE),;,$(foreach t,$(L2_TIMES),t=$(t)))" \
+	  --title "Marginal path p_t(x) of symmetric_2D(5, 1, 10), sqrt path" -o $(L2)/paths-marginal.png
 	render-grid $(L2)/paths-conditional.png $(L2)/paths-marginal.png --panel-cols 1 -o $@
 
 # ---- flow matching on the mixture, sqrt path ----

@@ -105,7 +105,9 @@ impl Learned {
             );
         }
         let t = time_column(t, x.dim(0)?)?.to_dtype(x.dtype())?;
-        Ok(self.net.forward(x, &t, y)?)
+        // Sampling needs no gradient: detached, the graph of one step is freed before the next
+        // (weights are variables, so x_{t+h} = x_t + h u would otherwise chain every step).
+        Ok(self.net.forward(x, &t, y)?.detach())
     }
 
     /// The number of classes the network was trained on (0: unconditional).
