@@ -275,7 +275,8 @@ pub fn sample_cfg(s: Settings, device: &Device) -> Result<Value> {
                 let both = net.forward(&Tensor::cat(&[&x, &x], 0)?, &t, Some(&y))?;
                 let (cond, null) = (both.narrow(0, 0, batch)?, both.narrow(0, batch, batch)?);
                 let guided = ((cond * w)? + (null * (1.0 - w))?)?;
-                x = (x + (guided * dt)?)?;
+                // Detached: otherwise each step's graph (the weights are variables) is kept.
+                x = (x + (guided * dt)?)?.detach();
             }
             x.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             Ok(())

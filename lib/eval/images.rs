@@ -335,6 +335,28 @@ impl ImageSet {
         })
     }
 
+    /// Reads images from `path` and, when given, labels from `labels`, checked against the
+    /// classifier `net` (named `classifier` in errors) as [`ImageSet::new`] does.
+    pub fn read(
+        path: &str,
+        labels: Option<&str>,
+        net: &Classifier,
+        classifier: &str,
+    ) -> Result<ImageSet> {
+        let images = crate::io::npy::read_f32(path)?;
+        let labels = match labels {
+            Some(l) => Some((crate::io::npy::read_i64(l)?, crate::io::display_name(l))),
+            None => None,
+        };
+        ImageSet::new(
+            images,
+            labels,
+            &crate::io::display_name(path),
+            net,
+            classifier,
+        )
+    }
+
     fn classify(&self, net: &Classifier, device: &Device) -> candle_core::Result<Classified> {
         let flat = self.images.as_slice().expect("standard layout");
         classify(net, flat, 500, device)

@@ -87,21 +87,6 @@ fn read_samples(path: &str, what: &str) -> Result<(Array2<f32>, Vec<usize>)> {
     Ok((flat, shape))
 }
 
-/// Reads images and, when given, their labels, checked against the classifier.
-fn read_image_set(
-    path: &str,
-    labels: Option<&str>,
-    net: &Classifier,
-    classifier: &str,
-) -> Result<ImageSet> {
-    let images = npy::read_f32(path)?;
-    let labels = match labels {
-        Some(l) => Some((npy::read_i64(l)?, io::display_name(l))),
-        None => None,
-    };
-    ImageSet::new(images, labels, &io::display_name(path), net, classifier)
-}
-
 /// The image path: every figure in the classifier's feature space.
 fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
     if args.kid_subsets == 0 || args.kid_subset_size < 2 {
@@ -109,10 +94,10 @@ fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
     }
     let (net, model) = Classifier::open(classifier, device)?;
     let name = model.name.clone();
-    let samples = read_image_set(&args.input, args.labels.as_deref(), &net, &name)?;
-    let reference = read_image_set(&args.reference, None, &net, &name)?;
+    let samples = ImageSet::read(&args.input, args.labels.as_deref(), &net, &name)?;
+    let reference = ImageSet::read(&args.reference, None, &net, &name)?;
     let heldout = match &args.heldout {
-        Some(h) => Some(read_image_set(
+        Some(h) => Some(ImageSet::read(
             h,
             args.heldout_labels.as_deref(),
             &net,

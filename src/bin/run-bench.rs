@@ -56,7 +56,8 @@ fn run(args: Args) -> Result<()> {
     let to_stdout = args.common.output == "-";
     let mut text = String::new();
     bench::run(settings, &args.only, &device, &mut |v| {
-        args.common.explain(format!("{} done", v["figure"]));
+        // -v echoes each line on stderr as soon as it is measured, whatever -o is.
+        args.common.explain(v.to_string());
         if to_stdout {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{v}")?;
