@@ -1,5 +1,6 @@
-//! fit-velocity: conditional flow matching (notes eq. 26/31, Algorithm 3) of an MLP velocity
-//! field u_theta(x, t) on (N, D) points.
+//! fit-velocity: conditional flow matching (notes eq. 26/31, Algorithm 3) of a velocity field
+//! u_theta(x, t) on (N, D) points, or u_theta(x, t | y) on labelled points or images with label
+//! dropout for classifier-free guidance (notes Algorithm 5).
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
@@ -10,9 +11,12 @@ use std::process::ExitCode;
 
 /// Train a velocity field u_theta(x, t) by conditional flow matching; write a model file.
 ///
-/// Regresses the MLP on the conditional vector field of the chosen probability path,
+/// Regresses the network (--arch: an MLP on points, a U-Net or DiT on images (N, C, H, W)) on
+/// the conditional vector field of the chosen probability path,
 /// || u_theta(x_t, t) - (d_alpha z + d_beta eps) ||^2, with z from --data, eps ~ N(0, I) (or
-/// x_0 from --source and the linear interpolant, target z - x_0) and t ~ U[0, 1).
+/// x_0 from --source and the linear interpolant, target z - x_0) and t ~ U[0, 1). With
+/// --labels the network also sees each sample's class, replaced by the null label with
+/// probability --label-dropout, so that `guide` can steer it (classifier-free guidance).
 /// Each step's minibatch, times and noise come from streams keyed by (--seed, step), so a run
 /// resumed from a checkpoint ends bit-identical to an uninterrupted one.
 #[derive(Parser, Debug)]
@@ -20,7 +24,9 @@ use std::process::ExitCode;
     name = "fit-velocity",
     version,
     allow_negative_numbers = true,
-    after_help = "Example:\n  sample-noise -n 5000 --std 0.5 --seed 1 -o data.npy\n  fit-velocity --data data.npy --steps 2000 --ema 0.999 --log loss.jsonl -o flow.safetensors"
+    after_help = "Example:\n  sample-noise -n 5000 --std 0.5 --seed 1 -o data.npy\n  fit-velocity --data data.npy --steps 2000 --ema 0.999 --log loss.jsonl -o flow.safetensors\n\
+Images with labels (classifier-free guidance):\n  fit-velocity --data images.npy --labels labels.npy --arch unet --channels 32,64,128 \
+--label-dropout 0.1 --ema 0.999 --sample-grid progress.png -o unet.safetensors"
 )]
 struct Args {
     #[command(flatten)]
