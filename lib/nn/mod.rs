@@ -12,7 +12,8 @@
 //! Layers follow candle-nn's style: a struct built by a constructor taking the `Params` and a
 //! name, with a `forward`. Architectures: [`mlp`] (Lab 2), and Lab 3's [`cmlp`] (conditional
 //! MLP for 2-D checks), [`unet`] and [`dit`] (diffusion transformer), built from [`layers`] and
-//! [`embed`]. The same code runs on the CPU and on CUDA.
+//! [`embed`]. They use only device-generic tensor ops (no CPU-only paths; index tensors are
+//! built on the host and moved), so the same code serves the CPU and CUDA.
 
 pub mod classifier;
 pub mod cmlp;
