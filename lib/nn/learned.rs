@@ -105,7 +105,9 @@ impl Learned {
             );
         }
         let t = time_column(t, x.dim(0)?)?.to_dtype(x.dtype())?;
-        Ok(self.net.forward(x, &t, y)?)
+        // Detached: the weights are variables, and a sampler feeding each output back in would
+        // otherwise keep every step's activations alive for a backward pass that never comes.
+        Ok(self.net.forward(x, &t, y)?.detach())
     }
 
     /// The number of classes the network was trained on (0: unconditional).
