@@ -17,6 +17,15 @@ FULL ?=
 DEVICE ?= cpu
 export PATH := $(abspath $(BIN)):$(PATH)
 
+# $(call stage_time,NAME) before a command appends its cost to $(OUT)/stages.jsonl as one JSON
+# line: {"stage", "wall_s", "user_s", "sys_s", "max_rss_kib"} (peak memory of that process).
+# It needs GNU time (/usr/bin/time); without it, commands simply run. `make bench` prints the
+# lines of the last runs.
+TIME_BIN := $(wildcard /usr/bin/time)
+comma := ,
+STAGE_FORMAT := '{"stage": "@", "wall_s": %e$(comma) "user_s": %U$(comma) "sys_s": %S$(comma) "max_rss_kib": %M}'
+stage_time = $(if $(TIME_BIN),$(TIME_BIN) -a -o $(OUT)/stages.jsonl -f $(subst @,$(1),$(STAGE_FORMAT)))
+
 .PHONY: all build test bench clean
 all: latent
 	@echo "outputs are under $(OUT)/"
@@ -40,4 +49,8 @@ test:
 clean:
 	rm -rf $(OUT)
 
-include $(sort $(wildcard pipelines/*.mk))
+# The shared stages first (datasets, the metrics classifier): the labs name their files in
+# prerequisite lists, which make expands as it reads them.
+SHARED_MK := pipelines/data.mk pipelines/metrics.mk
+include $(SHARED_MK)
+include $(filter-out $(SHARED_MK),$(sort $(wildcard pipelines/*.mk)))

@@ -4,6 +4,10 @@
 #                        python3 can import torch) and the ratio flowpipe / PyTorch per figure
 #   BENCH_THREADS=N      threads for both (default: all cores); BENCH_FLAGS: more run-bench
 #                        flags (e.g. --only train_step_mlp2d); SMALL=1: tiny sizes (smoke test)
+#   The stages' peak memory and time: every stage of the main job (and the classifier, lab 3's
+#   training) appends {"stage", "wall_s", "user_s", "sys_s", "max_rss_kib"} to
+#   $(OUT)/stages.jsonl as it runs (Makefile's stage_time); `make bench` prints those lines too,
+#   tagged "figure": "stage", so run `make` once first to have them.
 # Record what a change bought in bench/HISTORY.md.
 
 BENCH_DIR := $(OUT)/bench
@@ -18,6 +22,11 @@ bench: $(TOOLS)
 	run-bench $(BENCH_SIZE) $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) $(BENCH_FLAGS) \
 	  -o $(BENCH_DIR)/flowpipe.jsonl
 	@cat $(BENCH_DIR)/flowpipe.jsonl
+	@if [ -f $(OUT)/stages.jsonl ]; then \
+	  grep '^{' $(OUT)/stages.jsonl | sed 's/^{/{"figure": "stage", /'; \
+	else \
+	  echo '{"figure": "stage", "note": "no $(OUT)/stages.jsonl yet: run make (the main job) first"}'; \
+	fi
 
 bench-compare: bench
 	@if $(PYTHON) -c 'import torch, numpy' 2>/dev/null; then \

@@ -12,8 +12,10 @@
 #   out/latent/interpolation.png  decoded straight lines between pairs of test latents
 #   out/latent/vae-loss.jsonl, out/latent/flow-loss.jsonl   loss curves (--log)
 #   out/latent/vae-metrics.json   VAE reconstruction MSE, mean-image MSE, KL, latent std (test set)
-#   out/latent/metrics.json       for now the VAE metrics; the image `evaluate` of the generated
-#                                 samples against the test set is to be added here
+#   out/latent/metrics.json       {"vae": the VAE metrics, "samples": evaluate's classifier-FID,
+#                                 KID, guided accuracy and class histogram of LAT_EVAL_PER_CLASS
+#                                 fresh samples of every class (centre-cropped to 28x28) against
+#                                 the training images, with the real test images as the floor}
 # SMALL=1: tiny sizes (seconds; used by the smoke test); FULL=1: the lab's sizes (GPU).
 # Default sizes aim at about 20 minutes on 2 CPU cores, the VAE about 6-8 of them.
 
@@ -42,6 +44,7 @@ LAT_FLOW_BATCH := 32
 LAT_PER_CLASS := 2
 LAT_SIM_STEPS := 5
 LAT_PAIRS := 0:1
+LAT_EVAL_PER_CLASS := 2
 else ifneq ($(FULL),)
 # The lab's sizes: a wider VAE with attention, the lab's 128 x 4 x 4 latents would be
 # --channels 64,128,128,128 --latent-channels 128; we keep 4 x 8 x 8 for the patch-1 DiT.
@@ -56,6 +59,7 @@ LAT_FLOW_BATCH := 256
 LAT_PER_CLASS := 10
 LAT_SIM_STEPS := 100
 LAT_PAIRS := 0:1,2:3,4:5,6:7,8:9
+LAT_EVAL_PER_CLASS := 100
 else
 # Measured on this machine's release build: about 1 s of CPU per VAE step at batch 32 with
 # channels 16,32,64, and 5 ms per image to encode; hence 600 steps and 20000 training images.
@@ -70,6 +74,7 @@ LAT_FLOW_BATCH := 64
 LAT_PER_CLASS := 8
 LAT_SIM_STEPS := 50
 LAT_PAIRS := 0:1,2:3,4:5,6:7
+LAT_EVAL_PER_CLASS := 50
 endif
 LAT_FLOW_LR := 1e-3
 LAT_VAE_LR := 2e-3
@@ -78,31 +83,34 @@ LAT_N := $(shell echo $$(( $(LAT_CLASSES) * $(LAT_PER_CLASS) )))
 
 .PHONY: latent latent-vae
 latent: $(LAT)/grid.png $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/metrics.json
+	@echo "latent diffusion: the outputs are in $(LAT)/"
+	@echo "  grid.png (generated, a row per class)  recon.png  interpolation.png"
+	@echo "  metrics.json  vae-loss.jsonl  flow-loss.jsonl  vae.safetensors  flow.safetensors"
 latent-vae: $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/vae-metrics.json $(LAT)/latents.npy
 
 $(LAT):
 	mkdir -p $@
 
 $(LAT_TRAIN) $(LAT_LABELS) &: $(TOOLS) | fashion-mnist-installed $(LAT)
-	import-data --dataset fashion-mnist --split train --pad $(LAT_PAD) --limit $(LAT_TRAIN_N) -q \
+	$(call stage_time,latent/import-train) import-data --dataset fashion-mnist --split train --pad $(LAT_PAD) --limit $(LAT_TRAIN_N) -q \
 		-o $(LAT_TRAIN) --labels-out $(LAT_LABELS)
 
 $(LAT_TEST): $(TOOLS) | fashion-mnist-installed $(LAT)
-	import-data --dataset fashion-mnist --split test --pad $(LAT_PAD) --limit $(LAT_TEST_N) -q -o $@
+	$(call stage_time,latent/import-test) import-data --dataset fashion-mnist --split test --pad $(LAT_PAD) --limit $(LAT_TEST_N) -q -o $@
 
 # The VAE, its reconstruction grid and its loss curve come out of one run.
 $(LAT)/vae.safetensors $(LAT)/recon.png $(LAT)/vae-loss.jsonl &: $(LAT_TRAIN) $(TOOLS) | $(LAT)
-	fit-vae --data $(LAT_TRAIN) $(LAT_VAE_FLAGS) --steps $(LAT_VAE_STEPS) --batch $(LAT_VAE_BATCH) \
+	$(call stage_time,latent/fit-vae) fit-vae --data $(LAT_TRAIN) $(LAT_VAE_FLAGS) --steps $(LAT_VAE_STEPS) --batch $(LAT_VAE_BATCH) \
 		--lr $(LAT_VAE_LR) --decay cosine --seed $(LAT_SEED) \
 		--log $(LAT)/vae-loss.jsonl --log-every 50 --recon-grid $(LAT)/recon.png \
 		--checkpoint-every $(LAT_VAE_STEPS) -q -o $(LAT)/vae.safetensors
 
 # Training latents: scaled posterior means (unit variance), streamed through the encoder.
 $(LAT)/latents.npy: $(LAT_TRAIN) $(LAT)/vae.safetensors $(TOOLS)
-	encode-vae $(LAT_TRAIN) --model $(LAT)/vae.safetensors --mean -q -o $@
+	$(call stage_time,latent/encode-vae) encode-vae $(LAT_TRAIN) --model $(LAT)/vae.safetensors --mean -q -o $@
 
 $(LAT)/vae-metrics.json: $(LAT_TEST) $(LAT)/vae.safetensors $(TOOLS)
-	evaluate-vae $(LAT_TEST) --model $(LAT)/vae.safetensors -q -o $@
+	$(call stage_time,latent/evaluate-vae) evaluate-vae $(LAT_TEST) --model $(LAT)/vae.safetensors -q -o $@
 
 $(LAT)/interpolation.npy: $(LAT_TEST) $(LAT)/vae.safetensors $(TOOLS)
 	interpolate-vae $(LAT_TEST) --model $(LAT)/vae.safetensors --pairs $(LAT_PAIRS) \
@@ -114,7 +122,7 @@ $(LAT)/interpolation.png: $(LAT)/interpolation.npy $(TOOLS)
 
 # The flow model on the latents: a class-conditional DiT, patch 1 (one token per latent pixel).
 $(LAT)/flow.safetensors $(LAT)/flow-loss.jsonl &: $(LAT)/latents.npy $(LAT_LABELS) $(TOOLS)
-	fit-velocity --data $(LAT)/latents.npy --labels $(LAT_LABELS) --label-dropout 0.1 \
+	$(call stage_time,latent/fit-velocity) fit-velocity --data $(LAT)/latents.npy --labels $(LAT_LABELS) --label-dropout 0.1 \
 		--arch dit --patch 1 $(LAT_FLOW_FLAGS) --steps $(LAT_FLOW_STEPS) --batch $(LAT_FLOW_BATCH) \
 		--lr $(LAT_FLOW_LR) --decay cosine --seed $(LAT_SEED) \
 		--log $(LAT)/flow-loss.jsonl --log-every 50 -q -o $(LAT)/flow.safetensors
@@ -125,15 +133,33 @@ $(LAT)/guided.json: $(LAT)/flow.safetensors $(TOOLS)
 
 $(LAT)/samples-latent.npy: $(LAT)/guided.json $(TOOLS)
 	sample-noise -n $(LAT_N) --shape $(LAT_LATENT) --seed $(LAT_SEED) \
-		| simulate-sde --field $(LAT)/guided.json --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q -o $@
+		| $(call stage_time,latent/simulate-sde) simulate-sde --field $(LAT)/guided.json --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q -o $@
 
 $(LAT)/samples.npy: $(LAT)/samples-latent.npy $(LAT)/vae.safetensors $(TOOLS)
-	decode-vae $< --model $(LAT)/vae.safetensors -q -o $@
+	$(call stage_time,latent/decode-vae) decode-vae $< --model $(LAT)/vae.safetensors -q -o $@
 
 $(LAT)/grid.png: $(LAT)/samples.npy $(TOOLS)
 	render-grid $< --cols $(LAT_PER_CLASS) --range -1,1 --upscale 2 \
 		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE), a row per class" -o $@
 
-# Placeholder until the image `evaluate` lands: the VAE's metrics on the test set.
-$(LAT)/metrics.json: $(LAT)/vae-metrics.json $(LAT)/samples.npy
-	cp $< $@
+# Metrics: fresh noise (another seed than the grid), each class LAT_EVAL_PER_CLASS times.
+$(LAT)/eval-guided.json $(LAT)/eval-labels.npy &: $(LAT)/flow.safetensors $(TOOLS)
+	guide --model $< --each $(LAT_EVAL_PER_CLASS) --scale $(LAT_GUIDANCE) \
+		--labels-out $(LAT)/eval-labels.npy -o $(LAT)/eval-guided.json
+
+$(LAT)/eval-samples.npy: $(LAT)/eval-guided.json $(LAT)/vae.safetensors $(TOOLS)
+	sample-noise -n $$(( $(LAT_CLASSES) * $(LAT_EVAL_PER_CLASS) )) --shape $(LAT_LATENT) \
+		--seed $$(( $(LAT_SEED) + 100 )) \
+		| $(call stage_time,latent/simulate-sde-eval) simulate-sde --field $< --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
+		| decode-vae - --model $(LAT)/vae.safetensors -q -o $@
+
+$(LAT)/eval-metrics.json: $(LAT)/eval-samples.npy $(LAT)/eval-labels.npy $(CLASSIFIER) \
+		$(FASHION_TRAIN_IMAGES) $(FASHION_TEST_IMAGES) $(FASHION_TEST_LABELS) $(TOOLS)
+	$(call stage_time,latent/evaluate) evaluate $< --labels $(LAT)/eval-labels.npy --classifier $(CLASSIFIER) \
+		--reference $(FASHION_TRAIN_IMAGES) --heldout $(FASHION_TEST_IMAGES) \
+		--heldout-labels $(FASHION_TEST_LABELS) --kid-subsets $(KID_SUBSETS) -o $@
+
+$(LAT)/metrics.json: $(LAT)/vae-metrics.json $(LAT)/eval-metrics.json
+	{ echo '{"guidance": $(LAT_GUIDANCE), "sampling_steps": $(LAT_SIM_STEPS),'; \
+	  echo '"samples_per_class": $(LAT_EVAL_PER_CLASS), "vae":'; cat $(LAT)/vae-metrics.json; \
+	  echo ', "samples":'; cat $(LAT)/eval-metrics.json; echo '}'; } > $@.tmp && mv $@.tmp $@

@@ -25,7 +25,7 @@ metrics-floor: $(OUT)/metrics/fashion-floor.json
 
 $(CLASSIFIER): $(FASHION_TRAIN_IMAGES) $(FASHION_TRAIN_LABELS) $(FASHION_TEST_IMAGES) $(FASHION_TEST_LABELS) $(TOOLS)
 	@mkdir -p $(@D)
-	fit-classifier --data $(FASHION_TRAIN_IMAGES) --labels $(FASHION_TRAIN_LABELS) \
+	$(call stage_time,classifier/fit-classifier) fit-classifier --data $(FASHION_TRAIN_IMAGES) --labels $(FASHION_TRAIN_LABELS) \
 	  --test-data $(FASHION_TEST_IMAGES) --test-labels $(FASHION_TEST_LABELS) \
 	  --steps $(CLASSIFIER_STEPS) --seed $(CLASSIFIER_SEED) --log $(@D)/classifier.jsonl -o $@
 

@@ -273,6 +273,25 @@ pub fn figures(
     }))
 }
 
+/// The centre (N, C, H, W) of `images` (N, C, H + 2p, W + 2q), or `None` when the shape is not
+/// that: images padded for a network (e.g. 28 -> 32 for the U-Net or the VAE) are read by a
+/// classifier trained on the unpadded size, so generated borders are not scored.
+fn centre_crop(images: &ArrayD<f32>, [c, h, w]: [usize; 3]) -> Option<ArrayD<f32>> {
+    let s = images.shape();
+    let fits = s.len() == 4
+        && s[1] == c
+        && s[2] >= h
+        && s[3] >= w
+        && (s[2] - h) % 2 == 0
+        && (s[3] - w) % 2 == 0;
+    if !fits {
+        return None;
+    }
+    let (top, left) = ((s[2] - h) / 2, (s[3] - w) / 2);
+    let view = images.slice(ndarray::s![.., .., top..top + h, left..left + w]);
+    Some(view.into_dyn().to_owned())
+}
+
 /// A set of images read from a file, with optional labels (one per image).
 pub struct ImageSet {
     /// (N, C, H, W)
@@ -293,13 +312,15 @@ impl ImageSet {
         classifier: &str,
     ) -> Result<ImageSet> {
         let [c, h, w] = net.config.data_shape;
+        let images = match centre_crop(&images, [c, h, w]) {
+            Some(cropped) => cropped,
+            None => bail!(
+                "expected images (N, {c}, {h}, {w}) (or padded evenly around them) for the \
+                 classifier {classifier}, got {} in {name}",
+                shape_str(images.shape())
+            ),
+        };
         let s = images.shape();
-        if s.len() != 4 || s[1..] != [c, h, w] {
-            bail!(
-                "expected images (N, {c}, {h}, {w}) for the classifier {classifier}, got {} in {name}",
-                shape_str(s)
-            );
-        }
         if s[0] < 2 {
             bail!("{name} holds {} images, at least 2 are needed", s[0]);
         }
@@ -466,5 +487,21 @@ mod tests {
     fn histogram_and_accuracy_count() {
         assert_eq!(class_histogram(&[0, 2, 2, 1, 2], 3), vec![1, 1, 3]);
         assert_eq!(guided_accuracy(&[0, 2, 2, 1], &[0, 2, 1, 1]), 0.75);
+    }
+
+    #[test]
+    fn centre_crop_takes_the_middle_of_evenly_padded_images() {
+        let padded = ArrayD::from_shape_fn(vec![2, 1, 6, 8], |i| (i[2] * 10 + i[3]) as f32);
+        let crop = centre_crop(&padded, [1, 2, 4]).unwrap();
+        assert_eq!(crop.shape(), [2, 1, 2, 4]);
+        assert_eq!(crop[[1, 0, 0, 0]], 22.0);
+        assert_eq!(crop[[1, 0, 1, 3]], 35.0);
+        assert!(centre_crop(&padded, [1, 6, 8]).is_some());
+        assert!(centre_crop(&padded, [1, 3, 4]).is_none(), "odd margin");
+        assert!(
+            centre_crop(&padded, [1, 8, 8]).is_none(),
+            "smaller than the classifier"
+        );
+        assert!(centre_crop(&padded, [3, 2, 4]).is_none(), "channels differ");
     }
 }

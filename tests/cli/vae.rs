@@ -271,9 +271,10 @@ fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
     v
 }
 
-/// `make latent-vae SMALL=1` on a 20-image stand-in for Fashion-MNIST: every VAE stage runs.
+/// `make latent lab3 SMALL=1` on a 20-image stand-in for Fashion-MNIST: every stage of the main
+/// job and of lab 3 runs through the binaries, metrics included (classifier, evaluate).
 #[test]
-fn make_latent_vae_runs_every_vae_stage() {
+fn make_latent_and_lab3_run_every_stage() {
     let data = tmp();
     let fm = data.path().join("fashion-mnist");
     std::fs::create_dir(&fm).unwrap();
@@ -307,7 +308,7 @@ fn make_latent_vae_runs_every_vae_stage() {
         .arg(format!("BIN={}", bin.display()))
         .arg(format!("OUT={o}"))
         .arg(format!("FLOWPIPE_DATA={}", data.path().display()))
-        .args(["-s", "SMALL=1", "latent-vae"])
+        .args(["-s", "SMALL=1", "latent", "lab3"])
         .status()
         .expect("cannot run make");
     assert!(status.success());
@@ -320,4 +321,26 @@ fn make_latent_vae_runs_every_vae_stage() {
     assert_eq!(metrics["n"], 6);
     assert!(metrics["recon_mse"].as_f64().unwrap().is_finite());
     assert!(!read("vae-loss.jsonl").is_empty());
+    assert!(read("grid.png").starts_with(b"\x89PNG"));
+    assert_eq!(npy_f32(&read("samples.npy")).shape(), &[20, 1, 32, 32]);
+    let all = json(&read("metrics.json"));
+    assert_eq!(all["vae"]["n"], 6);
+    let samples = &all["samples"];
+    assert_eq!(samples["classifier_fid"]["n_samples"], 20, "{samples}");
+    let accuracy = samples["guided_accuracy"]["value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{samples}");
+    assert!(samples["floor"]["classifier_fid"]["value"].is_number());
+
+    let lab3 = out.path().join("lab3");
+    for w in [1, 3, 5] {
+        assert!(std::fs::read(lab3.join(format!("unet-w{w}.png")))
+            .unwrap()
+            .starts_with(b"\x89PNG"));
+    }
+    let m = json(&std::fs::read(lab3.join("metrics.json")).unwrap());
+    assert_eq!(m["arch"], "unet");
+    for w in ["w1", "w3", "w5"] {
+        assert_eq!(m[w]["classifier_fid"]["n_samples"], 20, "{m}");
+        assert!(m[w]["kid"]["value"].is_number(), "{m}");
+    }
 }
