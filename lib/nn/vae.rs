@@ -664,6 +664,34 @@ pub fn interpolate_pairs(
     Ok(from_tensor(&vae.decode(&z)?)?)
 }
 
+/// What a VAE tool reads: images shaped as the VAE's data, or latents shaped as its latents.
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    Images,
+    Latents,
+}
+
+/// The opening of every VAE tool: reads the .npy `input` (a path or `-`), opens the VAE at
+/// `model_path` and checks the array is a finite batch (N, ...) of `side`'s shape. Returns the
+/// model, the array and the input's display name for later messages.
+pub fn open_with_batch(
+    model_path: &str,
+    input: &str,
+    side: Side,
+    device: &candle_core::Device,
+) -> Result<(Vae, ArrayD<f32>, String)> {
+    let x = crate::io::npy::read_f32(input)?;
+    let name = crate::io::display_name(input);
+    let model = open(model_path, device)?;
+    let (want, what) = match side {
+        Side::Images => (model.config.data_shape.to_vec(), "images"),
+        Side::Latents => (model.config.latent_shape().to_vec(), "latents"),
+    };
+    expect_batch_of(x.shape(), &want, what, &name)?;
+    crate::io::npy::expect_finite(&x, &name)?;
+    Ok((model, x, name))
+}
+
 /// Fails unless `shape` is (N, ...want), naming `what`, the file, the expected and the found.
 pub fn expect_batch_of(shape: &[usize], want: &[usize], what: &str, name: &str) -> Result<()> {
     if shape.len() != want.len() + 1 || shape[1..] != *want {

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::io::{self, npy};
+use flowpipe::io::npy;
 use flowpipe::nn::vae;
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -37,12 +37,8 @@ fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         usage_bail!("--batch must be at least 1");
     }
-    let latents = npy::read_f32(&args.input)?;
-    let name = io::display_name(&args.input);
-    let model = vae::open(&args.model, &device)?;
-    let want = model.config.latent_shape();
-    vae::expect_batch_of(latents.shape(), &want, "latents", &name)?;
-    npy::expect_finite(&latents, &name)?;
+    let (model, latents, _) =
+        vae::open_with_batch(&args.model, &args.input, vae::Side::Latents, &device)?;
     let x = vae::decode_all(&model, &latents, args.batch, &device)?;
     npy::write(&args.common.output, &x)
 }

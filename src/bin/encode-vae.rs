@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::io::{self, npy};
+use flowpipe::io::npy;
 use flowpipe::nn::vae::{self, Encoding};
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -48,11 +48,8 @@ fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         usage_bail!("--batch must be at least 1");
     }
-    let images = npy::read_f32(&args.input)?;
-    let name = io::display_name(&args.input);
-    let model = vae::open(&args.model, &device)?;
-    vae::expect_batch_of(images.shape(), &model.config.data_shape, "images", &name)?;
-    npy::expect_finite(&images, &name)?;
+    let (model, images, _) =
+        vae::open_with_batch(&args.model, &args.input, vae::Side::Images, &device)?;
     let how = match args.mean {
         true => Encoding::Mean,
         false => Encoding::Sample {

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::io::{self, npy};
+use flowpipe::io;
 use flowpipe::nn::vae;
 use flowpipe::{usage_bail, Result};
 use serde_json::json;
@@ -39,11 +39,8 @@ fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         usage_bail!("--batch must be at least 1");
     }
-    let images = npy::read_f32(&args.input)?;
-    let name = io::display_name(&args.input);
-    let model = vae::open(&args.model, &device)?;
-    vae::expect_batch_of(images.shape(), &model.config.data_shape, "images", &name)?;
-    npy::expect_finite(&images, &name)?;
+    let (model, images, name) =
+        vae::open_with_batch(&args.model, &args.input, vae::Side::Images, &device)?;
     if images.shape()[0] == 0 {
         anyhow::bail!("{name} holds no images");
     }

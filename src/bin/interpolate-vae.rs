@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::io::{self, npy};
+use flowpipe::io::npy;
 use flowpipe::nn::vae;
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -52,11 +52,8 @@ fn run(args: Args) -> Result<()> {
     if args.steps < 2 {
         usage_bail!("--steps must be at least 2, got {}", args.steps);
     }
-    let images = npy::read_f32(&args.input)?;
-    let name = io::display_name(&args.input);
-    let model = vae::open(&args.model, &device)?;
-    vae::expect_batch_of(images.shape(), &model.config.data_shape, "images", &name)?;
-    npy::expect_finite(&images, &name)?;
+    let (model, images, name) =
+        vae::open_with_batch(&args.model, &args.input, vae::Side::Images, &device)?;
     let n = images.shape()[0];
     if let Some((a, b)) = args.pairs.iter().find(|(a, b)| *a >= n || *b >= n) {
         usage_bail!("--pairs {a}:{b} names an image past the {n} in {name}");
