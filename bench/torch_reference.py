@@ -8,7 +8,9 @@ features, label embedding with a null row, residual layers with GroupNorm -> SiL
 time/label adapters, stride-2 down convs, nearest-upsample convs cropped to the skip's size);
 the DiT (patchify conv, learned positions, sinusoidal time MLP, adaLN-Zero blocks with RMSNorm,
 fused QKV attention, GELU feed-forward, final modulation, fc1 -> GELU -> fc2, unpatchify,
-3x3 conv). Training steps time forward + backward + AdamW on one fixed batch, as run-bench does.
+3x3 conv); the VAE (GroupNorm residual blocks with SiLU, stride-2 down convs, mean and
+log-variance heads, nearest-upsample convs, Gaussian NLL with a learned variance + KL). Training
+steps time forward + backward + AdamW on one fixed batch, as run-bench does.
 """
 import argparse
 import io
@@ -174,6 +176,76 @@ class Dit(nn.Module):
         return self.final(img)
 
 
+class VaeRes(nn.Module):
+    def __init__(self, c, g):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
+        self.n2, self.c2 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.c2(F.silu(self.n2(self.c1(F.silu(self.n1(x))))))
+
+
+class Vae(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        c_in, ch, g, k = cfg["data_shape"][0], cfg["channels"], cfg["groups"], cfg["latent_channels"]
+        res = lambda c: nn.Sequential(*[VaeRes(c, g) for _ in range(cfg["blocks_per_level"])])
+        self.e_in = nn.Conv2d(c_in, ch[0], 3, padding=1)
+        self.e_levels = nn.ModuleList(res(c) for c in ch)
+        self.e_down = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(ch, ch[1:]))
+        self.e_mid = nn.Sequential(VaeRes(ch[-1], g), VaeRes(ch[-1], g))
+        self.e_norm = nn.GroupNorm(g, ch[-1])
+        self.mean, self.logvar = nn.Conv2d(ch[-1], k, 3, padding=1), nn.Conv2d(ch[-1], k, 3, padding=1)
+        self.d_in = nn.Conv2d(k, ch[-1], 3, padding=1)
+        self.d_mid = nn.Sequential(VaeRes(ch[-1], g), VaeRes(ch[-1], g))
+        self.d_levels = nn.ModuleList(res(c) for c in ch)
+        self.d_up = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(ch, ch[1:]))
+        self.d_norm = nn.GroupNorm(g, ch[0])
+        self.d_out = nn.Conv2d(ch[0], c_in, 3, padding=1)
+        self.dec_logvar = nn.Parameter(torch.tensor([math.log(0.01)]))
+
+    def loss(self, x, eps):
+        h = self.e_in(x)
+        for l, blocks in enumerate(self.e_levels):
+            h = blocks(h)
+            if l < len(self.e_down):
+                h = self.e_down[l](h)
+        h = F.silu(self.e_norm(self.e_mid(h)))
+        mean, logvar = self.mean(h), self.logvar(h).clamp(-30, 20)
+        h = self.d_mid(self.d_in(mean + (0.5 * logvar).exp() * eps))
+        for l in reversed(range(len(self.d_levels))):
+            h = self.d_levels[l](h)
+            if l > 0:
+                h = self.d_up[l - 1](F.interpolate(h, scale_factor=2, mode="nearest"))
+        recon = self.d_out(F.silu(self.d_norm(h)))
+        d = x[0].numel()
+        nll = 0.5 * ((x - recon).pow(2).flatten(1).sum(1) / self.dec_logvar.exp()
+                     + d * (self.dec_logvar + math.log(2 * math.pi)))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+        return (nll + kl).mean()
+
+
+def vae_step(tiny, reps):
+    cfg = {"data_shape": [1, 8, 8] if tiny else [1, 32, 32], "channels": [4, 8] if tiny else [16, 32, 64],
+           "blocks_per_level": 1, "latent_channels": 4, "groups": 4}
+    batch = 2 if tiny else 128
+    net = Vae(cfg)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn([batch] + cfg["data_shape"], generator=g)
+    side = cfg["data_shape"][1] >> (len(cfg["channels"]) - 1)
+    eps = torch.randn([batch, cfg["latent_channels"], side, side], generator=g)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        net.loss(x, eps).backward()
+        opt.step()
+
+    config = dict(cfg, arch="vae", batch=batch, parameters=sum(p.numel() for p in net.parameters()))
+    return line("train_step_vae", config, reps[0], timed(reps[0], reps[1], step))
+
+
 # ---------------------------------------------------------------- figures
 def timed(warmup, runs, f):
     for _ in range(warmup):
@@ -246,6 +318,8 @@ def figures(tiny, runs):
                "num_classes": 10, "mlp_ratio": 4, "time_features": 256}
     batch = 2 if tiny else 256
     yield train_step("train_step_dit", dict(cfg, batch=batch), Dit(cfg), [batch] + cfg["data_shape"], 10, r(5))
+
+    yield vae_step(tiny, r(5))
 
     cfg = unet_config(tiny)
     batch, steps, w = (1, 2, 3.0) if tiny else (8, 100, 3.0)

@@ -18,16 +18,18 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::Instant;
 
+use crate::nn::vae::{Vae, VaeConfig};
 use crate::nn::{Activation, Dit, DitConfig, FieldNet, Mlp, MlpConfig, Params, UNet, UNetConfig};
 use crate::rng::{self, Purpose};
 use crate::train::optim::{AdamW, AdamWConfig, Decay, Schedule};
 use crate::Result;
 
 /// Every figure's name, in the order they run.
-pub const FIGURES: [&str; 6] = [
+pub const FIGURES: [&str; 7] = [
     "train_step_mlp2d",
     "train_step_unet",
     "train_step_dit",
+    "train_step_vae",
     "sample_cfg_unet",
     "npy_write_pipe",
     "npy_read_pipe",
@@ -250,6 +252,48 @@ pub fn dit(s: Settings, device: &Device) -> Result<Value> {
     )
 }
 
+/// (d) the main job's VAE (1x32x32 images, channels 16, 32, 64, 4x8x8 latents), batch 128: one
+/// step of the negative ELBO (encode, reparametrised sample, decode, Gaussian NLL + KL).
+pub fn vae(s: Settings, device: &Device) -> Result<Value> {
+    let mut cfg = VaeConfig::default_for(if s.tiny { [1, 8, 8] } else { [1, 32, 32] });
+    cfg.channels = if s.tiny { vec![4, 8] } else { vec![16, 32, 64] };
+    cfg.groups = 4;
+    let batch = if s.tiny { 2 } else { 128 };
+    let params = Params::new(0, device);
+    let net = Vae::new(&cfg, &params)?;
+    let mut shape = vec![batch];
+    shape.extend(cfg.data_shape);
+    let x = normal(&shape, 4, device)?;
+    let mut latent = vec![batch];
+    latent.extend(cfg.latent_shape());
+    let eps = normal(&latent, 5, device)?;
+    let schedule = Schedule {
+        lr: 1e-4,
+        warmup: 0,
+        decay: Decay::Constant,
+        total: u64::MAX,
+    };
+    let mut opt = AdamW::new(&params, AdamWConfig::new(schedule, 0.0))?;
+    let reps = if s.tiny {
+        (1, 2)
+    } else {
+        (1, s.runs.unwrap_or(5))
+    };
+    let times = time_runs(reps.0, reps.1, || {
+        let post = net.encode(&x)?;
+        let recon = net.decode(&post.sample(&eps)?)?;
+        let loss = (net.nll(&x, &recon)?.mean_all()? + post.kl()?.mean_all()?)?;
+        opt.step(&loss.backward()?)?;
+        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let mut config = cfg.to_json();
+    config["batch"] = json!(batch);
+    let mut v = line("train_step_vae", config, reps.0, &times);
+    v["config"]["parameters"] = json!(params.count());
+    Ok(v)
+}
+
 /// Sampling throughput: 100 Euler steps of the guided U-Net (w = 3) from N(0, I), both branches
 /// in one call; images per second.
 pub fn sample_cfg(s: Settings, device: &Device) -> Result<Value> {
@@ -347,11 +391,14 @@ pub fn run(
     device: &Device,
     emit: &mut dyn FnMut(&Value) -> Result<()>,
 ) -> Result<()> {
+    // As the trainers do: without it, glibc maps fresh pages for every large buffer.
+    crate::train::keep_freed_memory();
     let wanted = |f: &str| only.is_empty() || only.iter().any(|o| o == f);
     for f in [
         "train_step_mlp2d",
         "train_step_unet",
         "train_step_dit",
+        "train_step_vae",
         "sample_cfg_unet",
     ] {
         if !wanted(f) {
@@ -361,6 +408,7 @@ pub fn run(
             "train_step_mlp2d" => mlp2d(s, device)?,
             "train_step_unet" => unet(s, device)?,
             "train_step_dit" => dit(s, device)?,
+            "train_step_vae" => vae(s, device)?,
             _ => sample_cfg(s, device)?,
         };
         emit(&v)?;

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 /// "threads", "implementation"} plus "images_per_s" or "mb_per_s" where meaningful. Each figure
 /// is the median of several timed runs after untimed warm-up runs. Figures: train_step_mlp2d
 /// (4 x 256 SiLU MLP, batch 1024), train_step_unet (lab 3 U-Net, 1x28x28, batch 128),
-/// train_step_dit (DiT on 4x8x8 latents, batch 256), sample_cfg_unet (100 guided Euler steps,
+/// train_step_dit (DiT on 4x8x8 latents, batch 256), train_step_vae (the main job's VAE on
+/// 1x32x32, batch 128), sample_cfg_unet (100 guided Euler steps,
 /// batch 8), npy_write_pipe, npy_read_pipe (64 MB).
 #[derive(Parser, Debug)]
 #[command(
