@@ -1,0 +1,127 @@
+# Few-step generation by distillation (notes section 7), through the tools only:
+#   make distill          both parts below
+#   make distill-2d       Lab 2's checkerboard teacher ($(L2)/fm-checkerboard.safetensors, CondOT,
+#                         MLP 4x64) distilled by reflow, flowmap and consistency:
+#     out/distill/table-2d.json   energy distance to held-out checkerboard samples per (model,
+#                                 steps): the teacher with 1, 2, 4, 8, 16, 32, 100 Euler steps,
+#                                 each student with 1, 2, 4 (NFE = steps)
+#     out/distill/table-2d.txt    the same as a readable table
+#     out/distill/grids-2d.png    the samples side by side: a row per model, a column per NFE
+#   make distill-latent   the latent main job's model ($(LAT)/flow.safetensors, a DiT with CFG)
+#                         distilled at its guidance w = $(LAT_GUIDANCE) (the student is
+#                         conditional on the label, w fixed):
+#     out/distill/table-latent.json  classifier-FID and guided accuracy per (model, steps) from
+#                                    `evaluate --classifier` on the decoded images, against the
+#                                    padded training images; the classifier is a small CNN on
+#                                    32x32 padded Fashion-MNIST trained here
+#     out/distill/table-latent.txt   readable
+#     out/distill/grids-latent.png   decoded samples: a panel per (model, steps), a row per class
+# Every student starts from its teacher's weights (see flowpipe::distill). SMALL=1: seconds.
+# Cost at the default sizes on 2 CPU cores: the 2D part about 3 minutes after lab2's teacher;
+# the latent part about DIS_LAT_COST below after the latent main job.
+
+DIS := $(OUT)/distill
+DIS_SEED := 21
+DIS_METHODS := reflow flowmap consistency
+DIS_TEACHER_NFE := 1 2 4 8 16 32 100
+DIS_STUDENT_NFE := 1 2 4
+
+ifeq ($(SMALL),)
+DIS_TRAJ := 8192
+DIS_TSTEPS := 64
+DIS_STEPS := 3000
+DIS_BATCH := 512
+DIS_N := 2000
+# Latent students: the bank of guided teacher trajectories (Heun, 2 x 2 CFG evaluations per
+# step) dominates; 16 teacher steps of a width-64 DiT on 4x8x8 latents.
+DIS_LAT_TRAJ := 2000
+DIS_LAT_TSTEPS := 16
+DIS_LAT_STEPS := 600
+DIS_LAT_BATCH := 64
+DIS_LAT_PER_CLASS := 50
+DIS_LAT_CLS_STEPS := 1500
+DIS_LAT_COST := 40 minutes
+else
+DIS_TRAJ := 256
+DIS_TSTEPS := 8
+DIS_STEPS := 30
+DIS_BATCH := 64
+DIS_N := 200
+DIS_LAT_TRAJ := 40
+DIS_LAT_TSTEPS := 4
+DIS_LAT_STEPS := 5
+DIS_LAT_BATCH := 16
+DIS_LAT_PER_CLASS := 2
+DIS_LAT_CLS_STEPS := 10
+DIS_LAT_COST := seconds
+endif
+DIS_LR := 1e-3
+
+.PHONY: distill distill-2d distill-latent
+distill: distill-2d distill-latent
+distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png
+distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png
+
+$(DIS)/.dir:
+	@mkdir -p $(@D)/2d $(@D)/latent && touch $@
+
+DIS_EMPTY :=
+DIS_SPACE := $(DIS_EMPTY) $(DIS_EMPTY)
+# Panel titles of runs `model-steps`: "model NFE steps", separated by `;`.
+dis_titles = $(subst -, NFE ,$(patsubst %;,%,$(subst ;$(DIS_SPACE),;,$(foreach r,$(1),$(r);))))
+
+# Energy distance of one evaluate report (the first "value" after "energy_distance").
+dis_ed = awk '/"energy_distance"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(1)
+
+# ---------------------------------------------------------------- 2D: checkerboard ----
+# lab2.mk is read after this file: its paths are spelled out here (prerequisites expand at once).
+DIS_CB := $(OUT)/lab2/fm-checkerboard.safetensors
+DIS_CB_REF := $(OUT)/lab2/checkerboard-ref.npy
+
+$(DIS)/2d/noise.npy: $(TOOLS) | $(DIS)/.dir
+	sample-noise -n $(DIS_N) --shape 2 --seed $(DIS_SEED) -o $@
+
+$(DIS)/2d/teacher-%.npy: $(DIS)/2d/noise.npy $(DIS_CB)
+	simulate-sde -q $< --field $(DIS_CB) --steps $* -o $@
+
+$(DIS)/2d/%.safetensors: $(DIS_CB) | $(DIS)/.dir
+	distill --teacher $(DIS_CB) --method $* --teacher-steps $(DIS_TSTEPS) \
+	  --trajectories $(DIS_TRAJ) --steps $(DIS_STEPS) --batch $(DIS_BATCH) --lr $(DIS_LR) \
+	  --seed $(DIS_SEED) --log $(DIS)/2d/$*.log.jsonl -q -o $@
+
+define dis_2d_student
+$(DIS)/2d/$(1)-%.npy: $(DIS)/2d/noise.npy $(DIS)/2d/$(1).safetensors
+	sample-fewstep $$< --model $(DIS)/2d/$(1).safetensors --steps $$* --seed $(DIS_SEED) -q -o $$@
+endef
+$(foreach m,$(DIS_METHODS),$(eval $(call dis_2d_student,$(m))))
+
+$(DIS)/2d/%.eval.json: $(DIS)/2d/%.npy $(DIS_CB_REF)
+	evaluate $< --reference $(DIS_CB_REF) -q -o $@
+
+DIS_2D_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
+               $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+
+# Students and samples are products, not intermediates make may delete.
+.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m).safetensors) \
+            $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).npy $(DIS)/2d/$(r).eval.json)
+
+# One row per (model, steps): {"model", "steps", "nfe", "energy_distance"}.
+$(DIS)/table-2d.json: $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).eval.json)
+	{ echo '{"metric": "energy distance to $(notdir $(DIS_CB_REF)) (lower is better)",'; \
+	  echo ' "teacher": "$(DIS_CB) (Euler)", "rows": ['; sep=''; \
+	  for r in $(DIS_2D_RUNS); do \
+	    m=$${r%-*}; k=$${r##*-}; v=$$($(call dis_ed,$(DIS)/2d/$$r.eval.json)); \
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "energy_distance": %s}\n' "$$sep" "$$m" "$$k" "$$k" "$$v"; \
+	    sep=','; \
+	  done; echo ']}'; } > $@.tmp && mv $@.tmp $@
+	{ printf '%-12s %6s %18s\n' model NFE energy_distance; \
+	  for r in $(DIS_2D_RUNS); do \
+	    printf '%-12s %6s %18s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_ed,$(DIS)/2d/$$r.eval.json))"; \
+	  done; } > $(DIS)/table-2d.txt
+	@cat $(DIS)/table-2d.txt
+
+DIS_2D_GRID := $(foreach k,1 2 4,teacher-$(k)) $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+$(DIS)/grids-2d.png: $(foreach r,$(DIS_2D_GRID),$(DIS)/2d/$(r).npy)
+	render-grid $^ --bounds $(L2_CB_BOUNDS) --panel-cols 3 \
+	  --titles "$(call dis_titles,$(DIS_2D_GRID))" \
+	  --title "Checkerboard: teacher (Euler) and students, NFE 1, 2, 4" -o $@
