@@ -12,8 +12,8 @@
 #                         conditional on the label, w fixed):
 #     out/distill/table-latent.json  classifier-FID and guided accuracy per (model, steps) from
 #                                    `evaluate --classifier` on the decoded images, against the
-#                                    padded training images; the classifier is a small CNN on
-#                                    32x32 padded Fashion-MNIST trained here
+#                                    latent job's held-out test images; the classifier is a
+#                                    small CNN on its 32x32 training images, trained here
 #     out/distill/table-latent.txt   readable
 #     out/distill/grids-latent.png   decoded samples: a panel per (model, steps), a row per class
 # Every student starts from its teacher's weights (see flowpipe::distill). SMALL=1: seconds.
@@ -62,8 +62,8 @@ distill: distill-2d distill-latent
 distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png
 distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png
 
-$(DIS)/.dir:
-	@mkdir -p $(@D)/2d $(@D)/latent && touch $@
+$(DIS)/2d $(DIS)/latent:
+	@mkdir -p $@
 
 DIS_EMPTY :=
 DIS_SPACE := $(DIS_EMPTY) $(DIS_EMPTY)
@@ -78,13 +78,13 @@ dis_ed = awk '/"energy_distance"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); s
 DIS_CB := $(OUT)/lab2/fm-checkerboard.safetensors
 DIS_CB_REF := $(OUT)/lab2/checkerboard-ref.npy
 
-$(DIS)/2d/noise.npy: $(TOOLS) | $(DIS)/.dir
+$(DIS)/2d/noise.npy: $(TOOLS) | $(DIS)/2d
 	sample-noise -n $(DIS_N) --shape 2 --seed $(DIS_SEED) -o $@
 
 $(DIS)/2d/teacher-%.npy: $(DIS)/2d/noise.npy $(DIS_CB)
 	simulate-sde -q $< --field $(DIS_CB) --steps $* -o $@
 
-$(DIS)/2d/%.safetensors: $(DIS_CB) | $(DIS)/.dir
+$(DIS)/2d/%.safetensors: $(DIS_CB) | $(DIS)/2d
 	distill --teacher $(DIS_CB) --method $* --teacher-steps $(DIS_TSTEPS) \
 	  --trajectories $(DIS_TRAJ) --steps $(DIS_STEPS) --batch $(DIS_BATCH) --lr $(DIS_LR) \
 	  --seed $(DIS_SEED) --log $(DIS)/2d/$*.log.jsonl -q -o $@
@@ -125,3 +125,80 @@ $(DIS)/grids-2d.png: $(foreach r,$(DIS_2D_GRID),$(DIS)/2d/$(r).npy)
 	render-grid $^ --bounds $(L2_CB_BOUNDS) --panel-cols 3 \
 	  --titles "$(call dis_titles,$(DIS_2D_GRID))" \
 	  --title "Checkerboard: teacher (Euler) and students, NFE 1, 2, 4" -o $@
+
+# ------------------------------------------------------------- latent: the main job ----
+# latent.mk and metrics.mk are read after this file: their paths are spelled out here.
+DIS_LAT_FLOW := $(OUT)/latent/flow.safetensors
+DIS_LAT_VAE := $(OUT)/latent/vae.safetensors
+DIS_LAT_CLS := $(DIS)/latent/classifier-pad32.safetensors
+DIS_LAT_N := $(shell echo $$(( 10 * $(DIS_LAT_PER_CLASS) )))
+DIS_LAT_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
+                $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+
+# The decoded samples are 32x32 (padded Fashion-MNIST): a classifier of that size for the
+# metrics, trained on the latent job's training images (the flow model's data); the reference
+# of the FID is the latent job's held-out test images.
+DIS_LAT_TRAIN := $(OUT)/latent/train-images.npy
+DIS_LAT_LABELS := $(OUT)/latent/train-labels.npy
+DIS_LAT_REF := $(OUT)/latent/test-images.npy
+$(DIS_LAT_CLS): $(DIS_LAT_TRAIN) $(DIS_LAT_LABELS) | $(DIS)/latent
+	fit-classifier --data $(DIS_LAT_TRAIN) --labels $(DIS_LAT_LABELS) \
+	  --steps $(DIS_LAT_CLS_STEPS) --seed $(DIS_SEED) --log $(DIS)/latent/classifier.jsonl -q -o $@
+
+# Every class DIS_LAT_PER_CLASS times, guided at the main job's w; the labels for the students.
+$(DIS)/latent/guided.json $(DIS)/latent/labels.npy &: $(DIS_LAT_FLOW) | $(DIS)/latent
+	guide --model $(DIS_LAT_FLOW) --each $(DIS_LAT_PER_CLASS) --scale $(LAT_GUIDANCE) \
+	  --labels-out $(DIS)/latent/labels.npy -o $(DIS)/latent/guided.json
+
+$(DIS)/latent/noise.npy: $(TOOLS) | $(DIS)/latent
+	sample-noise -n $(DIS_LAT_N) --shape $(LAT_LATENT) --seed $(DIS_SEED) -o $@
+
+$(DIS)/latent/teacher-%.latent.npy: $(DIS)/latent/noise.npy $(DIS)/latent/guided.json
+	simulate-sde -q $< --field $(DIS)/latent/guided.json --steps $* -o $@
+
+$(DIS)/latent/%.safetensors: $(DIS_LAT_FLOW) | $(DIS)/latent
+	distill --teacher $(DIS_LAT_FLOW) --method $* --guidance $(LAT_GUIDANCE) \
+	  --teacher-steps $(DIS_LAT_TSTEPS) --trajectories $(DIS_LAT_TRAJ) --chunk 250 \
+	  --steps $(DIS_LAT_STEPS) --batch $(DIS_LAT_BATCH) --lr 3e-4 --warmup 50 \
+	  --seed $(DIS_SEED) --log $(DIS)/latent/$*.log.jsonl -q -o $@
+
+define dis_latent_student
+$(DIS)/latent/$(1)-%.latent.npy: $(DIS)/latent/noise.npy $(DIS)/latent/labels.npy $(DIS)/latent/$(1).safetensors
+	sample-fewstep $$< --model $(DIS)/latent/$(1).safetensors --labels $(DIS)/latent/labels.npy \
+	  --steps $$* --seed $(DIS_SEED) -q -o $$@
+endef
+$(foreach m,$(DIS_METHODS),$(eval $(call dis_latent_student,$(m))))
+
+$(DIS)/latent/%.images.npy: $(DIS)/latent/%.latent.npy $(DIS_LAT_VAE)
+	decode-vae $< --model $(DIS_LAT_VAE) -q -o $@
+
+$(DIS)/latent/%.eval.json: $(DIS)/latent/%.images.npy $(DIS)/latent/labels.npy $(DIS_LAT_CLS) $(DIS_LAT_REF)
+	evaluate $< --labels $(DIS)/latent/labels.npy --classifier $(DIS_LAT_CLS) \
+	  --reference $(DIS_LAT_REF) -q -o $@
+
+.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m).safetensors) \
+            $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).latent.npy $(DIS)/latent/$(r).images.npy $(DIS)/latent/$(r).eval.json)
+
+# The first "value" after a key of an evaluate report.
+dis_val = awk '/"$(1)"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(2)
+
+$(DIS)/table-latent.json: $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).eval.json)
+	{ echo '{"metrics": "classifier-FID against $(DIS_LAT_REF) (lower is better) and guided accuracy (higher is better), CFG w = $(LAT_GUIDANCE)",'; \
+	  echo ' "teacher": "$(DIS_LAT_FLOW) (Euler)", "classifier": "$(DIS_LAT_CLS)", "rows": ['; sep=''; \
+	  for r in $(DIS_LAT_RUNS); do \
+	    f=$(DIS)/latent/$$r.eval.json; \
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "classifier_fid": %s, "guided_accuracy": %s}\n' "$$sep" \
+	      "$${r%-*}" "$${r##*-}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
+	    sep=','; \
+	  done; echo ']}'; } > $@.tmp && mv $@.tmp $@
+	{ printf '%-12s %6s %16s %16s\n' model NFE classifier_fid guided_accuracy; \
+	  for r in $(DIS_LAT_RUNS); do f=$(DIS)/latent/$$r.eval.json; \
+	    printf '%-12s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
+	  done; } > $(DIS)/table-latent.txt
+	@cat $(DIS)/table-latent.txt
+
+DIS_LAT_GRID := teacher-1 teacher-4 teacher-32 $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+$(DIS)/grids-latent.png: $(foreach r,$(DIS_LAT_GRID),$(DIS)/latent/$(r).images.npy)
+	render-grid $^ --cols $(DIS_LAT_PER_CLASS) --range -1,1 --panel-cols 3 \
+	  --titles "$(call dis_titles,$(DIS_LAT_GRID))" \
+	  --title "Latent DiT, CFG w = $(LAT_GUIDANCE): teacher (Euler) and students, a row per class" -o $@
