@@ -164,3 +164,113 @@ fn student_params(
         fresh_names,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distill::flowmap::TwoTime;
+    use crate::io::model;
+    use crate::nn::{build, time_column, DitConfig, FfActivation, MlpConfig};
+    use crate::paths::GaussianPath;
+    use candle_core::Tensor;
+
+    /// A teacher file with fresh weights for the architecture `arch`.
+    fn teacher_file(arch: Value) -> ModelFile {
+        let mut config = arch;
+        config["kind"] = json!("velocity");
+        config["parametrisation"] = json!("velocity");
+        config["path"] = Path::Gaussian(GaussianPath::CONDOT).to_json();
+        let params = Params::new(7, &Device::Cpu);
+        build(&config, &params).unwrap();
+        let bytes = model::encode(&config, &params.tensors()).unwrap();
+        model::decode(&bytes, "teacher.safetensors", &Device::Cpu).unwrap()
+    }
+
+    /// A flow-map student started from its teacher is the teacher's field for every jump d:
+    /// the extra channel's weights start at zero, the rest are copied.
+    fn starts_as_the_teacher(arch: Value, x: Tensor, y: Option<Tensor>) {
+        let dev = Device::Cpu;
+        let t = teacher_file(arch);
+        let config = student_config(
+            Method::Flowmap,
+            &t.config,
+            &Path::Gaussian(GaussianPath::CONDOT),
+            json!({}),
+        );
+        let shape = crate::train::arch::data_shape(&config).unwrap();
+        let (params, fresh) =
+            student_params(Method::Flowmap, &config, &t, &shape, 1, &dev).unwrap();
+        assert!(fresh.is_empty(), "fresh parameters: {fresh:?}");
+        let student = TwoTime::new(&config, &params).unwrap();
+        let teacher = build(
+            &t.config,
+            &Params::from_model(&t, Weights::Raw, &dev).unwrap(),
+        )
+        .unwrap();
+        let n = x.dim(0).unwrap();
+        let s = Tensor::new(0.3f32, &dev).unwrap();
+        let want = teacher
+            .forward(&x, &time_column(&s, n).unwrap(), y.as_ref())
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 1e-3, "the teacher's output is trivially zero");
+        for d in [0.0f32, 0.25, 1.0] {
+            let got = student
+                .forward(
+                    &x,
+                    &time_column(&s, n).unwrap(),
+                    &Tensor::full(d, n, &dev).unwrap(),
+                    y.as_ref(),
+                )
+                .unwrap();
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5 * scale.max(1.0), "d = {d}: off by {diff}");
+        }
+    }
+
+    #[test]
+    fn a_flow_map_student_starts_as_its_mlp_teacher() {
+        let arch = MlpConfig {
+            dim: 2,
+            hidden: vec![16, 16],
+            activation: crate::nn::Activation::Silu,
+            time_features: 2,
+        }
+        .to_json();
+        let x = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.3], [0.0, 1.5]], &Device::Cpu).unwrap();
+        starts_as_the_teacher(arch, x, None);
+    }
+
+    #[test]
+    fn a_flow_map_student_starts_as_its_dit_teacher() {
+        let arch = DitConfig {
+            data_shape: [4, 4, 4],
+            patch_size: 1,
+            width: 16,
+            depth: 1,
+            heads: 2,
+            num_classes: 3,
+            mlp_ratio: 2,
+            time_features: 16,
+            activation: FfActivation::Silu,
+        }
+        .to_json();
+        let v = crate::rng::normal_rows(1, crate::rng::Purpose::Misc, 0, 2, 64);
+        let x = Tensor::from_vec(v, (2, 4, 4, 4), &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+        starts_as_the_teacher(arch, x, Some(y));
+    }
+}
