@@ -369,3 +369,45 @@ fn bad_teachers_and_flags_fail_without_writing() {
     fails(&out, 1, &["bad.npy", "(4, 3)"]);
     assert!(!std::path::Path::new(&out_path).exists());
 }
+
+/// `make distill-2d SMALL=1`: the checkerboard teacher, three students, the NFE table (every
+/// row a finite energy distance) and the grid picture.
+#[test]
+fn distill_2d_pipeline_at_small_sizes() {
+    let bin = std::path::Path::new(DISTILL)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = tmp();
+    let r = std::process::Command::new("make")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "-s",
+            "distill-2d",
+            "SMALL=1",
+        ])
+        .arg(format!("BIN={bin}"))
+        .arg(format!("OUT={}", out.path().display()))
+        .output()
+        .expect("the pipeline test needs GNU make");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let dir = out.path().join("distill");
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("table-2d.json")).unwrap()).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7 + 3 * 3);
+    for row in rows {
+        assert!(
+            row["energy_distance"].as_f64().unwrap().is_finite(),
+            "{row}"
+        );
+    }
+    assert_eq!(rows[0]["model"], "teacher");
+    assert_eq!(rows[15]["model"], "consistency");
+    assert_eq!(rows[15]["nfe"], 4);
+    assert!(dir.join("grids-2d.png").is_file());
+    assert!(dir.join("table-2d.txt").is_file());
+}
