@@ -127,6 +127,30 @@ pub fn distill(
     let config = student_config(method, &tconfig, &path, about);
     let (params, fresh) = student_params(method, &config, teacher, &data_shape, opts.seed, device)?;
     let state = super::train::train(method, &config, params, &bank, opts)?;
+    let mut config = config;
+    if method == Method::Reflow {
+        // Reflow's promise: straighter paths. Measured on the student's own Euler trajectories
+        // from the first M' noise samples (same labels), M' = min(M, 512).
+        let m = bank_opts.trajectories.min(512);
+        let student = super::Student::from_state(&config, &state, device)?;
+        let own = Bank::generate(
+            &student,
+            &data_shape,
+            m,
+            bank_opts.steps,
+            TeacherSolver::Euler,
+            labels.as_deref().map(|l| &l[..m]),
+            opts.seed,
+            bank_opts.chunk,
+            device,
+        )?;
+        let s = super::reflow::straightness(&own)?;
+        say(format!(
+            "straightness: teacher {}, student {s}",
+            config["distill"]["straightness_teacher"]
+        ));
+        config["distill"]["straightness_student"] = json!(s);
+    }
     Ok(Distilled {
         config,
         state,
