@@ -448,7 +448,7 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     flowpipe::io::npy::write(&asked, &a).unwrap();
     for method in ["reflow", "flowmap", "consistency"] {
         let student = path(&dir, &format!("{method}.safetensors"));
-        let mut args = vec![
+        let args = [
             "--teacher",
             &model,
             "--method",
