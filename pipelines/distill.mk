@@ -114,9 +114,9 @@ $(DIS)/table-2d.json: $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).eval.json)
 	  echo ' "teacher": "$(DIS_CB) (Euler)", "rows": ['; sep=''; \
 	  for r in $(DIS_2D_RUNS); do \
 	    m=$${r%-*}; k=$${r##*-}; v=$$($(call dis_ed,$(DIS)/2d/$$r.eval.json)); \
-	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "energy_distance": %s}\n' "$$sep" "$$m" "$$k" "$$k" "$$v"; \
-	    sep=','; \
-	  done; echo ']}'; } > $@.tmp && mv $@.tmp $@
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "energy_distance": %s}' "$$sep" "$$m" "$$k" "$$k" "$$v"; \
+	    sep=$$',\n'; \
+	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
 	{ printf '%-12s %6s %18s\n' model NFE energy_distance; \
 	  for r in $(DIS_2D_RUNS); do \
 	    printf '%-12s %6s %18s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_ed,$(DIS)/2d/$$r.eval.json))"; \
@@ -190,10 +190,10 @@ $(DIS)/table-latent.json: $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).eval.js
 	  echo ' "teacher": "$(DIS_LAT_FLOW) (Euler)", "classifier": "$(DIS_LAT_CLS)", "rows": ['; sep=''; \
 	  for r in $(DIS_LAT_RUNS); do \
 	    f=$(DIS)/latent/$$r.eval.json; \
-	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "classifier_fid": %s, "guided_accuracy": %s}\n' "$$sep" \
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "classifier_fid": %s, "guided_accuracy": %s}' "$$sep" \
 	      "$${r%-*}" "$${r##*-}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
-	    sep=','; \
-	  done; echo ']}'; } > $@.tmp && mv $@.tmp $@
+	    sep=$$',\n'; \
+	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
 	{ printf '%-12s %6s %16s %16s\n' model NFE classifier_fid guided_accuracy; \
 	  for r in $(DIS_LAT_RUNS); do f=$(DIS)/latent/$$r.eval.json; \
 	    printf '%-12s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
