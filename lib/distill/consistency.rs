@@ -25,7 +25,10 @@
 //! Multistep sampling (Song et al., Algorithm 1), K steps on t_k = k/K: x_1^ = f(x_0, 0); then
 //! for k = 1..K-1 re-noise along the teacher's Gaussian path, x = alpha_{t_k} x_1^ +
 //! beta_{t_k} eps_k, and x_1^ = f(x, t_k). The noise eps_k of sample i comes from stream
-//! (seed, Brownian, i), so sample i never depends on the batch.
+//! (seed, Brownian, i), so sample i never depends on the batch. More steps are not always
+//! better: each re-noised point asks f for an answer at an intermediate time, and the errors of
+//! the bootstrapped chain do not shrink there (on the checkerboard, `make distill-2d` measures
+//! 1 step best).
 
 use candle_core::Tensor;
 

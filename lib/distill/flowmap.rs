@@ -26,6 +26,11 @@
 //! plane for images, one more coordinate for points) and time s; the extra output channel is
 //! dropped. Starting from the teacher with that channel's weights at zero, u(x, s, d) = u_s(x)
 //! and the map starts as the teacher's Euler step. K-step sampling jumps t_k = k/K -> t_{k+1}.
+//!
+//! Why the shortcut identity rather than MeanFlow's u = v - (t - r) du/dt (Geng et al. 2025):
+//! that needs the total derivative du/dt, a Jacobian-vector product, and candle has no
+//! forward-mode differentiation; the shortcut identity needs only forward passes, is exact for
+//! the flow map, and its base case is the teacher's own step.
 
 use anyhow::bail;
 use candle_core::Tensor;
