@@ -17,8 +17,9 @@
 #     out/distill/table-latent.txt   readable
 #     out/distill/grids-latent.png   decoded samples: a panel per (model, steps), a row per class
 # Every student starts from its teacher's weights (see flowpipe::distill). SMALL=1: seconds.
-# Cost at the default sizes on 2 CPU cores: the 2D part about 3 minutes after lab2's teacher;
-# the latent part about DIS_LAT_COST below after the latent main job.
+# Cost at the default sizes on 2 shared CPU cores: the 2D part took 7 minutes with lab2's
+# teacher (measured); the latent part about 35 minutes after the latent main job (estimated
+# from measured unit costs, see below; only SMALL=1 was run end to end).
 
 DIS := $(OUT)/distill
 DIS_SEED := 21
