@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod distill;
 mod foundation;
 mod images;
 mod import;

@@ -1,0 +1,208 @@
+# Few-step generation by distillation (notes section 7), through the tools only:
+#   make distill          both parts below
+#   make distill-2d       Lab 2's checkerboard teacher ($(L2)/fm-checkerboard.safetensors, CondOT,
+#                         MLP 4x64) distilled by reflow, flowmap and consistency:
+#     out/distill/table-2d.json   energy distance to held-out checkerboard samples per (model,
+#                                 steps): the teacher with 1, 2, 4, 8, 16, 32, 100 Euler steps,
+#                                 each student with 1, 2, 4 (NFE = steps)
+#     out/distill/table-2d.txt    the same as a readable table
+#     out/distill/grids-2d.png    the samples side by side: a row per model, a column per NFE
+#   make distill-latent   the latent main job's model ($(LAT)/flow.safetensors, a DiT with CFG)
+#                         distilled at its guidance w = $(LAT_GUIDANCE) (the student is
+#                         conditional on the label, w fixed):
+#     out/distill/table-latent.json  classifier-FID and guided accuracy per (model, steps) from
+#                                    `evaluate --classifier` on the decoded images, against the
+#                                    latent job's held-out test images; the classifier is a
+#                                    small CNN on its 32x32 training images, trained here
+#     out/distill/table-latent.txt   readable
+#     out/distill/grids-latent.png   decoded samples: a panel per (model, steps), a row per class
+# Every student starts from its teacher's weights (see flowpipe::distill). SMALL=1: seconds.
+# Cost at the default sizes on 2 shared CPU cores: the 2D part took 7 minutes with lab2's
+# teacher (measured); the latent part about 35 minutes after the latent main job (estimated
+# from measured unit costs, see below; only SMALL=1 was run end to end).
+
+DIS := $(OUT)/distill
+DIS_SEED := 21
+DIS_METHODS := reflow flowmap consistency
+DIS_TEACHER_NFE := 1 2 4 8 16 32 100
+DIS_STUDENT_NFE := 1 2 4
+
+ifeq ($(SMALL),)
+DIS_TRAJ := 8192
+DIS_TSTEPS := 64
+DIS_STEPS := 3000
+DIS_BATCH := 512
+DIS_N := 2000
+# Latent students: 1000 guided teacher trajectories of 16 Euler steps (the teacher's own
+# sampler; 2 CFG branches per step) and 400 steps at batch 64 per method. Measured on this
+# machine (debug build, optimised deps): about 2.6 ms of CPU per DiT evaluation of one latent
+# and 0.5-2 s per training step (flowmap: 3 network passes), so about 8 minutes per student
+# and 7 for the teacher's 163 sampling steps of 500 latents: about 35 minutes in all.
+DIS_LAT_TRAJ := 1000
+DIS_LAT_TSTEPS := 16
+DIS_LAT_STEPS := 400
+DIS_LAT_BATCH := 64
+DIS_LAT_PER_CLASS := 50
+DIS_LAT_CLS_STEPS := 1500
+DIS_LAT_COST := 35 minutes
+else
+DIS_TRAJ := 256
+DIS_TSTEPS := 8
+DIS_STEPS := 30
+DIS_BATCH := 64
+DIS_N := 200
+DIS_LAT_TRAJ := 40
+DIS_LAT_TSTEPS := 4
+DIS_LAT_STEPS := 5
+DIS_LAT_BATCH := 16
+DIS_LAT_PER_CLASS := 2
+DIS_LAT_CLS_STEPS := 10
+DIS_LAT_COST := seconds
+endif
+DIS_LR := 1e-3
+
+.PHONY: distill distill-2d distill-latent
+distill: distill-2d distill-latent
+distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png
+distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png
+
+$(DIS)/2d $(DIS)/latent:
+	@mkdir -p $@
+
+DIS_EMPTY :=
+DIS_SPACE := $(DIS_EMPTY) $(DIS_EMPTY)
+# Panel titles of runs `model-steps`: "model NFE steps", separated by `;`.
+dis_titles = $(subst -, NFE ,$(patsubst %;,%,$(subst ;$(DIS_SPACE),;,$(foreach r,$(1),$(r);))))
+
+# Energy distance of one evaluate report (the first "value" after "energy_distance").
+dis_ed = awk '/"energy_distance"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(1)
+
+# ---------------------------------------------------------------- 2D: checkerboard ----
+# lab2.mk is read after this file: its paths are spelled out here (prerequisites expand at once).
+DIS_CB := $(OUT)/lab2/fm-checkerboard.safetensors
+DIS_CB_REF := $(OUT)/lab2/checkerboard-ref.npy
+
+$(DIS)/2d/noise.npy: $(TOOLS) | $(DIS)/2d
+	sample-noise -n $(DIS_N) --shape 2 --seed $(DIS_SEED) -o $@
+
+$(DIS)/2d/teacher-%.npy: $(DIS)/2d/noise.npy $(DIS_CB)
+	simulate-sde -q $< --field $(DIS_CB) --steps $* -o $@
+
+$(DIS)/2d/%.safetensors: $(DIS_CB) | $(DIS)/2d
+	distill --teacher $(DIS_CB) --method $* --teacher-steps $(DIS_TSTEPS) \
+	  --trajectories $(DIS_TRAJ) --steps $(DIS_STEPS) --batch $(DIS_BATCH) --lr $(DIS_LR) \
+	  --seed $(DIS_SEED) --log $(DIS)/2d/$*.log.jsonl -q -o $@
+
+define dis_2d_student
+$(DIS)/2d/$(1)-%.npy: $(DIS)/2d/noise.npy $(DIS)/2d/$(1).safetensors
+	sample-fewstep $$< --model $(DIS)/2d/$(1).safetensors --steps $$* --seed $(DIS_SEED) -q -o $$@
+endef
+$(foreach m,$(DIS_METHODS),$(eval $(call dis_2d_student,$(m))))
+
+$(DIS)/2d/%.eval.json: $(DIS)/2d/%.npy $(DIS_CB_REF)
+	evaluate $< --reference $(DIS_CB_REF) -q -o $@
+
+DIS_2D_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
+               $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+
+# Students and samples are products, not intermediates make may delete.
+.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m).safetensors) \
+            $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).npy $(DIS)/2d/$(r).eval.json)
+
+# One row per (model, steps): {"model", "steps", "nfe", "energy_distance"}.
+$(DIS)/table-2d.json: $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).eval.json)
+	{ echo '{"metric": "energy distance to $(notdir $(DIS_CB_REF)) (lower is better)",'; \
+	  echo ' "teacher": "$(DIS_CB) (Euler)", "rows": ['; sep=''; \
+	  for r in $(DIS_2D_RUNS); do \
+	    m=$${r%-*}; k=$${r##*-}; v=$$($(call dis_ed,$(DIS)/2d/$$r.eval.json)); \
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "energy_distance": %s}' "$$sep" "$$m" "$$k" "$$k" "$$v"; \
+	    sep=$$',\n'; \
+	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
+	{ printf '%-12s %6s %18s\n' model NFE energy_distance; \
+	  for r in $(DIS_2D_RUNS); do \
+	    printf '%-12s %6s %18s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_ed,$(DIS)/2d/$$r.eval.json))"; \
+	  done; } > $(DIS)/table-2d.txt
+	@cat $(DIS)/table-2d.txt
+
+DIS_2D_GRID := $(foreach k,1 2 4,teacher-$(k)) $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+$(DIS)/grids-2d.png: $(foreach r,$(DIS_2D_GRID),$(DIS)/2d/$(r).npy)
+	render-grid $^ --bounds $(L2_CB_BOUNDS) --panel-cols 3 \
+	  --titles "$(call dis_titles,$(DIS_2D_GRID))" \
+	  --title "Checkerboard: teacher (Euler) and students, NFE 1, 2, 4" -o $@
+
+# ------------------------------------------------------------- latent: the main job ----
+# latent.mk and metrics.mk are read after this file: their paths are spelled out here.
+DIS_LAT_FLOW := $(OUT)/latent/flow.safetensors
+DIS_LAT_VAE := $(OUT)/latent/vae.safetensors
+DIS_LAT_CLS := $(DIS)/latent/classifier-pad32.safetensors
+DIS_LAT_N := $(shell echo $$(( 10 * $(DIS_LAT_PER_CLASS) )))
+DIS_LAT_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
+                $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+
+# The decoded samples are 32x32 (padded Fashion-MNIST): a classifier of that size for the
+# metrics, trained on the latent job's training images (the flow model's data); the reference
+# of the FID is the latent job's held-out test images.
+DIS_LAT_TRAIN := $(OUT)/latent/train-images.npy
+DIS_LAT_LABELS := $(OUT)/latent/train-labels.npy
+DIS_LAT_REF := $(OUT)/latent/test-images.npy
+$(DIS_LAT_CLS): $(DIS_LAT_TRAIN) $(DIS_LAT_LABELS) | $(DIS)/latent
+	fit-classifier --data $(DIS_LAT_TRAIN) --labels $(DIS_LAT_LABELS) \
+	  --steps $(DIS_LAT_CLS_STEPS) --seed $(DIS_SEED) --log $(DIS)/latent/classifier.jsonl -q -o $@
+
+# Every class DIS_LAT_PER_CLASS times, guided at the main job's w; the labels for the students.
+$(DIS)/latent/guided.json $(DIS)/latent/labels.npy &: $(DIS_LAT_FLOW) | $(DIS)/latent
+	guide --model $(DIS_LAT_FLOW) --each $(DIS_LAT_PER_CLASS) --scale $(LAT_GUIDANCE) \
+	  --labels-out $(DIS)/latent/labels.npy -o $(DIS)/latent/guided.json
+
+$(DIS)/latent/noise.npy: $(TOOLS) | $(DIS)/latent
+	sample-noise -n $(DIS_LAT_N) --shape $(LAT_LATENT) --seed $(DIS_SEED) -o $@
+
+$(DIS)/latent/teacher-%.latent.npy: $(DIS)/latent/noise.npy $(DIS)/latent/guided.json
+	simulate-sde -q $< --field $(DIS)/latent/guided.json --steps $* -o $@
+
+$(DIS)/latent/%.safetensors: $(DIS_LAT_FLOW) | $(DIS)/latent
+	distill --teacher $(DIS_LAT_FLOW) --method $* --guidance $(LAT_GUIDANCE) \
+	  --teacher-steps $(DIS_LAT_TSTEPS) --teacher-solver euler --trajectories $(DIS_LAT_TRAJ) --chunk 250 \
+	  --steps $(DIS_LAT_STEPS) --batch $(DIS_LAT_BATCH) --lr 3e-4 --warmup 50 \
+	  --seed $(DIS_SEED) --log $(DIS)/latent/$*.log.jsonl -q -o $@
+
+define dis_latent_student
+$(DIS)/latent/$(1)-%.latent.npy: $(DIS)/latent/noise.npy $(DIS)/latent/labels.npy $(DIS)/latent/$(1).safetensors
+	sample-fewstep $$< --model $(DIS)/latent/$(1).safetensors --labels $(DIS)/latent/labels.npy \
+	  --steps $$* --seed $(DIS_SEED) -q -o $$@
+endef
+$(foreach m,$(DIS_METHODS),$(eval $(call dis_latent_student,$(m))))
+
+$(DIS)/latent/%.images.npy: $(DIS)/latent/%.latent.npy $(DIS_LAT_VAE)
+	decode-vae $< --model $(DIS_LAT_VAE) -q -o $@
+
+$(DIS)/latent/%.eval.json: $(DIS)/latent/%.images.npy $(DIS)/latent/labels.npy $(DIS_LAT_CLS) $(DIS_LAT_REF)
+	evaluate $< --labels $(DIS)/latent/labels.npy --classifier $(DIS_LAT_CLS) \
+	  --reference $(DIS_LAT_REF) -q -o $@
+
+.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m).safetensors) \
+            $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).latent.npy $(DIS)/latent/$(r).images.npy $(DIS)/latent/$(r).eval.json)
+
+# The first "value" after a key of an evaluate report.
+dis_val = awk '/"$(1)"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(2)
+
+$(DIS)/table-latent.json: $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).eval.json)
+	{ echo '{"metrics": "classifier-FID against $(DIS_LAT_REF) (lower is better) and guided accuracy (higher is better), CFG w = $(LAT_GUIDANCE)",'; \
+	  echo ' "teacher": "$(DIS_LAT_FLOW) (Euler)", "classifier": "$(DIS_LAT_CLS)", "rows": ['; sep=''; \
+	  for r in $(DIS_LAT_RUNS); do \
+	    f=$(DIS)/latent/$$r.eval.json; \
+	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "classifier_fid": %s, "guided_accuracy": %s}' "$$sep" \
+	      "$${r%-*}" "$${r##*-}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
+	    sep=$$',\n'; \
+	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
+	{ printf '%-12s %6s %16s %16s\n' model NFE classifier_fid guided_accuracy; \
+	  for r in $(DIS_LAT_RUNS); do f=$(DIS)/latent/$$r.eval.json; \
+	    printf '%-12s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
+	  done; } > $(DIS)/table-latent.txt
+	@cat $(DIS)/table-latent.txt
+
+DIS_LAT_GRID := teacher-1 teacher-4 teacher-32 $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+$(DIS)/grids-latent.png: $(foreach r,$(DIS_LAT_GRID),$(DIS)/latent/$(r).images.npy)
+	render-grid $^ --cols $(DIS_LAT_PER_CLASS) --range -1,1 --panel-cols 3 \
+	  --titles "$(call dis_titles,$(DIS_LAT_GRID))" \
+	  --title "Latent DiT, CFG w = $(LAT_GUIDANCE): teacher (Euler) and students, a row per class" -o $@

@@ -1,0 +1,492 @@
+//! Few-step distillation through the tools (notes section 7): a briefly trained checkerboard
+//! teacher distilled by each method; the students sample in 1, 2 and 4 steps and beat the
+//! teacher's Euler sampler at the same NFE; same seed same bytes; a conditional teacher with
+//! guidance distilled in; bad teachers and flags fail cleanly.
+
+use crate::common::*;
+
+const DATA: &str = bin!("sample-data");
+const NOISE: &str = bin!("sample-noise");
+const FIT: &str = bin!("fit-velocity");
+const SIM: &str = bin!("simulate-sde");
+const EVAL: &str = bin!("evaluate");
+const DISTILL: &str = bin!("distill");
+const FEW: &str = bin!("sample-fewstep");
+
+fn energy(samples: &str, reference: &str) -> f64 {
+    let out = ok(
+        EVAL,
+        &[samples, "--reference", reference, "--max-n", "1000"],
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["energy_distance"]["value"].as_f64().unwrap()
+}
+
+fn read(p: &str) -> ndarray::ArrayD<f32> {
+    flowpipe::io::npy::read_f32(p).unwrap()
+}
+
+/// A checkerboard teacher trained briefly, reference samples and noise, in `dir`.
+fn teacher(dir: &tempfile::TempDir) -> (String, String, String) {
+    let (data, reference, noise) = (
+        path(dir, "cb.npy"),
+        path(dir, "ref.npy"),
+        path(dir, "z.npy"),
+    );
+    let model = path(dir, "teacher.safetensors");
+    ok(
+        DATA,
+        &[
+            "checkerboard:grid=4",
+            "-n",
+            "4000",
+            "--seed",
+            "1",
+            "-o",
+            &data,
+        ],
+        b"",
+    );
+    ok(
+        DATA,
+        &[
+            "checkerboard:grid=4",
+            "-n",
+            "1000",
+            "--seed",
+            "2",
+            "-o",
+            &reference,
+        ],
+        b"",
+    );
+    ok(NOISE, &["-n", "1000", "--seed", "3", "-o", &noise], b"");
+    ok(
+        FIT,
+        &[
+            "--data",
+            &data,
+            "--path",
+            "condot",
+            "--steps",
+            "600",
+            "--batch",
+            "256",
+            "--lr",
+            "3e-3",
+            "--hidden",
+            "48,48,48",
+            "--time-features",
+            "2",
+            "-q",
+            "-o",
+            &model,
+        ],
+        b"",
+    );
+    (model, reference, noise)
+}
+
+/// Distils `teacher` by `method` with `steps` optimiser steps on `m` trajectories of 16 steps.
+fn distill(teacher: &str, method: &str, out: &str, steps: &str, m: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--teacher",
+        teacher,
+        "--method",
+        method,
+        "--teacher-steps",
+        "16",
+        "--trajectories",
+        m,
+        "--steps",
+        steps,
+        "--batch",
+        "256",
+        "--lr",
+        "2e-3",
+        "-q",
+        "-o",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    ok(DISTILL, &args, b"");
+}
+
+#[test]
+fn students_beat_the_teacher_at_the_same_nfe_on_checkerboard() {
+    let dir = tmp();
+    let (model, reference, noise) = teacher(&dir);
+    let mut teacher_ed = Vec::new();
+    for k in ["1", "2"] {
+        let x1 = path(&dir, &format!("teacher-{k}.npy"));
+        ok(
+            SIM,
+            &[&noise, "--field", &model, "--steps", k, "-q", "-o", &x1],
+            b"",
+        );
+        teacher_ed.push(energy(&x1, &reference));
+    }
+    for method in ["reflow", "flowmap", "consistency"] {
+        let student = path(&dir, &format!("{method}.safetensors"));
+        distill(&model, method, &student, "400", "2048", &[]);
+        for (i, k) in ["1", "2", "4"].into_iter().enumerate() {
+            let x1 = path(&dir, &format!("{method}-{k}.npy"));
+            ok(
+                FEW,
+                &[&noise, "--model", &student, "--steps", k, "-o", &x1],
+                b"",
+            );
+            let x = read(&x1);
+            assert_eq!(x.shape(), &[1000, 2]);
+            assert!(x.iter().all(|v| v.is_finite()), "{method} {k}");
+            if i < 2 {
+                // The teacher's Euler sampler at 1 and 2 steps lands between the squares (energy
+                // distance about 2 and 0.8 for this teacher); a student must at least halve it.
+                let ed = energy(&x1, &reference);
+                assert!(
+                    ed < 0.5 * teacher_ed[i],
+                    "{method} at {k} steps: {ed} vs the teacher's {}",
+                    teacher_ed[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_bytes_and_batching_does_not_matter() {
+    let dir = tmp();
+    let (data, noise) = (path(&dir, "g.npy"), path(&dir, "z.npy"));
+    ok(
+        DATA,
+        &["8gaussians", "-n", "1000", "--seed", "1", "-o", &data],
+        b"",
+    );
+    ok(NOISE, &["-n", "50", "--seed", "3", "-o", &noise], b"");
+    let model = path(&dir, "t.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data", &data, "--steps", "20", "--batch", "64", "--hidden", "16,16", "-q", "-o",
+            &model,
+        ],
+        b"",
+    );
+    let a = path(&dir, "a.safetensors");
+    let b = path(&dir, "b.safetensors");
+    for out in [&a, &b] {
+        distill(&model, "consistency", out, "20", "64", &["--seed", "5"]);
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let whole = ok(
+        FEW,
+        &[&noise, "--model", &a, "--steps", "4", "--seed", "2"],
+        b"",
+    );
+    let parts = ok(
+        FEW,
+        &[
+            &noise, "--model", &a, "--steps", "4", "--seed", "2", "--batch", "7",
+        ],
+        b"",
+    );
+    // The same draws whatever the batching; only the matrix products' blocking may move the
+    // last bits.
+    let (w, p) = (
+        flowpipe::io::npy::decode_f32(&whole, "whole").unwrap(),
+        flowpipe::io::npy::decode_f32(&parts, "parts").unwrap(),
+    );
+    let diff = w
+        .iter()
+        .zip(p.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5, "batching moved a sample by {diff}");
+    let other = ok(
+        FEW,
+        &[&noise, "--model", &a, "--steps", "4", "--seed", "3"],
+        b"",
+    );
+    assert_ne!(whole, other, "re-noising must follow --seed");
+    let meta = flowpipe::io::model::load(&a, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(meta.kind(), "consistency");
+    assert_eq!(meta.config["distill"]["method"], "consistency");
+    assert_eq!(meta.config["distill"]["teacher_steps"], 16);
+}
+
+#[test]
+fn a_conditional_teacher_is_distilled_with_its_guidance() {
+    let dir = tmp();
+    let (data, labels, noise) = (
+        path(&dir, "m.npy"),
+        path(&dir, "y.npy"),
+        path(&dir, "z.npy"),
+    );
+    ok(
+        DATA,
+        &[
+            "moons", "-n", "1000", "--seed", "1", "--labels", &labels, "-o", &data,
+        ],
+        b"",
+    );
+    ok(NOISE, &["-n", "20", "--seed", "3", "-o", &noise], b"");
+    let model = path(&dir, "t.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data", &data, "--labels", &labels, "--steps", "30", "--batch", "64", "--hidden",
+            "16,16", "-q", "-o", &model,
+        ],
+        b"",
+    );
+    let student = path(&dir, "fm.safetensors");
+    distill(
+        &model,
+        "flowmap",
+        &student,
+        "20",
+        "64",
+        &["--guidance", "2.5"],
+    );
+    let m = flowpipe::io::model::load(&student, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.kind(), "flowmap");
+    assert_eq!(m.config["distill"]["guidance"], 2.5);
+    assert_eq!(m.config["num_classes"], 2);
+    // A conditional student needs one label per sample.
+    let out = run(FEW, &[&noise, "--model", &student, "--steps", "2"], b"");
+    fails(&out, 1, &["fm.safetensors", "--labels"]);
+    let y = path(&dir, "asked.npy");
+    let asked = ndarray::Array1::from_iter((0..20).map(|i| (i % 2) as i64)).into_dyn();
+    flowpipe::io::npy::write(&y, &asked).unwrap();
+    let x1 = path(&dir, "x1.npy");
+    ok(
+        FEW,
+        &[
+            &noise, "--model", &student, "--steps", "2", "--labels", &y, "-o", &x1,
+        ],
+        b"",
+    );
+    assert_eq!(read(&x1).shape(), &[20, 2]);
+    // Its guidance is fixed: --guidance is refused.
+    let out = run(
+        FEW,
+        &[
+            &noise,
+            "--model",
+            &student,
+            "--labels",
+            &y,
+            "--guidance",
+            "3",
+        ],
+        b"",
+    );
+    fails(&out, 1, &["fm.safetensors", "--guidance does not apply"]);
+}
+
+#[test]
+fn bad_teachers_and_flags_fail_without_writing() {
+    let dir = tmp();
+    let (data, noise) = (path(&dir, "g.npy"), path(&dir, "z.npy"));
+    ok(
+        DATA,
+        &["8gaussians", "-n", "200", "--seed", "1", "-o", &data],
+        b"",
+    );
+    ok(NOISE, &["-n", "10", "--seed", "3", "-o", &noise], b"");
+    let model = path(&dir, "t.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data", &data, "--steps", "5", "--hidden", "8", "-q", "-o", &model,
+        ],
+        b"",
+    );
+    let student = path(&dir, "c.safetensors");
+    distill(&model, "consistency", &student, "5", "16", &[]);
+    let out_path = path(&dir, "out.safetensors");
+    // A student is not a teacher.
+    let out = run(
+        DISTILL,
+        &["--teacher", &student, "--method", "reflow", "-o", &out_path],
+        b"",
+    );
+    fails(
+        &out,
+        1,
+        &[
+            "distill: error:",
+            "c.safetensors",
+            "expected a velocity model",
+            "found a consistency model",
+        ],
+    );
+    // Nor is a .npy file.
+    let out = run(
+        DISTILL,
+        &["--teacher", &noise, "--method", "reflow", "-o", &out_path],
+        b"",
+    );
+    fails(&out, 1, &["z.npy", "expected a .safetensors model file"]);
+    // The flow map needs a power of two of teacher steps.
+    let out = run(
+        DISTILL,
+        &[
+            "--teacher",
+            &model,
+            "--method",
+            "flowmap",
+            "--teacher-steps",
+            "24",
+            "-o",
+            &out_path,
+        ],
+        b"",
+    );
+    fails(&out, 2, &["power of two"]);
+    // --guidance needs a conditional teacher.
+    let out = run(
+        DISTILL,
+        &[
+            "--teacher",
+            &model,
+            "--method",
+            "reflow",
+            "--guidance",
+            "2",
+            "-o",
+            &out_path,
+        ],
+        b"",
+    );
+    fails(&out, 1, &["t.safetensors", "unconditional"]);
+    assert!(!std::path::Path::new(&out_path).exists());
+    // Noise of the wrong shape for the student.
+    let bad = path(&dir, "bad.npy");
+    ok(NOISE, &["-n", "4", "--shape", "3", "-o", &bad], b"");
+    let out = run(FEW, &[&bad, "--model", &student, "-o", &out_path], b"");
+    fails(&out, 1, &["bad.npy", "(4, 3)"]);
+    assert!(!std::path::Path::new(&out_path).exists());
+}
+
+/// `make distill-2d SMALL=1`: the checkerboard teacher, three students, the NFE table (every
+/// row a finite energy distance) and the grid picture.
+#[test]
+fn distill_2d_pipeline_at_small_sizes() {
+    let bin = std::path::Path::new(DISTILL)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = tmp();
+    let r = std::process::Command::new("make")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "-s",
+            "distill-2d",
+            "SMALL=1",
+        ])
+        .arg(format!("BIN={bin}"))
+        .arg(format!("OUT={}", out.path().display()))
+        .output()
+        .expect("the pipeline test needs GNU make");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let dir = out.path().join("distill");
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("table-2d.json")).unwrap()).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7 + 3 * 3);
+    for row in rows {
+        assert!(
+            row["energy_distance"].as_f64().unwrap().is_finite(),
+            "{row}"
+        );
+    }
+    assert_eq!(rows[0]["model"], "teacher");
+    assert_eq!(rows[15]["model"], "consistency");
+    assert_eq!(rows[15]["nfe"], 4);
+    assert!(dir.join("grids-2d.png").is_file());
+    assert!(dir.join("table-2d.txt").is_file());
+}
+
+/// A tiny class-conditional DiT on (N, 4, 4, 4) latents: every method distils it with guidance
+/// and samples with labels in the latents' shape.
+#[test]
+fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
+    let dir = tmp();
+    let (data, noise, labels) = (
+        path(&dir, "lat.npy"),
+        path(&dir, "z.npy"),
+        path(&dir, "y.npy"),
+    );
+    ok(
+        NOISE,
+        &["-n", "64", "--shape", "4,4,4", "--seed", "1", "-o", &data],
+        b"",
+    );
+    ok(
+        NOISE,
+        &["-n", "6", "--shape", "4,4,4", "--seed", "2", "-o", &noise],
+        b"",
+    );
+    let y = ndarray::Array1::from_iter((0..64).map(|i| (i % 3) as i64)).into_dyn();
+    flowpipe::io::npy::write(&labels, &y).unwrap();
+    let model = path(&dir, "dit.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data", &data, "--labels", &labels, "--arch", "dit", "--patch", "1", "--width", "16",
+            "--depth", "1", "--heads", "2", "--steps", "3", "--batch", "16", "-q", "-o", &model,
+        ],
+        b"",
+    );
+    let asked = path(&dir, "asked.npy");
+    let a = ndarray::Array1::from_iter((0..6).map(|i| (i % 3) as i64)).into_dyn();
+    flowpipe::io::npy::write(&asked, &a).unwrap();
+    for method in ["reflow", "flowmap", "consistency"] {
+        let student = path(&dir, &format!("{method}.safetensors"));
+        let args = [
+            "--teacher",
+            &model,
+            "--method",
+            method,
+            "--guidance",
+            "2",
+            "--teacher-steps",
+            "4",
+            "--trajectories",
+            "12",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "-q",
+            "-o",
+            &student,
+        ];
+        let out = run(DISTILL, &args, b"");
+        assert!(
+            out.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).is_empty(),
+            "no parameter starts fresh"
+        );
+        let x1 = path(&dir, &format!("{method}-x1.npy"));
+        ok(
+            FEW,
+            &[
+                &noise, "--model", &student, "--labels", &asked, "--steps", "2", "-o", &x1,
+            ],
+            b"",
+        );
+        let x = read(&x1);
+        assert_eq!(x.shape(), &[6, 4, 4, 4], "{method}");
+        assert!(x.iter().all(|v| v.is_finite()), "{method}");
+    }
+}
