@@ -11,9 +11,8 @@
 #                         distilled at its guidance w = $(LAT_GUIDANCE) (the student is
 #                         conditional on the label, w fixed):
 #     out/distill/table-latent.json  classifier-FID and guided accuracy per (model, steps) from
-#                                    `evaluate --classifier` on the decoded images, against the
-#                                    latent job's held-out test images; the classifier is a
-#                                    small CNN on its 32x32 training images, trained here
+#                                    `evaluate --classifier` on the decoded images (the shared
+#                                    classifier of metrics.mk) against the training images
 #     out/distill/table-latent.txt   readable
 #     out/distill/grids-latent.png   decoded samples: a panel per (model, steps), a row per class
 # Every student starts from its teacher's weights (see flowpipe::distill). SMALL=1: seconds.
@@ -43,7 +42,6 @@ DIS_LAT_TSTEPS := 16
 DIS_LAT_STEPS := 400
 DIS_LAT_BATCH := 64
 DIS_LAT_PER_CLASS := 50
-DIS_LAT_CLS_STEPS := 1500
 DIS_LAT_COST := 35 minutes
 else
 DIS_TRAJ := 256
@@ -56,7 +54,6 @@ DIS_LAT_TSTEPS := 4
 DIS_LAT_STEPS := 5
 DIS_LAT_BATCH := 16
 DIS_LAT_PER_CLASS := 2
-DIS_LAT_CLS_STEPS := 10
 DIS_LAT_COST := seconds
 endif
 DIS_LR := 1e-3
@@ -131,23 +128,17 @@ $(DIS)/grids-2d.png: $(foreach r,$(DIS_2D_GRID),$(DIS)/2d/$(r).npy)
 	  --title "Checkerboard: teacher (Euler) and students, NFE 1, 2, 4" -o $@
 
 # ------------------------------------------------------------- latent: the main job ----
-# latent.mk and metrics.mk are read after this file: their paths are spelled out here.
+# latent.mk is read after this file: its paths are spelled out here.
 DIS_LAT_FLOW := $(OUT)/latent/flow.safetensors
 DIS_LAT_VAE := $(OUT)/latent/vae.safetensors
-DIS_LAT_CLS := $(DIS)/latent/classifier-pad32.safetensors
 DIS_LAT_N := $(shell echo $$(( 10 * $(DIS_LAT_PER_CLASS) )))
 DIS_LAT_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
                 $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 
-# The decoded samples are 32x32 (padded Fashion-MNIST): a classifier of that size for the
-# metrics, trained on the latent job's training images (the flow model's data); the reference
-# of the FID is the latent job's held-out test images.
-DIS_LAT_TRAIN := $(OUT)/latent/train-images.npy
-DIS_LAT_LABELS := $(OUT)/latent/train-labels.npy
-DIS_LAT_REF := $(OUT)/latent/test-images.npy
-$(DIS_LAT_CLS): $(DIS_LAT_TRAIN) $(DIS_LAT_LABELS) | $(DIS)/latent
-	fit-classifier --data $(DIS_LAT_TRAIN) --labels $(DIS_LAT_LABELS) \
-	  --steps $(DIS_LAT_CLS_STEPS) --seed $(DIS_SEED) --log $(DIS)/latent/classifier.jsonl -q -o $@
+# The metrics: the shared classifier (metrics.mk; it reads the 32x32 samples' 28x28 centre) and
+# the training images as the reference, as the main job's own metrics.json does.
+DIS_LAT_CLS := $(CLASSIFIER)
+DIS_LAT_REF := $(FASHION_TRAIN_IMAGES)
 
 # Every class DIS_LAT_PER_CLASS times, guided at the main job's w; the labels for the students.
 $(DIS)/latent/guided.json $(DIS)/latent/labels.npy &: $(DIS_LAT_FLOW) | $(DIS)/latent
