@@ -240,6 +240,12 @@ pub fn from_model(
 ) -> Result<Box<dyn Field>> {
     match m.kind() {
         "velocity" | "score" | "checkpoint" => Ok(Box::new(LearnedField::ode(&m, device)?)),
+        kind @ ("flowmap" | "consistency") => bail!(
+            "{}: model kind {kind} is a few-step student, not a field: sample it with \
+             sample-fewstep --model {} --steps K",
+            m.name,
+            m.name
+        ),
         kind => bail!(
             "{}: model kind {kind} is not supported as a field (expected velocity, score or \
              checkpoint)",

@@ -253,6 +253,13 @@ fn a_conditional_teacher_is_distilled_with_its_guidance() {
     assert_eq!(m.kind(), "flowmap");
     assert_eq!(m.config["distill"]["guidance"], 2.5);
     assert_eq!(m.config["num_classes"], 2);
+    // simulate-sde points a student to sample-fewstep.
+    let out = run(SIM, &[&noise, "--field", &student, "--steps", "2"], b"");
+    fails(
+        &out,
+        1,
+        &["fm.safetensors", "few-step student", "sample-fewstep"],
+    );
     // A conditional student needs one label per sample.
     let out = run(FEW, &[&noise, "--model", &student, "--steps", "2"], b"");
     fails(&out, 1, &["fm.safetensors", "--labels"]);
