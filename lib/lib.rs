@@ -20,6 +20,7 @@ pub mod cli;
 pub mod data;
 pub mod densities;
 pub mod device;
+pub mod discrete;
 pub mod error;
 pub mod eval;
 pub mod fields;
