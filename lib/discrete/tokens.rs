@@ -387,3 +387,82 @@ mod tests {
         assert_eq!(back.as_slice().unwrap(), &[-1.0, 1.0, 1.0, -1.0]);
     }
 }
+
+/// The symbol of a free position in a text prompt.
+pub const FREE: char = '_';
+
+impl Vocab {
+    /// A prompt from one line of text: `_` (and every position past the line's end) is free
+    /// (None), any other unit a fixed token.
+    pub fn encode_prompt(&self, line: &str, len: usize) -> Result<Vec<Option<u32>>> {
+        let units = split(line, self.unit);
+        if units.len() > len {
+            bail!("{} tokens is longer than the length {len}", units.len());
+        }
+        let mut out = vec![None; len];
+        for (slot, s) in out.iter_mut().zip(units) {
+            if s != FREE.to_string() {
+                let id = self.symbols[..self.data_symbols()]
+                    .iter()
+                    .position(|v| v == s)
+                    .ok_or_else(|| anyhow!("the symbol {s:?} is not in the vocabulary"))?;
+                *slot = Some(id as u32);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a vocabulary from its JSON file, or from a denoiser model file (or checkpoint) that
+/// carries one in its config; recognised by magic bytes.
+pub fn read_vocab(path: &str) -> Result<Vocab> {
+    let name = crate::io::display_name(path);
+    let bytes = crate::io::read_bytes(path)?;
+    match crate::io::sniff(&bytes) {
+        crate::io::Format::Json => {
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("{name} is not valid JSON: {e}"))?;
+            Vocab::from_json(&v, &name)
+        }
+        crate::io::Format::Safetensors => {
+            let m = crate::io::model::decode(&bytes, &name, &candle_core::Device::Cpu)?;
+            let c = if m.kind() == "checkpoint" {
+                &m.config["model"]
+            } else {
+                &m.config
+            };
+            if c["vocab"].is_null() {
+                bail!(
+                    "{name}: a {} model has no vocabulary (expected a denoiser)",
+                    m.kind()
+                );
+            }
+            Vocab::from_json(&c["vocab"], &name)
+        }
+        other => bail!("{name}: expected a vocabulary (.json) or a denoiser model, found {other}"),
+    }
+}
+
+/// Reads (N, L) int64 tokens and checks them against `vocab` (and the length `len`, if given).
+pub fn read_tokens(
+    path: &str,
+    vocab: &Vocab,
+    len: Option<usize>,
+    allow_mask: bool,
+) -> Result<ArrayD<i64>> {
+    let name = crate::io::display_name(path);
+    let bytes = crate::io::read_bytes(path)?;
+    let header = crate::io::npy::parse_header(&bytes, &name)?;
+    if !matches!(header.descr.as_str(), "<i8" | "<i4" | "|u1" | "<u1") {
+        bail!(
+            "{name}: expected int64 tokens (N, L), found {}",
+            header.dtype_name()
+        );
+    }
+    let arr = crate::io::npy::decode_i64(&bytes, &name)?;
+    if let Some(l) = len {
+        crate::io::npy::expect_shape(arr.shape(), &format!("N,{l}"), "tokens", &name)?;
+    }
+    vocab.check_tokens(&arr, &name, allow_mask)?;
+    Ok(arr)
+}
