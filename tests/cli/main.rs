@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod discrete;
 mod foundation;
 mod images;
 mod import;
