@@ -282,3 +282,159 @@ fn make_discrete_small_runs_every_stage() {
         .lines()
         .all(|w| w.chars().all(|c| c.is_ascii_lowercase())));
 }
+
+/// A run resumed from its checkpoint ends with the same bytes as an uninterrupted one.
+#[test]
+fn resuming_repeats_the_uninterrupted_run() {
+    let d = tmp();
+    let (tokens, vocab) = (path(&d, "toy.npy"), path(&d, "vocab.json"));
+    ok(
+        IMPORT,
+        &["--vocab-out", &vocab, "-o", &tokens],
+        toy_text(32).as_bytes(),
+    );
+    let base = [
+        "--data",
+        &tokens,
+        "--vocab",
+        &vocab,
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--batch",
+        "8",
+        "--ema",
+        "0.9",
+        "--threads",
+        "1",
+        "-q",
+    ];
+    let (whole, half, ckpt, resumed) = (
+        path(&d, "whole.safetensors"),
+        path(&d, "half.safetensors"),
+        path(&d, "ckpt-{step}.safetensors"),
+        path(&d, "resumed.safetensors"),
+    );
+    ok(
+        FIT,
+        &[&base[..], &["--steps", "20", "-o", &whole]].concat(),
+        b"",
+    );
+    let ck = [
+        "--steps",
+        "20",
+        "--checkpoint",
+        &ckpt,
+        "--checkpoint-every",
+        "10",
+        "-o",
+        &half,
+    ];
+    ok(FIT, &[&base[..], &ck[..]].concat(), b"");
+    let c10 = path(&d, "ckpt-10.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data",
+            &tokens,
+            "--resume",
+            &c10,
+            "--steps",
+            "20",
+            "--threads",
+            "1",
+            "-q",
+            "-o",
+            &resumed,
+        ],
+        b"",
+    );
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&resumed).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&half).unwrap()
+    );
+}
+
+/// Labels train a conditional model; simulate-ctmc takes labels and a guidance scale, and an
+/// unconditional model refuses labels.
+#[test]
+fn labels_and_guidance() {
+    let (d, tokens, vocab, model) = trained();
+    let labels = path(&d, "y.npy");
+    let y: Vec<i64> = (0..64).map(|i| (i % 2) as i64).collect();
+    npy::write(&labels, &ArrayD::from_shape_vec(IxDyn(&[64]), y).unwrap()).unwrap();
+    let ask = path(&d, "ask.npy");
+    npy::write(
+        &ask,
+        &ArrayD::from_shape_vec(IxDyn(&[4]), vec![0i64, 1, 2, 1]).unwrap(),
+    )
+    .unwrap();
+    let out = path(&d, "s.npy");
+    fails(
+        &flowpipe_run(SIM, &["--model", &model, "--labels", &ask, "-o", &out]),
+        1,
+        &["without labels"],
+    );
+    let cond = path(&d, "cond.safetensors");
+    ok(
+        FIT,
+        &[
+            "--data",
+            &tokens,
+            "--vocab",
+            &vocab,
+            "--labels",
+            &labels,
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--steps",
+            "5",
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "-q",
+            "-o",
+            &cond,
+        ],
+        b"",
+    );
+    let s = ok(
+        SIM,
+        &[
+            "--model",
+            &cond,
+            "--labels",
+            &ask,
+            "--guidance",
+            "2",
+            "--steps",
+            "5",
+        ],
+        b"",
+    );
+    assert_eq!(npy::decode_i64(&s, "s").unwrap().shape(), &[4, 4]);
+    let bad = path(&d, "bad.npy");
+    npy::write(
+        &bad,
+        &ArrayD::from_shape_vec(IxDyn(&[1]), vec![3i64]).unwrap(),
+    )
+    .unwrap();
+    fails(
+        &flowpipe_run(SIM, &["--model", &cond, "--labels", &bad, "-o", &out]),
+        1,
+        &["bad.npy", "label 3", "0..=2"],
+    );
+    assert!(!std::path::Path::new(&out).exists());
+}
