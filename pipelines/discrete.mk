@@ -87,18 +87,19 @@ $(DS)/metrics.json: $(DS)/elbo.json $(DS)/samples.txt $(DS)/train.txt $(DS)/word
 	  echo '"samples": "samples.txt", "training_log": "words.log.jsonl"'; \
 	  echo '}'; } > $@.tmp && mv $@.tmp $@
 
-# ---- binarised Fashion-MNIST as a discrete image task (labels: guidance-ready) ----
+# ---- binarised Fashion-MNIST as a discrete image task: 14x14 pixels (2x2 pooled), a
+# class-conditional masked model, samples guided on the logits (w = 2), one row per class ----
 discrete-images: $(DS)/images-samples.png
 	@echo "discrete-images: $(DS)/images-samples.png"
 $(DS)/images-tokens.npy: $(FASHION_TEST_IMAGES) $(TOOLS) | $(DS)/.dir
-	import-text $< --threshold 0 --vocab-out $(DS)/images-vocab.json -o $@
+	import-text $< --downsample 2 --threshold 0 --vocab-out $(DS)/images-vocab.json -o $@
 $(DS)/images-vocab.json: $(DS)/images-tokens.npy
 	@test -f $@
-$(DS)/images.safetensors: $(DS)/images-tokens.npy $(DS)/images-vocab.json
-	fit-denoiser --data $< --vocab $(DS)/images-vocab.json $(DS_IMG_NET) --steps $(DS_IMG_STEPS) \
-	  --seed $(DISCRETE_SEED) --log $(DS)/images.log.jsonl $(DS_T) -q -o $@
+$(DS)/images.safetensors: $(DS)/images-tokens.npy $(DS)/images-vocab.json $(FASHION_TEST_LABELS)
+	fit-denoiser --data $< --vocab $(DS)/images-vocab.json --labels $(FASHION_TEST_LABELS) \
+	  $(DS_IMG_NET) --steps $(DS_IMG_STEPS) --seed $(DISCRETE_SEED) --log $(DS)/images.log.jsonl $(DS_T) -q -o $@
 $(DS)/images-samples.npy: $(DS)/images.safetensors
-	simulate-ctmc --model $< -n 32 --steps 50 --seed $(DISCRETE_SEED) $(DS_T) -q \
+	simulate-ctmc --model $< --each 8 --guidance 2 --steps 50 --seed $(DISCRETE_SEED) $(DS_T) -q \
 	  | render-text --vocab $< --images -o $@
 $(DS)/images-samples.png: $(DS)/images-samples.npy
 	render-grid $< --cols 8 -o $@

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod sample;
 pub mod schedule;
 pub mod tokens;
+pub mod trainer;
 
 pub use ctmc::{RateMatrix, Solver};
 pub use net::{Denoiser, DenoiserConfig};

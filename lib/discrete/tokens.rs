@@ -292,6 +292,32 @@ pub fn binarise(images: &ArrayD<f32>, threshold: f32) -> ArrayD<i64> {
     ArrayD::from_shape_vec(IxDyn(&[n, d]), flat).expect("n * d values")
 }
 
+/// Average-pools images (N, C, H, W) over k x k blocks -> (N, C, H / k, W / k) (a partial
+/// last block is dropped), to make shorter token sequences.
+pub fn downsample(images: &ArrayD<f32>, k: usize) -> Result<ArrayD<f32>> {
+    let s = images.shape();
+    if s.len() != 4 || k == 0 || s[2] < k || s[3] < k {
+        bail!("cannot pool images {} by {k}", shape_str(s));
+    }
+    let (n, c, h, w) = (s[0], s[1], s[2] / k, s[3] / k);
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, h, w]));
+    for ((i, ch, y, x), v) in out
+        .view_mut()
+        .into_dimensionality::<ndarray::Ix4>()
+        .expect("4 axes")
+        .indexed_iter_mut()
+    {
+        let mut sum = 0.0;
+        for dy in 0..k {
+            for dx in 0..k {
+                sum += images[[i, ch, y * k + dy, x * k + dx]];
+            }
+        }
+        *v = sum / (k * k) as f32;
+    }
+    Ok(out)
+}
+
 /// Tokens (N, C H W) of binary pixels -> images (N, C, H, W) in {-1, 1} ([MASK] as 0).
 pub fn pixels_to_images(tokens: &ArrayD<i64>, shape: [usize; 3]) -> Result<ArrayD<f32>> {
     let n = tokens.shape()[0];
@@ -385,6 +411,9 @@ mod tests {
         assert_eq!(t.as_slice().unwrap(), &[0, 1, 1, 0]);
         let back = pixels_to_images(&t, [1, 2, 2]).unwrap();
         assert_eq!(back.as_slice().unwrap(), &[-1.0, 1.0, 1.0, -1.0]);
+        let small = downsample(&im, 2).unwrap();
+        assert_eq!(small.shape(), &[1, 1, 1, 1]);
+        assert!((small.as_slice().unwrap()[0] - 0.05).abs() < 1e-6);
     }
 }
 
@@ -465,4 +494,49 @@ pub fn read_tokens(
     }
     vocab.check_tokens(&arr, &name, allow_mask)?;
     Ok(arr)
+}
+
+/// Reads prompts for infilling: (P, L) int64 tokens where [MASK] marks the free positions, or
+/// text lines (see [`Vocab::encode_prompt`]); recognised by magic bytes. -> P rows of L.
+pub fn read_prompts(path: &str, vocab: &Vocab, len: usize) -> Result<Vec<Vec<Option<u32>>>> {
+    let name = crate::io::display_name(path);
+    let bytes = crate::io::read_bytes(path)?;
+    let rows: Vec<Vec<Option<u32>>> = if crate::io::sniff(&bytes) == crate::io::Format::Npy {
+        let arr = crate::io::npy::decode_i64(&bytes, &name)?;
+        crate::io::npy::expect_shape(arr.shape(), &format!("P,{len}"), "prompt tokens", &name)?;
+        vocab.check_tokens(&arr, &name, true)?;
+        let free = |v: u32| (v != vocab.mask()).then_some(v);
+        ids(&arr)
+            .chunks(len)
+            .map(|r| r.iter().map(|&v| free(v)).collect())
+            .collect()
+    } else {
+        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{name} is not UTF-8 text"))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                vocab
+                    .encode_prompt(l, len)
+                    .map_err(|e| anyhow!("{name}, line {}: {e}", i + 1))
+            })
+            .collect::<Result<_>>()?
+    };
+    if rows.is_empty() {
+        bail!("{name} holds no prompts");
+    }
+    Ok(rows)
+}
+
+/// Reads (N,) int64 class labels, all in 0..=max (when given) and, when `n` is given, one per
+/// sequence; errors name the file.
+pub fn read_labels(path: &str, n: Option<usize>, max: Option<u32>) -> Result<Vec<u32>> {
+    let name = crate::io::display_name(path);
+    let y = crate::io::npy::read_i64(path)?;
+    let pattern = n.map_or("N".to_string(), |n| n.to_string());
+    crate::io::npy::expect_shape(y.shape(), &pattern, "one label per sequence", &name)?;
+    let top = max.map_or(i32::MAX as i64, i64::from);
+    if let Some(v) = y.iter().find(|&&v| v < 0 || v > top) {
+        bail!("{name} holds the label {v}: expected labels in 0..={top}");
+    }
+    Ok(y.iter().map(|&v| v as u32).collect())
 }

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 /// words), padded with [PAD] (id 0) to --max-len; longer lines are dropped and counted. The
 /// vocabulary is [PAD], the symbols in sorted order, then [MASK] (or --vocab's, to import a
 /// second file alike). --holdout F moves a seeded random fraction F of the lines to
-/// --holdout-out. Images (an (N, C, H, W) .npy, recognised by its bytes) are binarised at
-/// --threshold into tokens (N, C H W) over {0, 1}.
+/// --holdout-out. Images (an (N, C, H, W) .npy, recognised by its bytes) are pooled by
+/// --downsample and binarised at --threshold into tokens (N, C H W) over {0, 1}.
 #[derive(Parser, Debug)]
 #[command(
     name = "import-text",
@@ -51,6 +51,9 @@ struct Args {
     /// Images: a pixel above this value is 1
     #[arg(long, default_value_t = 0.0)]
     threshold: f32,
+    /// Images: average-pool K x K blocks before thresholding (28x28 -> 14x14 with 2)
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    downsample: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -61,6 +64,9 @@ fn run(args: Args) -> Result<()> {
         if !(0.0..1.0).contains(&f) {
             usage_bail!("--holdout must be in [0, 1), got {f}");
         }
+    }
+    if args.downsample == 0 {
+        usage_bail!("--downsample must be at least 1");
     }
     if args.max_len == Some(0) {
         usage_bail!("--max-len must be at least 1");
@@ -74,6 +80,10 @@ fn run(args: Args) -> Result<()> {
     let (vocab, rows, len) = if io::sniff(&bytes) == Format::Npy {
         let images = npy::decode_f32(&bytes, &name)?;
         npy::expect_shape(images.shape(), "N,C,H,W", "images", &name)?;
+        let images = match args.downsample {
+            1 => images,
+            k => tokens::downsample(&images, k).with_context(|| format!("pooling {name}"))?,
+        };
         let s = images.shape();
         let vocab = Vocab::binary_pixels([s[1], s[2], s[3]]);
         let t = tokens::binarise(&images, args.threshold);

@@ -5,7 +5,7 @@ use clap::Parser;
 use flowpipe::cli::{self, Common};
 use flowpipe::discrete::sample::{self, SampleOptions};
 use flowpipe::discrete::{tokens, Denoiser, Solver};
-use flowpipe::io::{self, npy, Format};
+use flowpipe::io::npy;
 use flowpipe::progress::Progress;
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -48,8 +48,11 @@ struct Args {
     /// One class label per sample, (N,) int64 .npy (the model's class count is the null label)
     #[arg(long, value_name = "PATH")]
     labels: Option<String>,
+    /// Labels 0, 0, ..., 1, 1, ...: each class K times (instead of --labels)
+    #[arg(long, value_name = "K", conflicts_with = "labels")]
+    each: Option<usize>,
     /// Guidance scale w on the logits (1: the conditional model)
-    #[arg(long, default_value_t = 1.0, requires = "labels")]
+    #[arg(long, default_value_t = 1.0)]
     guidance: f64,
     /// Sequences per network call
     #[arg(long, default_value_t = 500)]
@@ -82,62 +85,22 @@ fn run(args: Args) -> Result<()> {
     let (net, _) = Denoiser::open(&args.model, &device)?;
     let cfg = &net.config;
     let (len, vocab) = (cfg.seq_len, &cfg.vocab);
-    let prompts: Option<Vec<Vec<Option<u32>>>> = match &args.prompt {
-        Some(p) => {
-            let name = io::display_name(p);
-            let bytes = io::read_bytes(p)?;
-            let rows = if io::sniff(&bytes) == Format::Npy {
-                let arr = npy::decode_i64(&bytes, &name)?;
-                npy::expect_shape(arr.shape(), &format!("P,{len}"), "prompt tokens", &name)?;
-                vocab.check_tokens(&arr, &name, true)?;
-                let ids = tokens::ids(&arr);
-                ids.chunks(len)
-                    .map(|r| {
-                        r.iter()
-                            .map(|&v| (v != vocab.mask()).then_some(v))
-                            .collect()
-                    })
-                    .collect()
-            } else {
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| anyhow::anyhow!("{name} is not UTF-8 text"))?;
-                text.lines()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        vocab
-                            .encode_prompt(l, len)
-                            .map_err(|e| anyhow::anyhow!("{name}, line {}: {e}", i + 1))
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            };
-            if rows.is_empty() {
-                anyhow::bail!("{name} holds no prompts");
-            }
-            Some(rows)
-        }
+    let prompts = match &args.prompt {
+        Some(p) => Some(tokens::read_prompts(p, vocab, len)?),
         None => None,
     };
-    let labels: Option<Vec<u32>> = match &args.labels {
-        Some(p) => {
-            let name = io::display_name(p);
-            let y = npy::read_i64(p)?;
-            npy::expect_shape(y.shape(), "N", "labels", &name)?;
-            if cfg.num_classes == 0 {
-                anyhow::bail!(
-                    "{}: the model was trained without labels; --labels does not apply",
-                    args.model
-                );
-            }
-            if let Some(v) = y.iter().find(|&&v| v < 0 || v > cfg.num_classes as i64) {
-                anyhow::bail!(
-                    "{name} holds the label {v}: expected 0..={} ({} is the null label)",
-                    cfg.num_classes,
-                    cfg.num_classes
-                );
-            }
-            Some(y.iter().map(|&v| v as u32).collect())
-        }
-        None => None,
+    if cfg.num_classes == 0 && (args.labels.is_some() || args.each.is_some()) {
+        anyhow::bail!(
+            "{}: the model was trained without labels; --labels and --each do not apply",
+            args.model
+        );
+    }
+    let null = cfg.num_classes as u32;
+    let labels: Option<Vec<u32>> = match (&args.labels, args.each) {
+        (Some(p), _) => Some(tokens::read_labels(p, None, Some(null))?),
+        (None, Some(0)) => usage_bail!("--each must be at least 1"),
+        (None, Some(k)) => Some((0..cfg.num_classes * k).map(|i| (i / k) as u32).collect()),
+        (None, None) => None,
     };
     let n = args
         .n
