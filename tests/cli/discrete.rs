@@ -438,3 +438,60 @@ fn labels_and_guidance() {
     );
     assert!(!std::path::Path::new(&out).exists());
 }
+
+/// Uniform noise trains and samples too; its ELBO is not reported (masked models only).
+#[test]
+fn uniform_noise_trains_and_samples() {
+    let d = tmp();
+    let (tokens, vocab, model) = (
+        path(&d, "t.npy"),
+        path(&d, "v.json"),
+        path(&d, "u.safetensors"),
+    );
+    ok(
+        IMPORT,
+        &["--vocab-out", &vocab, "-o", &tokens],
+        toy_text(32).as_bytes(),
+    );
+    ok(
+        FIT,
+        &[
+            "--data",
+            &tokens,
+            "--vocab",
+            &vocab,
+            "--noise",
+            "uniform",
+            "--kappa",
+            "cosine",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--steps",
+            "10",
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "-q",
+            "-o",
+            &model,
+        ],
+        b"",
+    );
+    let s = ok(SIM, &["--model", &model, "-n", "5", "--steps", "10"], b"");
+    let arr = npy::decode_i64(&s, "s").unwrap();
+    assert_eq!(arr.shape(), &[5, 4]);
+    assert!(
+        arr.iter().all(|&v| (0..3).contains(&v)),
+        "no [MASK] left: {arr}"
+    );
+    fails(
+        &flowpipe_run(EVAL, &[&tokens, "--model", &model]),
+        1,
+        &["masked-noise"],
+    );
+}
