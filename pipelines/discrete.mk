@@ -24,8 +24,8 @@ DS_STEPS := 1500
 DS_NET := --width 64 --depth 4 --heads 4 --batch 128 --lr 2e-3 --warmup 100 --ema 0.995
 DS_SAMPLES := 1000
 DS_SIM_STEPS := 100
-DS_IMG_STEPS := 1000
-DS_IMG_NET := --width 64 --depth 3 --heads 4 --batch 32 --lr 2e-3 --warmup 100
+DS_IMG_STEPS := 400
+DS_IMG_NET := --width 64 --depth 3 --heads 4 --batch 16 --lr 2e-3 --warmup 50
 else
 DS_WORDS := head -n 2000
 DS_STEPS := 20
