@@ -8,7 +8,12 @@
 # metrics.json: the held-out ELBO in bits per token (and per word) against the uniform
 # baseline log2 K, the fraction of samples that are real words not in the training split, and
 # the fraction that are training words. SMALL=1 shrinks every size (used by the tests).
-# Measured: see the end of this header (2 shared CPU cores, release build).
+# Measured (`make discrete`, tools of the debug profile with optimised deps, one thread per
+# tool): 6.8 min of CPU (356 s user + 51 s sys); 19.5 min wall on 2 cores shared with two
+# training jobs, so about 7 min on an idle machine. Result: held-out ELBO 2.48 +- 0.01
+# bits/token (29.8 bits/word) against the uniform log2 27 = 4.75; of 1,000 samples 1.6% are
+# training words, 0.0% novel real words, all distinct (at --temperature 0.7: 4.7% and 0.7%).
+# The 1,500 steps (3.5 epochs) leave the model short of spelling; more steps help most.
 
 DS := $(OUT)/discrete
 DISCRETE_SEED := 8
