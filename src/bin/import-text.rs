@@ -65,6 +65,9 @@ fn run(args: Args) -> Result<()> {
             usage_bail!("--holdout must be in [0, 1), got {f}");
         }
     }
+    if args.input == "-" && args.vocab.as_deref() == Some("-") {
+        usage_bail!("the input and --vocab cannot both be stdin");
+    }
     if args.downsample == 0 {
         usage_bail!("--downsample must be at least 1");
     }
