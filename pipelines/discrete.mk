@@ -14,6 +14,8 @@
 # bits/token (29.8 bits/word) against the uniform log2 27 = 4.75; of 1,000 samples 1.6% are
 # training words, 0.0% novel real words, all distinct (at --temperature 0.7: 4.7% and 0.7%).
 # The 1,500 steps (3.5 epochs) leave the model short of spelling; more steps help most.
+# `make discrete-images` (400 steps, 80 guided samples): 6.7 min of CPU, 14.8 min wall shared;
+# the rows show the ten classes' shapes.
 
 DS := $(OUT)/discrete
 DISCRETE_SEED := 8
