@@ -21,6 +21,7 @@ pub mod data;
 pub mod densities;
 pub mod device;
 pub mod distill;
+pub mod discrete;
 pub mod error;
 pub mod eval;
 pub mod fields;

@@ -33,6 +33,8 @@ pub enum Purpose {
     Latent = 8,
     /// Anything a tool needs besides the above (evaluation subsets, projections).
     Misc = 9,
+    /// Jumps of CTMC simulation (discrete diffusion samplers).
+    Jumps = 10,
 }
 
 /// SplitMix64 finaliser: a fixed, portable mixing function (never Rust's DefaultHasher).

@@ -39,9 +39,16 @@ struct Args {
     /// Generated samples, (N, D) .npy; `-` reads stdin
     #[arg(default_value = "-", value_name = "SAMPLES")]
     input: String,
-    /// Reference samples, (M, D) .npy (e.g. fresh draws of p_data)
-    #[arg(long, value_name = "PATH")]
-    reference: String,
+    /// Reference samples, (M, D) .npy (e.g. fresh draws of p_data); needed unless --model
+    #[arg(long, value_name = "PATH", required_unless_present = "model")]
+    reference: Option<String>,
+    /// A denoiser (fit-denoiser, masked noise): the input is held-out tokens (N, L) int64 and
+    /// the report is their ELBO in bits per token (see flowpipe::discrete::fit::elbo)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["reference", "classifier"])]
+    model: Option<String>,
+    /// With --model: Monte Carlo draws of (t, x_t) per sequence
+    #[arg(long, default_value_t = 16, requires = "model")]
+    draws: usize,
     /// Use at most this many samples of each set, a seeded random subset (the pairwise
     /// metrics cost O(N^2)); 0 uses all
     #[arg(long, default_value_t = 2000)]
@@ -95,7 +102,7 @@ fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
     let (net, model) = Classifier::open(classifier, device)?;
     let name = model.name.clone();
     let samples = ImageSet::read(&args.input, args.labels.as_deref(), &net, &name)?;
-    let reference = ImageSet::read(&args.reference, None, &net, &name)?;
+    let reference = ImageSet::read(args.reference.as_deref().unwrap_or("-"), None, &net, &name)?;
     let heldout = match &args.heldout {
         Some(h) => Some(ImageSet::read(
             h,
@@ -118,20 +125,30 @@ fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
-    let stdin_inputs = [
-        Some(&args.input),
-        Some(&args.reference),
-        args.labels.as_ref(),
-    ]
-    .into_iter()
-    .chain([
-        args.heldout.as_ref(),
-        args.heldout_labels.as_ref(),
-        args.classifier.as_ref(),
-    ])
-    .filter(|p| p.is_some_and(|p| p == "-"))
-    .count();
-    if args.input == "-" && args.reference == "-" {
+    if let Some(m) = &args.model {
+        if args.draws == 0 {
+            usage_bail!("--draws must be at least 1");
+        }
+        let report = flowpipe::discrete::fit::evaluate_file(
+            &args.input,
+            m,
+            args.draws,
+            args.common.seed,
+            &device,
+        )?;
+        return io::write_json(&args.common.output, &report);
+    }
+    let reference = args.reference.clone().unwrap_or_default();
+    let stdin_inputs = [Some(&args.input), Some(&reference), args.labels.as_ref()]
+        .into_iter()
+        .chain([
+            args.heldout.as_ref(),
+            args.heldout_labels.as_ref(),
+            args.classifier.as_ref(),
+        ])
+        .filter(|p| p.is_some_and(|p| p == "-"))
+        .count();
+    if args.input == "-" && reference == "-" {
         usage_bail!("the samples and --reference cannot both be stdin");
     }
     if stdin_inputs > 1 {
@@ -147,10 +164,10 @@ fn run(args: Args) -> Result<()> {
         usage_bail!("--projections must be at least 1");
     }
     let (x, x_shape) = read_samples(&args.input, "generated samples")?;
-    let (y, y_shape) = read_samples(&args.reference, "reference samples")?;
+    let (y, y_shape) = read_samples(&reference, "reference samples")?;
     let (x_name, y_name) = (
         io::display_name(&args.input),
-        format!("the reference {}", io::display_name(&args.reference)),
+        format!("the reference {}", io::display_name(&reference)),
     );
     eval::check_pair(&x_shape, &y_shape, &x_name, &y_name)?;
     let opts = Options {
@@ -167,7 +184,7 @@ fn run(args: Args) -> Result<()> {
     ));
     let mut report = eval::compare(x.view(), y.view(), &opts);
     report["samples"] = serde_json::json!(io::display_name(&args.input));
-    report["reference"] = serde_json::json!(io::display_name(&args.reference));
+    report["reference"] = serde_json::json!(io::display_name(&reference));
     io::write_json(&args.common.output, &report)
 }
 

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 mod distill;
+mod discrete;
 mod foundation;
 mod images;
 mod import;

@@ -1,0 +1,157 @@
+//! simulate-ctmc: sample a trained denoiser by simulating the CTMC of discrete diffusion from
+//! noise to data (notes section 8; see `flowpipe::discrete::sample`).
+
+use clap::Parser;
+use flowpipe::cli::{self, Common};
+use flowpipe::discrete::sample::{self, SampleOptions};
+use flowpipe::discrete::{tokens, Denoiser, Solver};
+use flowpipe::io::npy;
+use flowpipe::progress::Progress;
+use flowpipe::{usage_bail, Result};
+use std::process::ExitCode;
+
+/// Draw token sequences from a denoiser model: from all-[MASK] (or uniform) tokens at t = 0,
+/// --steps steps of the factorised CTMC with rate kappa'/(1 - kappa) (p_theta(y | x_t) - delta_x)
+/// to t = 1.
+///
+/// --temperature divides the logits; --labels with --guidance w uses the guided logits
+/// (1 - w) l(x | null) + w l(x | y). --prompt holds some tokens fixed and fills in the rest:
+/// a tokens .npy ([MASK] marks the free positions) or text lines (`_` and everything past a
+/// line's end are free); sample i uses prompt i mod P. Writes (N, L) int64 tokens.
+#[derive(Parser, Debug)]
+#[command(
+    name = "simulate-ctmc",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Example:\n  simulate-ctmc --model words.safetensors -n 1000 --steps 100 -o samples.npy\n  \
+echo 'qu' | simulate-ctmc --model words.safetensors --prompt - -n 10 | render-text --vocab words.safetensors"
+)]
+struct Args {
+    /// The denoiser (fit-denoiser); its EMA weights when present
+    #[arg(long, value_name = "PATH")]
+    model: String,
+    /// Number of samples [default: 1000, or one per label / prompt]
+    #[arg(short, long)]
+    n: Option<usize>,
+    /// CTMC steps from t = 0 to t = 1
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// How each step is taken
+    #[arg(long, value_enum, default_value_t = Solver::Euler)]
+    solver: Solver,
+    /// Divide the logits by this before the softmax (< 1 sharper, > 1 more diverse)
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Fixed tokens to infill around: (P, L) int64 .npy with [MASK] as free, or text lines
+    #[arg(long, value_name = "PATH")]
+    prompt: Option<String>,
+    /// One class label per sample, (N,) int64 .npy (the model's class count is the null label)
+    #[arg(long, value_name = "PATH")]
+    labels: Option<String>,
+    /// Labels 0, 0, ..., 1, 1, ...: each class K times (instead of --labels)
+    #[arg(long, value_name = "K", conflicts_with = "labels")]
+    each: Option<usize>,
+    /// Guidance scale w on the logits (1: the conditional model)
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// Sequences per network call
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.setup()?;
+    if args.steps == 0 || args.batch == 0 || args.n == Some(0) {
+        usage_bail!("--steps, --batch and -n must be at least 1");
+    }
+    if !(args.temperature > 0.0 && args.temperature.is_finite()) || !args.guidance.is_finite() {
+        usage_bail!("--temperature must be positive and --guidance finite");
+    }
+    if [
+        Some(&args.model),
+        args.prompt.as_ref(),
+        args.labels.as_ref(),
+    ]
+    .iter()
+    .flatten()
+    .filter(|p| **p == "-")
+    .count()
+        > 1
+    {
+        usage_bail!("only one input can be stdin");
+    }
+    let (net, _) = Denoiser::open(&args.model, &device)?;
+    let cfg = &net.config;
+    let (len, vocab) = (cfg.seq_len, &cfg.vocab);
+    let prompts = match &args.prompt {
+        Some(p) => Some(tokens::read_prompts(p, vocab, len)?),
+        None => None,
+    };
+    if cfg.num_classes == 0 && (args.labels.is_some() || args.each.is_some()) {
+        anyhow::bail!(
+            "{}: the model was trained without labels; --labels and --each do not apply",
+            args.model
+        );
+    }
+    let null = cfg.num_classes as u32;
+    let labels: Option<Vec<u32>> = match (&args.labels, args.each) {
+        (Some(p), _) => Some(tokens::read_labels(p, None, Some(null))?),
+        (None, Some(0)) => usage_bail!("--each must be at least 1"),
+        (None, Some(k)) => Some((0..cfg.num_classes * k).map(|i| (i / k) as u32).collect()),
+        (None, None) => None,
+    };
+    let n = args
+        .n
+        .or(labels.as_ref().map(Vec::len))
+        .or(prompts.as_ref().map(Vec::len))
+        .unwrap_or(1000);
+    if let Some(y) = &labels {
+        if y.len() != n {
+            usage_bail!("-n {n} but {} labels", y.len());
+        }
+    }
+    let prompt: Option<Vec<Option<u32>>> =
+        prompts.map(|p| (0..n).flat_map(|i| p[i % p.len()].clone()).collect());
+    let fixed: Option<Vec<bool>> = prompt
+        .as_ref()
+        .map(|p| p.iter().map(Option::is_some).collect());
+    let path = cfg.path();
+    let opts = SampleOptions {
+        steps: args.steps,
+        solver: args.solver,
+        seed: args.common.seed,
+    };
+    let mut x = sample::initial(&path, n, len, opts.seed, 0, prompt.as_deref());
+    let bar = Progress::new(args.steps as u64, "steps", args.common.quiet);
+    let mut posterior = |x: &[u32], t: f64| -> Result<Vec<f32>> {
+        bar.inc(1);
+        let p = net.posterior(
+            x,
+            t,
+            labels.as_deref(),
+            args.guidance,
+            args.temperature,
+            args.batch,
+            &device,
+        )?;
+        Ok(p)
+    };
+    sample::simulate(
+        &path,
+        &mut x,
+        len,
+        fixed.as_deref(),
+        &opts,
+        0,
+        &mut posterior,
+    )?;
+    bar.finish();
+    let rows: Vec<Vec<u32>> = x.chunks(len).map(<[u32]>::to_vec).collect();
+    npy::write(&args.common.output, &tokens::to_array(&rows, len))
+}
+
+fn main() -> ExitCode {
+    cli::main("simulate-ctmc", run)
+}
