@@ -3,8 +3,8 @@
 
 #[macro_use]
 mod common;
-mod distill;
 mod discrete;
+mod distill;
 mod foundation;
 mod images;
 mod import;
