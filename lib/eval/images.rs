@@ -36,6 +36,8 @@ use crate::Result;
 
 /// Index of the first KID subset stream within `Purpose::Misc` (subset s of x: 2s, of y: 2s + 1).
 const KID_STREAM: u64 = 1 << 40;
+/// The stream within `Purpose::Misc` that picks a reference subset ([`ImageSet::at_most`]).
+const REFERENCE_STREAM: u64 = (1 << 40) - 1;
 
 /// A Gaussian fitted to features: mean (F,) and covariance (F, F) with 1/(n - 1), from n rows.
 #[derive(Clone, Debug)]
@@ -356,6 +358,29 @@ impl ImageSet {
         })
     }
 
+    /// At most `max` of the images (all when `max` is 0 or not fewer), a seeded random subset
+    /// in file order, labels kept with their images. Classifying a 60,000-image reference for
+    /// every report would cost more than the samples; 10,000 features fit a Gaussian well.
+    pub fn at_most(self, max: usize, seed: u64) -> ImageSet {
+        let n = self.images.shape()[0];
+        if max == 0 || n <= max {
+            return self;
+        }
+        let mut rng = crate::rng::stream(seed, crate::rng::Purpose::Misc, REFERENCE_STREAM);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..max {
+            let j = rand::Rng::random_range(&mut rng, i..n);
+            idx.swap(i, j);
+        }
+        idx.truncate(max);
+        idx.sort_unstable();
+        ImageSet {
+            images: self.images.select(Axis(0), &idx),
+            labels: self.labels.map(|l| idx.iter().map(|&i| l[i]).collect()),
+            name: self.name,
+        }
+    }
+
     /// Reads images from `path` and, when given, labels from `labels`, checked against the
     /// classifier `net` (named `classifier` in errors) as [`ImageSet::new`] does.
     pub fn read(
@@ -503,5 +528,28 @@ mod tests {
             "smaller than the classifier"
         );
         assert!(centre_crop(&padded, [3, 2, 4]).is_none(), "channels differ");
+    }
+
+    #[test]
+    fn at_most_keeps_a_seeded_subset_with_its_labels() {
+        let images = ArrayD::from_shape_fn(vec![10, 1, 1, 1], |i| i[0] as f32);
+        let set = |labels: Vec<u32>| ImageSet {
+            images: images.clone(),
+            labels: Some(labels),
+            name: "x".into(),
+        };
+        let a = set((0..10).collect()).at_most(4, 7);
+        assert_eq!(a.images.shape(), [4, 1, 1, 1]);
+        let picked: Vec<u32> = a.images.iter().map(|&v| v as u32).collect();
+        assert_eq!(
+            a.labels.as_deref(),
+            Some(&picked[..]),
+            "labels follow images"
+        );
+        assert!(picked.windows(2).all(|w| w[0] < w[1]), "file order");
+        let b = set((0..10).collect()).at_most(4, 7);
+        assert_eq!(a.images, b.images, "same seed, same subset");
+        assert_eq!(set((0..10).collect()).at_most(0, 7).images.shape()[0], 10);
+        assert_eq!(set((0..10).collect()).at_most(10, 7).images.shape()[0], 10);
     }
 }

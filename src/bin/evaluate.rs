@@ -65,6 +65,10 @@ struct Args {
     /// Real held-out images: the same figures for them against the reference (the floor)
     #[arg(long, value_name = "PATH", requires = "classifier")]
     heldout: Option<String>,
+    /// With --classifier: use at most this many reference images, a seeded random subset (the
+    /// reference's features are fitted once per report); 0 uses all
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    max_reference: usize,
     /// The held-out images' labels (their guided accuracy is the classifier's accuracy)
     #[arg(long, value_name = "PATH", requires = "heldout")]
     heldout_labels: Option<String>,
@@ -102,7 +106,8 @@ fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
     let (net, model) = Classifier::open(classifier, device)?;
     let name = model.name.clone();
     let samples = ImageSet::read(&args.input, args.labels.as_deref(), &net, &name)?;
-    let reference = ImageSet::read(args.reference.as_deref().unwrap_or("-"), None, &net, &name)?;
+    let reference = ImageSet::read(args.reference.as_deref().unwrap_or("-"), None, &net, &name)?
+        .at_most(args.max_reference, args.common.seed);
     let heldout = match &args.heldout {
         Some(h) => Some(ImageSet::read(
             h,
