@@ -73,6 +73,7 @@ pub fn set_threads(n: usize) {
 /// Parses `A`, runs the tool, prints `tool: error: ...` on failure and returns the exit code.
 pub fn main<A: Parser>(tool: &str, run: impl FnOnce(A) -> Result<()>) -> ExitCode {
     let args = A::parse(); // clap prints usage errors itself and exits with code 2
+    crate::train::keep_freed_memory(); // every tool allocates large tensors over and over
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

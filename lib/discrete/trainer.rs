@@ -8,7 +8,7 @@ use crate::cli::Common;
 use crate::io;
 use crate::nn::FfActivation;
 use crate::train::optim::{AdamWConfig, Decay, Schedule};
-use crate::train::{checkpoint, keep_freed_memory, trainer::LoopOptions};
+use crate::train::{checkpoint, trainer::LoopOptions};
 use crate::{usage_bail, Result};
 
 /// The flags of `fit-denoiser`.
@@ -110,7 +110,6 @@ pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
     {
         usage_bail!("--label-dropout must be in [0, 1) and --ema in (0, 1)");
     }
-    keep_freed_memory();
     let loop_opts = LoopOptions {
         total_steps: flags.steps,
         log: flags.log.clone(),

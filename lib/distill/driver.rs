@@ -67,7 +67,6 @@ pub fn distill(
     say: &dyn Fn(String),
 ) -> Result<Distilled> {
     let tconfig = teacher_config(teacher)?;
-    crate::train::keep_freed_memory();
     let model = Learned::load(teacher, Weights::Auto, device)?;
     let name = teacher.name.clone();
     let classes = model.num_classes();

@@ -175,7 +175,6 @@ struct Plan {
 pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     let device = common.setup()?;
     check_flags(&spec, flags)?;
-    super::keep_freed_memory();
     let data = read_data(&flags.data, "data")?;
     let source = match &spec.source {
         Some(p) => Some(read_data(p, "source")?),

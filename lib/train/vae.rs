@@ -192,7 +192,6 @@ impl ElboLoss {
 pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
     let device = common.setup()?;
     check_flags(flags)?;
-    super::keep_freed_memory();
     let name = crate::io::display_name(&flags.data);
     let arr = npy::read_f32(&flags.data)?;
     npy::expect_shape(arr.shape(), "N,C,H,W", "training images", &name)?;

@@ -8,7 +8,7 @@ use flowpipe::nn::classifier::ClassifierConfig;
 use flowpipe::train::classify::{self, FitOptions, Labelled};
 use flowpipe::train::losses::Dataset;
 use flowpipe::train::optim::{AdamWConfig, Decay, Schedule};
-use flowpipe::train::{checkpoint, keep_freed_memory, trainer::LoopOptions};
+use flowpipe::train::{checkpoint, trainer::LoopOptions};
 use flowpipe::{usage_bail, Result};
 use serde_json::json;
 use std::process::ExitCode;
@@ -113,7 +113,6 @@ fn run(args: Args) -> Result<()> {
     {
         usage_bail!("only one input can be stdin");
     }
-    keep_freed_memory();
     let train = read_labelled(&args.data, &args.labels, "training")?;
     let test = match (&args.test_data, &args.test_labels) {
         (Some(x), Some(y)) => Some(read_labelled(x, y, "test")?),

@@ -58,7 +58,6 @@ fn run(args: Args) -> Result<()> {
     if !args.guidance.is_finite() {
         usage_bail!("--guidance must be finite, got {}", args.guidance);
     }
-    flowpipe::train::keep_freed_memory();
     let m = model::load(&args.model, &device)?;
     let student = Student::load(&m, args.guidance, &device)?;
     let x0 = npy::read_f32(&args.input)?;
