@@ -62,7 +62,9 @@ struct Args {
     /// The labels the samples were generated for, (N,) i64: reports the guided accuracy
     #[arg(long, value_name = "PATH", requires = "classifier")]
     labels: Option<String>,
-    /// Real held-out images: the same figures for them against the reference (the floor)
+    /// Real held-out images: the same figures for them against the reference (the floor), on a
+    /// seeded subset of as many images as there are samples, so that both FIDs carry the same
+    /// small-sample bias
     #[arg(long, value_name = "PATH", requires = "classifier")]
     heldout: Option<String>,
     /// With --classifier: use at most this many reference images, a seeded random subset (the
@@ -109,12 +111,10 @@ fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
     let reference = ImageSet::read(args.reference.as_deref().unwrap_or("-"), None, &net, &name)?
         .at_most(args.max_reference, args.common.seed);
     let heldout = match &args.heldout {
-        Some(h) => Some(ImageSet::read(
-            h,
-            args.heldout_labels.as_deref(),
-            &net,
-            &name,
-        )?),
+        Some(h) => Some(
+            ImageSet::read(h, args.heldout_labels.as_deref(), &net, &name)?
+                .at_most(samples.images.shape()[0], args.common.seed),
+        ),
         None => None,
     };
     let opts = ImageOptions {

@@ -138,6 +138,33 @@ fn classifier_learns_and_metrics_behave() {
     assert!(kids[3] > 0.0, "{kids:?}");
     // A set against itself: |KID| is O(1/n) (shared samples), small beside the noisy sets'.
     assert!(kids[0].abs() < 0.1 * kids[3], "KID {kids:?}");
+
+    // The floor uses as many held-out images as there are samples (the same FID bias), and
+    // --max-reference bounds the reference.
+    let few = path(&dir, "few.npy");
+    npy::write(
+        &few,
+        &clean
+            .slice(ndarray::s![..50, .., .., ..])
+            .to_owned()
+            .into_dyn(),
+    )
+    .unwrap();
+    let v = evaluate(&[
+        few.as_str(),
+        "--classifier",
+        model.as_str(),
+        "--reference",
+        tx.as_str(),
+        "--max-reference",
+        "120",
+        "--heldout",
+        tx.as_str(),
+        "--kid-subsets",
+        "5",
+    ]);
+    assert_eq!(v["floor"]["classifier_fid"]["n_samples"], 50, "{v}");
+    assert_eq!(v["classifier_fid"]["n_reference"], 120, "{v}");
 }
 
 #[test]
