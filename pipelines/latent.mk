@@ -20,9 +20,10 @@
 # Measured 2026-11-25 at the default sizes (release build, AMD EPYC, 2 cores shared with other
 # jobs; CPU seconds from $(OUT)/stages.jsonl): fit-vae 1614 s (peak 3.7 GB), encode-vae 95 s,
 # fit-classifier 369 s (shared with lab 3), fit-velocity 1823 s, sampling, decoding and metrics
-# under 2 minutes: about 65 CPU-minutes, i.e. about 33 minutes on two idle cores, not yet the
-# 20 the defaults aimed at (the candle convolution and small-op overheads dominate, see
-# bench/HISTORY.md). Result: every class clearly recognisable (grid.png); guided accuracy 97.4%
+# under 2 minutes: about 65 CPU-minutes on the busy machine, inflated by candle's spinning
+# workers. On the same two cores idle: 0.95 s a VAE step, 0.31 s a DiT step, hence about 10 +
+# 10.5 minutes of training and ~26 minutes in all, not yet the 20 the defaults aim at (the
+# candle convolution and small-op overheads dominate, see bench/HISTORY.md). Result: every class clearly recognisable (grid.png); guided accuracy 97.4%
 # of 500 samples at w = 3 (real test images: 88.8%), classifier-FID 96 against 16 for 500 real
 # test images; VAE test MSE 0.021 against 0.263 for the mean image.
 
