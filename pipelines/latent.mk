@@ -17,15 +17,14 @@
 #                                 fresh samples of every class (centre-cropped to 28x28) against
 #                                 the training images, with the real test images as the floor}
 # SMALL=1: tiny sizes (seconds; used by the smoke test); FULL=1: the lab's sizes (GPU).
-# Measured 2026-11-25 at the default sizes (release build, AMD EPYC, 2 cores shared with other
-# jobs; CPU seconds from $(OUT)/stages.jsonl): fit-vae 1614 s (peak 3.7 GB), encode-vae 95 s,
-# fit-classifier 369 s (shared with lab 3), fit-velocity 1823 s, sampling, decoding and metrics
-# under 2 minutes: about 65 CPU-minutes on the busy machine, inflated by candle's spinning
-# workers. On the same two cores idle: 0.95 s a VAE step, 0.31 s a DiT step, hence about 10 +
-# 10.5 minutes of training and ~26 minutes in all, not yet the 20 the defaults aim at (the
-# candle convolution and small-op overheads dominate, see bench/HISTORY.md). Result: every class clearly recognisable (grid.png); guided accuracy 97.4%
-# of 500 samples at w = 3 (real test images: 88.8%), classifier-FID 96 against 16 for 500 real
-# test images; VAE test MSE 0.021 against 0.263 for the mean image.
+# Measured 2026-11-25 at the default sizes on two idle AMD EPYC cores (release build; every
+# stage's wall time, CPU time and peak memory land in $(OUT)/stages.jsonl): fit-vae 401 s (480
+# steps, peak 3.7 GB), encode-vae 48 s, fit-velocity 373 s (1500 DiT steps), sampling, decoding
+# and metrics about 75 s: 15 minutes, plus fit-classifier (once, shared with lab 3) 113 s
+# and the data import (seconds). Result: every class clearly recognisable (grid.png); the
+# classifier gives 93.8% of 500 samples guided at w = 3 the class asked for (88.8% of real test
+# images); classifier-FID 117 against 16 for 500 real test images; VAE test MSE 0.024 against
+# 0.263 for the mean image. (600 VAE and 2000 DiT steps gave 97.4% and FID 96, ~26 minutes.)
 
 LAT := $(OUT)/latent
 LAT_SEED := 7
@@ -69,15 +68,15 @@ LAT_SIM_STEPS := 100
 LAT_PAIRS := 0:1,2:3,4:5,6:7,8:9
 LAT_EVAL_PER_CLASS := 100
 else
-# Measured: 2.7 CPU-seconds per VAE step at batch 32 with channels 16,32,64 and 0.9 per DiT
-# step at batch 64; 5 ms of CPU per image to encode.
+# Measured on two idle cores: 0.8 s per VAE step at batch 32 with channels 16,32,64 and 0.25 s
+# per DiT step at batch 64; 20,000 images encode in 48 s.
 LAT_TRAIN_N := 20000
 LAT_TEST_N := 2000
 LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000
-LAT_VAE_STEPS := 600
+LAT_VAE_STEPS := 480
 LAT_VAE_BATCH := 32
 LAT_FLOW_FLAGS := --width 64 --depth 3 --heads 4
-LAT_FLOW_STEPS := 2000
+LAT_FLOW_STEPS := 1500
 LAT_FLOW_BATCH := 64
 LAT_PER_CLASS := 8
 LAT_SIM_STEPS := 50
