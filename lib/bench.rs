@@ -115,6 +115,17 @@ fn fm_batch(shape: &[usize], classes: usize, device: &Device) -> Result<[Tensor;
     Ok([xt, t, target, Tensor::from_vec(y, b, device)?])
 }
 
+/// The optimiser of every training-step figure: AdamW at a constant 1e-4, no weight decay.
+fn bench_optimiser(params: &Params) -> Result<AdamW> {
+    let schedule = Schedule {
+        lr: 1e-4,
+        warmup: 0,
+        decay: Decay::Constant,
+        total: u64::MAX,
+    };
+    Ok(AdamW::new(params, AdamWConfig::new(schedule, 0.0))?)
+}
+
 /// Times one training step (forward, backward, AdamW) of `net` on a fixed batch.
 fn train_step(
     figure: &str,
@@ -128,13 +139,7 @@ fn train_step(
     let classes = net.num_classes();
     let [xt, t, target, y] = fm_batch(shape, classes, device)?;
     let y = (classes > 0).then_some(y);
-    let schedule = Schedule {
-        lr: 1e-4,
-        warmup: 0,
-        decay: Decay::Constant,
-        total: u64::MAX,
-    };
-    let mut opt = AdamW::new(params, AdamWConfig::new(schedule, 0.0))?;
+    let mut opt = bench_optimiser(params)?;
     let b = shape[0] as f64;
     let times = time_runs(warmup, runs, || {
         let pred = net.forward(&xt, &t, y.as_ref())?;
@@ -267,13 +272,7 @@ pub fn vae(s: Settings, device: &Device) -> Result<Value> {
     let mut latent = vec![batch];
     latent.extend(cfg.latent_shape());
     let eps = normal(&latent, 5, device)?;
-    let schedule = Schedule {
-        lr: 1e-4,
-        warmup: 0,
-        decay: Decay::Constant,
-        total: u64::MAX,
-    };
-    let mut opt = AdamW::new(&params, AdamWConfig::new(schedule, 0.0))?;
+    let mut opt = bench_optimiser(&params)?;
     let reps = if s.tiny {
         (1, 2)
     } else {
