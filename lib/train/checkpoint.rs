@@ -107,3 +107,18 @@ pub fn model_config(ckpt: &ModelFile) -> Result<&Value> {
     }
     Ok(m)
 }
+/// A usage error when a flag was given with a value other than the checkpoint's: a resumed
+/// run keeps its settings, and a contradicting flag is a mistake, not a wish.
+pub fn same<T: PartialEq + std::fmt::Debug>(
+    flag: &str,
+    given: &Option<T>,
+    saved: &T,
+    name: &str,
+) -> Result<()> {
+    match given {
+        Some(g) if g != saved => crate::usage_bail!(
+            "{flag} {g:?} differs from the checkpoint's {saved:?} in {name}: a resumed run keeps its settings (only --steps may change)"
+        ),
+        _ => Ok(()),
+    }
+}

@@ -495,7 +495,7 @@ fn resumed_plan(
             ("time_features", Value::Null) => json!(0),
             (_, v) => v.clone(),
         };
-        same(flag, &Some(given), &saved, name)?;
+        checkpoint::same(flag, &Some(given), &saved, name)?;
     }
     let classes = arch::num_classes(&plan.net);
     match labels {
@@ -512,31 +512,31 @@ fn resumed_plan(
         ),
         _ => {}
     }
-    same("--num-classes", &f.num_classes, &classes, name)?;
-    same(
+    checkpoint::same("--num-classes", &f.num_classes, &classes, name)?;
+    checkpoint::same(
         "--label-dropout",
         &f.label_dropout,
         &plan.label_dropout,
         name,
     )?;
-    same("--lr", &f.lr, &s.lr, name)?;
-    same("--warmup", &f.warmup, &s.warmup, name)?;
-    same("--decay", &f.decay, &s.decay, name)?;
-    same(
+    checkpoint::same("--lr", &f.lr, &s.lr, name)?;
+    checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
+    checkpoint::same("--decay", &f.decay, &s.decay, name)?;
+    checkpoint::same(
         "--weight-decay",
         &f.weight_decay,
         &plan.opt.weight_decay,
         name,
     )?;
-    same("--batch", &f.batch, &plan.batch, name)?;
-    same("--ema", &f.ema.map(Some), &plan.ema, name)?;
-    same(
+    checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
+    checkpoint::same("--ema", &f.ema.map(Some), &plan.ema, name)?;
+    checkpoint::same(
         "--param",
         &spec.param.map(Param::name),
         &plan.param.name(),
         name,
     )?;
-    same(
+    checkpoint::same(
         "--path",
         &spec_path(spec).map(|p| p.name()),
         &plan.path.name(),
@@ -591,19 +591,4 @@ fn resumed_plan(
         }
     }
     Ok(plan)
-}
-
-/// A usage error when a flag was given with a value other than the checkpoint's.
-fn same<T: PartialEq + std::fmt::Debug>(
-    flag: &str,
-    given: &Option<T>,
-    saved: &T,
-    name: &str,
-) -> Result<()> {
-    match given {
-        Some(g) if g != saved => usage_bail!(
-            "{flag} {g:?} differs from the checkpoint's {saved:?} in {name}: a resumed run keeps its settings (only --steps may change)"
-        ),
-        _ => Ok(()),
-    }
 }

@@ -458,42 +458,42 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
     };
     let v = &plan.vae;
     let s = &plan.opt.schedule;
-    same("--channels", &f.channels, &v.channels, name)?;
-    same("--blocks", &f.blocks, &v.blocks_per_level, name)?;
-    same(
+    checkpoint::same("--channels", &f.channels, &v.channels, name)?;
+    checkpoint::same("--blocks", &f.blocks, &v.blocks_per_level, name)?;
+    checkpoint::same(
         "--latent-channels",
         &f.latent_channels,
         &v.latent_channels,
         name,
     )?;
-    same(
+    checkpoint::same(
         "--attention",
         &f.attention.then_some(true),
         &v.attention,
         name,
     )?;
-    same("--groups", &f.groups, &v.groups, name)?;
-    same("--logvar", &f.logvar, &v.logvar, name)?;
-    same(
+    checkpoint::same("--groups", &f.groups, &v.groups, name)?;
+    checkpoint::same("--logvar", &f.logvar, &v.logvar, name)?;
+    checkpoint::same(
         "--decoder-variance",
         &f.decoder_variance,
         &v.decoder_variance,
         name,
     )?;
-    same("--decoder-std", &f.decoder_std, &v.decoder_std, name)?;
-    same("--beta", &f.beta, &plan.beta, name)?;
-    same("--kl-warmup", &f.kl_warmup, &plan.kl_warmup, name)?;
-    same("--lr", &f.lr, &s.lr, name)?;
-    same("--warmup", &f.warmup, &s.warmup, name)?;
-    same("--decay", &f.decay, &s.decay, name)?;
-    same(
+    checkpoint::same("--decoder-std", &f.decoder_std, &v.decoder_std, name)?;
+    checkpoint::same("--beta", &f.beta, &plan.beta, name)?;
+    checkpoint::same("--kl-warmup", &f.kl_warmup, &plan.kl_warmup, name)?;
+    checkpoint::same("--lr", &f.lr, &s.lr, name)?;
+    checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
+    checkpoint::same("--decay", &f.decay, &s.decay, name)?;
+    checkpoint::same(
         "--weight-decay",
         &f.weight_decay,
         &plan.opt.weight_decay,
         name,
     )?;
-    same("--batch", &f.batch, &plan.batch, name)?;
-    same("--ema", &f.ema.map(Some), &plan.ema, name)?;
+    checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
+    checkpoint::same("--ema", &f.ema.map(Some), &plan.ema, name)?;
     if common.seed != 0 && common.seed != plan.seed {
         usage_bail!(
             "--seed {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
@@ -523,21 +523,6 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
         ));
     }
     Ok(plan)
-}
-
-/// A usage error when a flag was given with a value other than the checkpoint's.
-fn same<T: PartialEq + std::fmt::Debug>(
-    flag: &str,
-    given: &Option<T>,
-    saved: &T,
-    name: &str,
-) -> Result<()> {
-    match given {
-        Some(g) if g != saved => usage_bail!(
-            "{flag} {g:?} differs from the checkpoint's {saved:?} in {name}: a resumed run keeps its settings (only --steps may change)"
-        ),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
