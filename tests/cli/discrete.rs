@@ -360,6 +360,17 @@ fn resuming_repeats_the_uninterrupted_run() {
         std::fs::read(&whole).unwrap(),
         std::fs::read(&half).unwrap()
     );
+    // A flag that contradicts the checkpoint is refused, not silently ignored.
+    let other = path(&d, "other.safetensors");
+    let r = flowpipe_run(
+        FIT,
+        &[
+            "--data", &tokens, "--resume", &c10, "--width", "32", "--steps", "20", "-q", "-o",
+            &other,
+        ],
+    );
+    fails(&r, 2, &["--width 32 differs from the checkpoint's 16"]);
+    assert!(!std::path::Path::new(&other).exists());
 }
 
 /// Labels train a conditional model; simulate-ctmc takes labels and a guidance scale, and an
@@ -439,7 +450,8 @@ fn labels_and_guidance() {
     assert!(!std::path::Path::new(&out).exists());
 }
 
-/// Uniform noise trains and samples too; its ELBO is not reported (masked models only).
+/// Uniform noise trains and samples too, and evaluate reports its bound (the CTMC path bound,
+/// not the masked ELBO).
 #[test]
 fn uniform_noise_trains_and_samples() {
     let d = tmp();
@@ -489,9 +501,15 @@ fn uniform_noise_trains_and_samples() {
         arr.iter().all(|&v| (0..3).contains(&v)),
         "no [MASK] left: {arr}"
     );
-    fails(
-        &flowpipe_run(EVAL, &[&tokens, "--model", &model]),
-        1,
-        &["masked-noise"],
+    let report = json(&ok(
+        EVAL,
+        &[&tokens, "--model", &model, "--draws", "4"],
+        b"",
+    ));
+    let bits = report["elbo_bits_per_token"].as_f64().unwrap();
+    assert!(bits.is_finite() && bits > 0.0, "{report}");
+    assert!(
+        report["bound"].as_str().unwrap().contains("uniform"),
+        "{report}"
     );
 }
