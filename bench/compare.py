@@ -26,6 +26,7 @@ def main():
             "ratio": round(a["median_ms"] / b["median_ms"], 3) if b["median_ms"] > 0 else None,
             "threads": {"flowpipe": a["threads"], "pytorch": b["threads"]},
             "config": a["config"],
+            **{k: a[k] for k in ("gflops", "peak_gflops_estimate", "fraction_of_peak") if k in a},
         }))
 
 

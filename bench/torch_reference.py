@@ -300,6 +300,14 @@ def unet_config(tiny):
 
 def figures(tiny, runs):
     r = lambda default: (1, 2) if tiny else (1, runs or default)
+    n = 64 if tiny else 1024
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    warm, reps = (1, 2) if tiny else (3, runs or 11)
+    times = timed(warm, reps, lambda: torch.mm(a, b)[0, 0].item())
+    yield line("matmul", {"m": n, "k": n, "n": n, "dtype": "f32"}, warm, times,
+               gflops=round(2 * n ** 3 / (statistics.median(times) * 1e6), 1))
+
     hidden, batch = (16, 8) if tiny else (256, 1024)
     cfg = {"arch": "mlp", "data_shape": [2], "hidden": [hidden] * 4, "activation": "silu",
            "time_features": 0, "batch": batch}
