@@ -7,6 +7,7 @@ use super::{tokens, DenoiserConfig, Kappa, Noise};
 use crate::cli::Common;
 use crate::io;
 use crate::nn::FfActivation;
+use crate::train::flags::{OptimFlags, RunFlags, DEFAULT_LR};
 use crate::train::optim::{AdamWConfig, Decay, Schedule};
 use crate::train::{checkpoint, trainer::LoopOptions};
 use crate::{usage_bail, Result};
@@ -50,58 +51,30 @@ pub struct DenoiserFlags {
     /// Minibatch size [default: 128]
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Peak learning rate [default: 1e-3]
-    #[arg(long)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub optim: OptimFlags,
     /// Steps of linear warm-up [default: 100]
     #[arg(long)]
     pub warmup: Option<u64>,
     /// Learning rate after warm-up [default: cosine]
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
-    /// Decoupled weight decay (AdamW) [default: 0]
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// EMA of the weights with this decay (e.g. 0.999), used for sampling [default: off]
-    #[arg(long, value_name = "DECAY")]
-    pub ema: Option<f64>,
-    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
-    #[arg(long, value_name = "PATH")]
-    pub log: Option<String>,
-    /// Steps between log lines
-    #[arg(long, default_value_t = 100, value_name = "K")]
-    pub log_every: u64,
-    /// Checkpoint path ({step} is replaced by the step), written every --checkpoint-every steps
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<String>,
-    /// Steps between checkpoints
-    #[arg(long, default_value_t = 1000, value_name = "K")]
-    pub checkpoint_every: u64,
-    /// Continue the run of this checkpoint
-    #[arg(long, value_name = "CKPT")]
-    pub resume: Option<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 /// Trains the denoiser `flags` describe and writes it to `common.output`.
 pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
     let device = common.setup()?;
     check_flags(flags)?;
-    let loop_opts = LoopOptions {
-        total_steps: flags.steps,
-        log: flags.log.clone(),
-        log_every: flags.log_every,
-        checkpoint: flags.checkpoint.clone(),
-        checkpoint_every: flags.checkpoint_every,
-        quiet: common.quiet,
-        append_log: false,
-    };
-    let ckpt = match &flags.resume {
+    let loop_opts = flags.run.loop_options(flags.steps, common.quiet);
+    let ckpt = match &flags.run.resume {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
     let vocab = match (&flags.vocab, &ckpt) {
         (Some(v), _) => tokens::read_vocab(v)?,
-        (None, Some(c)) => tokens::read_vocab(flags.resume.as_deref().unwrap_or(&c.name))?,
+        (None, Some(c)) => tokens::read_vocab(flags.run.resume.as_deref().unwrap_or(&c.name))?,
         (None, None) => unreachable!("clap requires --vocab without --resume"),
     };
     let arr = tokens::read_tokens(&flags.data, &vocab, None, false)?;
@@ -158,38 +131,23 @@ const DEPTH: usize = 4;
 const HEADS: usize = 4;
 const MLP_RATIO: usize = 4;
 const BATCH: usize = 128;
-const LR: f64 = 1e-3;
 const WARMUP: u64 = 100;
 const LABEL_DROPOUT: f64 = 0.1;
 
 /// Usage errors for flags out of range.
 fn check_flags(flags: &DenoiserFlags) -> Result<()> {
-    let lr = flags.lr.unwrap_or(LR);
-    if !(lr > 0.0 && lr.is_finite()) {
-        usage_bail!("--lr must be positive, got {lr}");
-    }
+    flags.optim.check()?;
+    flags.run.check()?;
     let width = flags.width.unwrap_or(WIDTH);
-    if flags.steps == 0
-        || flags.batch == Some(0)
-        || width == 0
-        || flags.log_every == 0
-        || flags.checkpoint_every == 0
-    {
-        usage_bail!(
-            "--steps, --batch, --width, --log-every and --checkpoint-every must be at least 1"
-        );
+    if flags.steps == 0 || flags.batch == Some(0) || width == 0 {
+        usage_bail!("--steps, --batch and --width must be at least 1");
     }
     let heads = flags.heads.unwrap_or(HEADS);
-    if flags.resume.is_none() && (heads == 0 || width % heads != 0) {
+    if flags.run.resume.is_none() && (heads == 0 || width % heads != 0) {
         usage_bail!("--heads {heads} must divide --width {width}");
     }
-    if !(0.0..1.0).contains(&flags.label_dropout.unwrap_or(LABEL_DROPOUT))
-        || flags.ema.is_some_and(|d| !(d > 0.0 && d < 1.0))
-        || flags.weight_decay.is_some_and(|w| !(w >= 0.0))
-    {
-        usage_bail!(
-            "--label-dropout must be in [0, 1), --ema in (0, 1) and --weight-decay at least 0"
-        );
+    if !(0.0..1.0).contains(&flags.label_dropout.unwrap_or(LABEL_DROPOUT)) {
+        usage_bail!("--label-dropout must be in [0, 1)");
     }
     Ok(())
 }
@@ -219,16 +177,16 @@ fn fresh_options(
         },
         optimizer: AdamWConfig::new(
             Schedule {
-                lr: flags.lr.unwrap_or(LR),
+                lr: flags.optim.lr.unwrap_or(DEFAULT_LR),
                 warmup: flags.warmup.unwrap_or(WARMUP),
                 decay: flags.decay.unwrap_or(Decay::Cosine),
                 total: flags.steps,
             },
-            flags.weight_decay.unwrap_or(0.0),
+            flags.optim.weight_decay.unwrap_or(0.0),
         ),
         batch: flags.batch.unwrap_or(BATCH),
         seed: common.seed,
-        ema: flags.ema,
+        ema: flags.optim.ema,
         label_dropout: if num_classes > 0 {
             flags.label_dropout.unwrap_or(LABEL_DROPOUT)
         } else {
@@ -250,16 +208,11 @@ fn check_resumed(flags: &DenoiserFlags, common: &Common, o: &FitOptions, name: &
     checkpoint::same("--noise", &flags.noise, &c.noise, name)?;
     checkpoint::same("--kappa", &flags.kappa, &c.kappa, name)?;
     checkpoint::same("--batch", &flags.batch, &o.batch, name)?;
-    checkpoint::same("--lr", &flags.lr, &s.lr, name)?;
+    flags
+        .optim
+        .check_resumed(s.lr, o.optimizer.weight_decay, o.ema, name)?;
     checkpoint::same("--warmup", &flags.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &flags.decay, &s.decay, name)?;
-    checkpoint::same(
-        "--weight-decay",
-        &flags.weight_decay,
-        &o.optimizer.weight_decay,
-        name,
-    )?;
-    checkpoint::same("--ema", &flags.ema.map(Some), &o.ema, name)?;
     if c.num_classes > 0 {
         checkpoint::same(
             "--label-dropout",

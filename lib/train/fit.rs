@@ -24,10 +24,11 @@ use serde_json::{json, Value};
 use super::arch::{self, NetFlags};
 use super::checkpoint::{self, TrainState};
 use super::ema::Ema;
+use super::flags::{OptimFlags, RunFlags};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
 use super::preview::Preview;
-use super::trainer::{self, LoopOptions};
+use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
@@ -37,7 +38,7 @@ use crate::{usage_bail, Result};
 
 /// Default hidden widths of the MLP.
 pub const DEFAULT_HIDDEN: [usize; 4] = [64, 64, 64, 64];
-pub const DEFAULT_LR: f64 = 1e-3;
+pub use super::flags::DEFAULT_LR;
 pub const DEFAULT_BATCH: usize = 1000;
 pub const DEFAULT_STEPS: u64 = 5000;
 
@@ -90,9 +91,8 @@ pub struct FitFlags {
     /// K Fourier features sin/cos(2 pi k t), k = 1..K, appended to [x, t] [default: 0]
     #[arg(long, value_name = "K")]
     pub time_features: Option<usize>,
-    /// Peak learning rate [default: 1e-3]
-    #[arg(long, allow_hyphen_values = true)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub optim: OptimFlags,
     /// Steps of linear learning-rate warm-up [default: 0]
     #[arg(long, value_name = "STEPS")]
     pub warmup: Option<u64>,
@@ -100,35 +100,14 @@ pub struct FitFlags {
     /// [default: constant]
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
-    /// Decoupled weight decay (AdamW); 0 is Adam [default: 0]
-    #[arg(long, allow_hyphen_values = true)]
-    pub weight_decay: Option<f64>,
     /// Minibatch size [default: 1000]
     #[arg(long)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 5000, or the checkpoint's when resuming]
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999); saved
-    /// as ema.<name> and used for sampling [default: off]
-    #[arg(long, value_name = "DECAY", allow_hyphen_values = true)]
-    pub ema: Option<f64>,
-    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
-    #[arg(long, value_name = "PATH")]
-    pub log: Option<String>,
-    /// Steps between log lines
-    #[arg(long, default_value_t = 100, value_name = "K")]
-    pub log_every: u64,
-    /// Write a checkpoint here every --checkpoint-every steps and at the end; `{step}` in the
-    /// name is replaced by the step count
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<String>,
-    /// Steps between checkpoints
-    #[arg(long, default_value_t = 1000, value_name = "K")]
-    pub checkpoint_every: u64,
-    /// Continue the run a checkpoint belongs to (weights, optimiser moments, EMA, step)
-    #[arg(long, value_name = "CKPT")]
-    pub resume: Option<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// Draw samples of the model (EMA weights) as a PNG here at every --checkpoint-every steps
     /// and at the end: one row per class, from the same noise each time (images only)
     #[arg(long, value_name = "PATH")]
@@ -196,7 +175,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         Some(p) => Some(read_labels(p, &data, flags.num_classes)?),
         None => None,
     };
-    let ckpt = match &flags.resume {
+    let ckpt = match &flags.run.resume {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
@@ -259,15 +238,9 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         label_dropout: plan.label_dropout,
     };
     loss.validate()?;
-    let opts = LoopOptions {
-        total_steps: plan.opt.schedule.total,
-        log: flags.log.clone(),
-        log_every: flags.log_every,
-        append_log: ckpt.is_some(),
-        checkpoint: flags.checkpoint.clone(),
-        checkpoint_every: flags.checkpoint_every,
-        quiet: common.quiet,
-    };
+    let opts = flags
+        .run
+        .loop_options(plan.opt.schedule.total, common.quiet);
     let summary = trainer::run_with(
         &mut state,
         &config,
@@ -293,34 +266,18 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
 
 /// Usage errors (exit 2): values no run can use, and choices that do not go together.
 fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
-    if let Some(lr) = f.lr {
-        if !(lr > 0.0 && lr.is_finite()) {
-            usage_bail!("--lr must be positive, got {lr}");
-        }
-    }
+    f.optim.check()?;
+    f.run.check()?;
     if f.batch == Some(0) {
         usage_bail!("--batch must be at least 1");
     }
     if f.steps == Some(0) {
         usage_bail!("--steps must be at least 1");
     }
-    if let Some(wd) = f.weight_decay {
-        if !(wd >= 0.0 && wd.is_finite()) {
-            usage_bail!("--weight-decay must be zero or positive, got {wd}");
-        }
-    }
-    if let Some(d) = f.ema {
-        if !(d > 0.0 && d < 1.0) {
-            usage_bail!("--ema must be between 0 and 1 (e.g. 0.999), got {d}");
-        }
-    }
     if let Some(h) = &f.hidden {
         if h.is_empty() || h.contains(&0) {
             usage_bail!("--hidden must list positive widths, got {h:?}");
         }
-    }
-    if f.log_every == 0 || f.checkpoint_every == 0 {
-        usage_bail!("--log-every and --checkpoint-every must be at least 1");
     }
     if let Some(eta) = f.label_dropout {
         if !(0.0..1.0).contains(&eta) {
@@ -392,7 +349,7 @@ fn fresh_plan(
         spec.default_path
     };
     let schedule = Schedule {
-        lr: f.lr.unwrap_or(DEFAULT_LR),
+        lr: f.optim.lr.unwrap_or(DEFAULT_LR),
         warmup: f.warmup.unwrap_or(0),
         decay: f.decay.unwrap_or(Decay::Constant),
         total: f.steps.unwrap_or(DEFAULT_STEPS),
@@ -403,10 +360,10 @@ fn fresh_plan(
         param: spec.param.unwrap_or(spec.default_param),
         path: spec_path(spec).unwrap_or(default_path),
         data_source,
-        opt: AdamWConfig::new(schedule, f.weight_decay.unwrap_or(0.0)),
+        opt: AdamWConfig::new(schedule, f.optim.weight_decay.unwrap_or(0.0)),
         batch: f.batch.unwrap_or(DEFAULT_BATCH),
         seed: common.seed,
-        ema: f.ema,
+        ema: f.optim.ema,
         label_dropout: match labels {
             Some(_) => f.label_dropout.unwrap_or(DEFAULT_LABEL_DROPOUT),
             None => 0.0,
@@ -519,17 +476,11 @@ fn resumed_plan(
         &plan.label_dropout,
         name,
     )?;
-    checkpoint::same("--lr", &f.lr, &s.lr, name)?;
+    f.optim
+        .check_resumed(s.lr, plan.opt.weight_decay, plan.ema, name)?;
     checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &f.decay, &s.decay, name)?;
-    checkpoint::same(
-        "--weight-decay",
-        &f.weight_decay,
-        &plan.opt.weight_decay,
-        name,
-    )?;
     checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
-    checkpoint::same("--ema", &f.ema.map(Some), &plan.ema, name)?;
     checkpoint::same(
         "--param",
         &spec.param.map(Param::name),

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod ema;
 pub mod fit;
+pub mod flags;
 pub mod losses;
 pub mod optim;
 pub mod preview;

@@ -24,9 +24,10 @@ use std::collections::HashMap;
 
 use super::checkpoint::{self, TrainState};
 use super::ema::Ema;
+use super::flags::{OptimFlags, RunFlags};
 use super::losses::Dataset;
 use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
-use super::trainer::{self, LoopOptions};
+use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
@@ -38,7 +39,7 @@ use crate::rng::{self, Purpose};
 use crate::{usage_bail, Result};
 
 pub const KIND: &str = "vae";
-pub const DEFAULT_LR: f64 = 1e-3;
+pub use super::flags::DEFAULT_LR;
 pub const DEFAULT_BATCH: usize = 64;
 pub const DEFAULT_STEPS: u64 = 2000;
 pub const DEFAULT_BETA: f64 = 1.0;
@@ -87,9 +88,8 @@ pub struct VaeFlags {
     /// Steps of linear KL warm-up from 0 to beta [default: a tenth of --steps]
     #[arg(long, value_name = "STEPS")]
     pub kl_warmup: Option<u64>,
-    /// Peak learning rate [default: 1e-3]
-    #[arg(long, allow_hyphen_values = true)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub optim: OptimFlags,
     /// Steps of linear learning-rate warm-up [default: 0]
     #[arg(long, value_name = "STEPS")]
     pub warmup: Option<u64>,
@@ -97,38 +97,17 @@ pub struct VaeFlags {
     /// [default: constant]
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
-    /// Decoupled weight decay (AdamW); 0 is Adam [default: 0]
-    #[arg(long, allow_hyphen_values = true)]
-    pub weight_decay: Option<f64>,
     /// Minibatch size [default: 64]
     #[arg(long)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 2000, or the checkpoint's when resuming]
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Keep an exponential moving average of the weights with this decay; saved as
-    /// ema.<name> and used by encode-vae/decode-vae [default: off]
-    #[arg(long, value_name = "DECAY", allow_hyphen_values = true)]
-    pub ema: Option<f64>,
     /// Training images used to measure the latent scale factor (the first N; 0: all)
     #[arg(long, value_name = "N", default_value_t = 10000)]
     pub scale_samples: usize,
-    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
-    #[arg(long, value_name = "PATH")]
-    pub log: Option<String>,
-    /// Steps between log lines
-    #[arg(long, default_value_t = 100, value_name = "K")]
-    pub log_every: u64,
-    /// Write a checkpoint here every --checkpoint-every steps and at the end; `{step}` in the
-    /// name is replaced by the step count
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<String>,
-    /// Steps between checkpoints (and reconstruction grids)
-    #[arg(long, default_value_t = 1000, value_name = "K")]
-    pub checkpoint_every: u64,
-    /// Continue the run a checkpoint belongs to (weights, optimiser moments, EMA, step)
-    #[arg(long, value_name = "CKPT")]
-    pub resume: Option<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// PNG of the first 8 training images (top row) over their reconstructions D(mu(x)),
     /// written every --checkpoint-every steps and at the end; `{step}` is replaced by the step
     #[arg(long, value_name = "PATH")]
@@ -196,7 +175,7 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
     let arr = npy::read_f32(&flags.data)?;
     npy::expect_shape(arr.shape(), "N,C,H,W", "training images", &name)?;
     let data = Dataset::new(arr, &name)?;
-    let ckpt = match &flags.resume {
+    let ckpt = match &flags.run.resume {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
@@ -240,15 +219,9 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
         kl_warmup: plan.kl_warmup,
         device: device.clone(),
     };
-    let opts = LoopOptions {
-        total_steps: plan.opt.schedule.total,
-        log: flags.log.clone(),
-        log_every: flags.log_every,
-        append_log: ckpt.is_some(),
-        checkpoint: flags.checkpoint.clone(),
-        checkpoint_every: flags.checkpoint_every,
-        quiet: common.quiet,
-    };
+    let opts = flags
+        .run
+        .loop_options(plan.opt.schedule.total, common.quiet);
     let grid = |step: u64, vae: &Vae| -> Result<()> {
         match &flags.recon_grid {
             Some(p) => write_recon_grid(&checkpoint::path_for(p, step), vae, &first, &device),
@@ -343,21 +316,12 @@ fn check_flags(f: &VaeFlags) -> Result<()> {
             _ => Ok(()),
         }
     };
-    positive("--lr", f.lr)?;
+    f.optim.check()?;
+    f.run.check()?;
     positive("--decoder-std", f.decoder_std)?;
     if let Some(b) = f.beta {
         if !(b >= 0.0 && b.is_finite()) {
             usage_bail!("--beta must be zero or positive, got {b}");
-        }
-    }
-    if let Some(wd) = f.weight_decay {
-        if !(wd >= 0.0 && wd.is_finite()) {
-            usage_bail!("--weight-decay must be zero or positive, got {wd}");
-        }
-    }
-    if let Some(d) = f.ema {
-        if !(d > 0.0 && d < 1.0) {
-            usage_bail!("--ema must be between 0 and 1 (e.g. 0.999), got {d}");
         }
     }
     if f.batch == Some(0) || f.steps == Some(0) {
@@ -374,9 +338,6 @@ fn check_flags(f: &VaeFlags) -> Result<()> {
         if let Some(bad) = c.iter().find(|&&x| x % g != 0) {
             usage_bail!("--groups {g} does not divide {bad} channels");
         }
-    }
-    if f.log_every == 0 || f.checkpoint_every == 0 {
-        usage_bail!("--log-every and --checkpoint-every must be at least 1");
     }
     Ok(())
 }
@@ -400,17 +361,17 @@ fn fresh_plan(f: &VaeFlags, common: &Common, data: &Dataset) -> Result<Plan> {
         .map_err(|e| anyhow::Error::new(crate::UsageError(e)))?;
     let total = f.steps.unwrap_or(DEFAULT_STEPS);
     let schedule = Schedule {
-        lr: f.lr.unwrap_or(DEFAULT_LR),
+        lr: f.optim.lr.unwrap_or(DEFAULT_LR),
         warmup: f.warmup.unwrap_or(0),
         decay: f.decay.unwrap_or(Decay::Constant),
         total,
     };
     Ok(Plan {
         vae: cfg,
-        opt: AdamWConfig::new(schedule, f.weight_decay.unwrap_or(0.0)),
+        opt: AdamWConfig::new(schedule, f.optim.weight_decay.unwrap_or(0.0)),
         batch: f.batch.unwrap_or(DEFAULT_BATCH),
         seed: common.seed,
-        ema: f.ema,
+        ema: f.optim.ema,
         beta: f.beta.unwrap_or(DEFAULT_BETA),
         kl_warmup: f.kl_warmup.unwrap_or(total / 10),
     })
@@ -483,17 +444,11 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
     checkpoint::same("--decoder-std", &f.decoder_std, &v.decoder_std, name)?;
     checkpoint::same("--beta", &f.beta, &plan.beta, name)?;
     checkpoint::same("--kl-warmup", &f.kl_warmup, &plan.kl_warmup, name)?;
-    checkpoint::same("--lr", &f.lr, &s.lr, name)?;
+    f.optim
+        .check_resumed(s.lr, plan.opt.weight_decay, plan.ema, name)?;
     checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &f.decay, &s.decay, name)?;
-    checkpoint::same(
-        "--weight-decay",
-        &f.weight_decay,
-        &plan.opt.weight_decay,
-        name,
-    )?;
     checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
-    checkpoint::same("--ema", &f.ema.map(Some), &plan.ema, name)?;
     if common.seed != 0 && common.seed != plan.seed {
         usage_bail!(
             "--seed {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
