@@ -74,37 +74,12 @@ pub fn loss(net: &dyn FieldNet, bank: &Bank, batch: usize, seed: u64, step: u64)
 mod tests {
     use super::*;
     use crate::distill::sample::Student;
-    use crate::distill::tests::gaussian_flow_map;
-    use crate::distill::train::{self, TrainOptions};
-    use crate::distill::{Method, TeacherSolver};
-    use crate::fields::GaussianTarget;
-    use crate::nn::{Activation, MlpConfig, Params};
-    use crate::paths::GaussianPath;
-    use candle_core::Device;
+    use crate::distill::tests::{gaussian_student, points_at, rms_against_closed_form};
+    use crate::distill::train::TrainOptions;
+    use crate::distill::Method;
 
     #[test]
     fn consistency_function_maps_trajectory_points_to_the_closed_form_end() {
-        let dev = Device::Cpu;
-        let g = GaussianTarget {
-            mean: vec![2.0, -1.0],
-            std: 0.5,
-            path: GaussianPath::CONDOT,
-            sigma: 0.0,
-        };
-        let bank =
-            Bank::generate(&g, &[2], 2048, 16, TeacherSolver::Heun, None, 1, 2048, &dev).unwrap();
-        let cfg = MlpConfig {
-            dim: 2,
-            hidden: vec![64, 64],
-            activation: Activation::Silu,
-            time_features: 0,
-        };
-        let config = train::student_config(
-            Method::Consistency,
-            &cfg.to_json(),
-            &crate::paths::Path::Gaussian(crate::paths::GaussianPath::CONDOT),
-            serde_json::json!({}),
-        );
         let opts = TrainOptions {
             steps: 1000,
             batch: 256,
@@ -113,49 +88,20 @@ mod tests {
             seed: 3,
             ..TrainOptions::default()
         };
-        let state = train::train(
-            Method::Consistency,
-            &config,
-            Params::new(3, &dev),
-            &bank,
-            &opts,
-        )
-        .unwrap();
-        let student = Student::from_state(&config, &state, &dev).unwrap();
+        let student = gaussian_student(Method::Consistency, &[64, 64], &opts);
         let Student::Consistency { net, .. } = &student else {
             panic!("not a consistency model")
         };
-        let x = rng::normal_rows(12, Purpose::Misc, 0, 256, 2);
         // The one-step Euler jump of the exact field, m, is off by 0.5 |x| (about 0.7 rms); a
         // chain of N = 16 bootstrapped links leaves about 0.08 (the flow map's 4 levels: 0.04).
         for (s, tol) in [(0.0, 0.12), (0.5, 0.12)] {
-            let start: Vec<Vec<f64>> = x
-                .chunks(2)
-                .map(|p| {
-                    let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
-                    gaussian_flow_map(&g.mean, g.std, &p, 0.0, s)
-                })
-                .collect();
-            let flat: Vec<f32> = start.iter().flatten().map(|&v| v as f32).collect();
-            let xs = Tensor::from_vec(flat, (256, 2), &dev).unwrap();
-            let got: Vec<Vec<f32>> = consistency_fn(net.as_ref(), &xs, &[s as f32; 256], None)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let mut err = 0.0;
-            for (p, row) in start.iter().zip(&got) {
-                let want = gaussian_flow_map(&g.mean, g.std, p, s, 1.0);
-                err += want
-                    .iter()
-                    .zip(row)
-                    .map(|(w, &v)| (w - v as f64).powi(2))
-                    .sum::<f64>();
-            }
-            let rmse = (err / 512.0).sqrt();
+            let (start, xs) = points_at(12, s);
+            let got = consistency_fn(net.as_ref(), &xs, &[s as f32; 256], None).unwrap();
+            let rmse = rms_against_closed_form(&start, &got, s, 1.0);
             assert!(rmse < tol, "f(x_{s}, {s}): rms error {rmse}");
         }
         // The boundary holds exactly: f(x, 1) = x.
-        let xs = Tensor::from_vec(x.clone(), (256, 2), &dev).unwrap();
+        let (_, xs) = points_at(12, 0.0);
         let at1 = consistency_fn(net.as_ref(), &xs, &[1.0; 256], None).unwrap();
         let d: f32 = (at1 - &xs)
             .unwrap()

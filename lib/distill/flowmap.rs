@@ -203,39 +203,13 @@ pub fn loss(net: &TwoTime, bank: &Bank, batch: usize, seed: u64, step: u64) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::distill::sample::Student;
-    use crate::distill::tests::gaussian_flow_map;
-    use crate::distill::train::{self, TrainOptions};
-    use crate::distill::{Method, TeacherSolver};
-    use crate::fields::GaussianTarget;
-    use crate::nn::{Activation, MlpConfig};
-    use crate::paths::GaussianPath;
-    use candle_core::Device;
+    use crate::distill::tests::{gaussian_student, points_at, rms_against_closed_form};
+    use crate::distill::train::TrainOptions;
+    use crate::distill::Method;
 
     #[test]
     fn trained_flow_map_matches_the_gaussian_closed_form() {
-        let dev = Device::Cpu;
-        let g = GaussianTarget {
-            mean: vec![2.0, -1.0],
-            std: 0.5,
-            path: GaussianPath::CONDOT,
-            sigma: 0.0,
-        };
-        let bank =
-            Bank::generate(&g, &[2], 2048, 16, TeacherSolver::Heun, None, 1, 2048, &dev).unwrap();
-        let cfg = MlpConfig {
-            dim: 2,
-            hidden: vec![32, 32],
-            activation: Activation::Silu,
-            time_features: 0,
-        };
-        let config = train::student_config(
-            Method::Flowmap,
-            &cfg.to_json(),
-            &crate::paths::Path::Gaussian(crate::paths::GaussianPath::CONDOT),
-            serde_json::json!({}),
-        );
         let opts = TrainOptions {
             steps: 600,
             batch: 256,
@@ -243,44 +217,17 @@ mod tests {
             seed: 2,
             ..TrainOptions::default()
         };
-        let state =
-            train::train(Method::Flowmap, &config, Params::new(2, &dev), &bank, &opts).unwrap();
-        let student = Student::from_state(&config, &state, &dev).unwrap();
+        let student = gaussian_student(Method::Flowmap, &[32, 32], &opts);
         let Student::FlowMap { net, .. } = &student else {
             panic!("not a flow map")
         };
         // Points from N(0, I) jumped 0 -> 1 and 0 -> 1/2, and from the middle 1/2 -> 1.
-        let x = crate::rng::normal_rows(11, Purpose::Misc, 0, 256, 2);
-        let xt = Tensor::from_vec(x.clone(), (256, 2), &dev).unwrap();
         for (s, t, tol) in [(0.0, 1.0, 0.08), (0.0, 0.5, 0.08), (0.5, 1.0, 0.08)] {
-            let start: Vec<Vec<f64>> = x
-                .chunks(2)
-                .map(|p| {
-                    let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
-                    gaussian_flow_map(&g.mean, g.std, &p, 0.0, s)
-                })
-                .collect();
-            let flat: Vec<f32> = start.iter().flatten().map(|&v| v as f32).collect();
-            let xs = if s == 0.0 {
-                xt.clone()
-            } else {
-                Tensor::from_vec(flat, (256, 2), &dev).unwrap()
-            };
-            let got: Vec<Vec<f32>> = net
+            let (start, xs) = points_at(11, s);
+            let got = net
                 .jump(&xs, &[s as f32; 256], &[(t - s) as f32; 256], None)
-                .unwrap()
-                .to_vec2()
                 .unwrap();
-            let mut err = 0.0;
-            for (p, g_row) in start.iter().zip(&got) {
-                let want = gaussian_flow_map(&g.mean, g.std, p, s, t);
-                err += want
-                    .iter()
-                    .zip(g_row)
-                    .map(|(w, &v)| (w - v as f64).powi(2))
-                    .sum::<f64>();
-            }
-            let rmse = (err / 512.0).sqrt();
+            let rmse = rms_against_closed_form(&start, &got, s, t);
             // The map's scale sd_1/sd_0 = 0.5 per axis; an untrained Euler jump from 0 to 1 is
             // off by about 0.5 per coordinate, so these tolerances need a real fit.
             assert!(rmse < tol, "jump {s} -> {t}: rms error {rmse}");

@@ -406,6 +406,80 @@ mod tests {
             .collect()
     }
 
+    /// The Gaussian teacher of the closed-form tests: N(0, I) -> N((2, -1), 0.5^2 I) on CondOT.
+    pub fn gaussian_teacher() -> GaussianTarget {
+        GaussianTarget {
+            mean: vec![2.0, -1.0],
+            std: 0.5,
+            path: GaussianPath::CONDOT,
+            sigma: 0.0,
+        }
+    }
+
+    /// A student of [`gaussian_teacher`] trained by `method` (an MLP with `hidden` widths) on a
+    /// bank of 2048 Heun trajectories of 16 steps.
+    pub fn gaussian_student(
+        method: Method,
+        hidden: &[usize],
+        opts: &train::TrainOptions,
+    ) -> sample::Student {
+        let dev = Device::Cpu;
+        let g = gaussian_teacher();
+        let bank =
+            Bank::generate(&g, &[2], 2048, 16, TeacherSolver::Heun, None, 1, 2048, &dev).unwrap();
+        let cfg = crate::nn::MlpConfig {
+            dim: 2,
+            hidden: hidden.to_vec(),
+            activation: crate::nn::Activation::Silu,
+            time_features: 0,
+        };
+        let config = train::student_config(
+            method,
+            &cfg.to_json(),
+            &crate::paths::Path::Gaussian(GaussianPath::CONDOT),
+            serde_json::json!({}),
+        );
+        let params = crate::nn::Params::new(opts.seed, &dev);
+        let state = train::train(method, &config, params, &bank, opts).unwrap();
+        sample::Student::from_state(&config, &state, &dev).unwrap()
+    }
+
+    /// 256 points of N(0, I) (stream `seed`) carried to time s by the closed-form flow:
+    /// (the points, as a (256, 2) tensor).
+    pub fn points_at(seed: u64, s: f64) -> (Vec<Vec<f64>>, Tensor) {
+        let g = gaussian_teacher();
+        let x = rng::normal_rows(seed, Purpose::Misc, 0, 256, 2);
+        let start: Vec<Vec<f64>> = x
+            .chunks(2)
+            .map(|p| {
+                let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+                gaussian_flow_map(&g.mean, g.std, &p, 0.0, s)
+            })
+            .collect();
+        let flat: Vec<f32> = start.iter().flatten().map(|&v| v as f32).collect();
+        (
+            start,
+            Tensor::from_vec(flat, (256, 2), &Device::Cpu).unwrap(),
+        )
+    }
+
+    /// The rms error per coordinate of `got` (rows) against the closed-form flow of `start`
+    /// from s to t.
+    pub fn rms_against_closed_form(start: &[Vec<f64>], got: &Tensor, s: f64, t: f64) -> f64 {
+        let g = gaussian_teacher();
+        let rows: Vec<Vec<f32>> = got.to_vec2().unwrap();
+        let mut err = 0.0;
+        for (p, row) in start.iter().zip(&rows) {
+            let want = gaussian_flow_map(&g.mean, g.std, p, s, t);
+            err += want
+                .iter()
+                .zip(row)
+                .map(|(w, &v)| (w - v as f64).powi(2))
+                .sum::<f64>();
+        }
+        (err / (2 * start.len()) as f64).sqrt()
+    }
+
     #[test]
     fn bank_follows_the_closed_form_flow() {
         let g = GaussianTarget {
