@@ -100,3 +100,24 @@ pub fn python_with(modules: &[&str]) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// The 2D fixture of the lab 2 and distillation tests, in `dir`: checkerboard training data
+/// (4,000 points, seed 1), held-out reference samples (1,000, seed 2) and N(0, I) noise
+/// (1,000, seed 3): (data, reference, noise) paths.
+pub fn checkerboard_files(dir: &tempfile::TempDir) -> (String, String, String) {
+    let (data, reference, noise) = (
+        path(dir, "cb.npy"),
+        path(dir, "ref.npy"),
+        path(dir, "z.npy"),
+    );
+    for (n, seed, out) in [("4000", "1", &data), ("1000", "2", &reference)] {
+        let args = ["checkerboard:grid=4", "-n", n, "--seed", seed, "-o", out];
+        ok(bin!("sample-data"), &args, b"");
+    }
+    ok(
+        bin!("sample-noise"),
+        &["-n", "1000", "--seed", "3", "-o", &noise],
+        b"",
+    );
+    (data, reference, noise)
+}

@@ -29,39 +29,8 @@ fn read(p: &str) -> ndarray::ArrayD<f32> {
 
 /// A checkerboard teacher trained briefly, reference samples and noise, in `dir`.
 fn teacher(dir: &tempfile::TempDir) -> (String, String, String) {
-    let (data, reference, noise) = (
-        path(dir, "cb.npy"),
-        path(dir, "ref.npy"),
-        path(dir, "z.npy"),
-    );
+    let (data, reference, noise) = checkerboard_files(dir);
     let model = path(dir, "teacher.safetensors");
-    ok(
-        DATA,
-        &[
-            "checkerboard:grid=4",
-            "-n",
-            "4000",
-            "--seed",
-            "1",
-            "-o",
-            &data,
-        ],
-        b"",
-    );
-    ok(
-        DATA,
-        &[
-            "checkerboard:grid=4",
-            "-n",
-            "1000",
-            "--seed",
-            "2",
-            "-o",
-            &reference,
-        ],
-        b"",
-    );
-    ok(NOISE, &["-n", "1000", "--seed", "3", "-o", &noise], b"");
     ok(
         FIT,
         &[

@@ -24,39 +24,8 @@ fn energy(samples: &str, reference: &str) -> f64 {
 #[test]
 fn a_short_checkerboard_fit_beats_a_fixed_energy_distance_bound() {
     let dir = tmp();
-    let (data, reference, noise) = (
-        path(&dir, "cb.npy"),
-        path(&dir, "ref.npy"),
-        path(&dir, "z.npy"),
-    );
+    let (data, reference, noise) = checkerboard_files(&dir);
     let (model, x1) = (path(&dir, "m.safetensors"), path(&dir, "x1.npy"));
-    ok(
-        DATA,
-        &[
-            "checkerboard:grid=4",
-            "-n",
-            "4000",
-            "--seed",
-            "1",
-            "-o",
-            &data,
-        ],
-        b"",
-    );
-    ok(
-        DATA,
-        &[
-            "checkerboard:grid=4",
-            "-n",
-            "1000",
-            "--seed",
-            "2",
-            "-o",
-            &reference,
-        ],
-        b"",
-    );
-    ok(NOISE, &["-n", "1000", "--seed", "3", "-o", &noise], b"");
     let fit = [
         "--data",
         &data,
