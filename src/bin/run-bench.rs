@@ -12,8 +12,9 @@ use std::process::ExitCode;
 /// Measure training-step time, guided sampling throughput and .npy pipe throughput.
 ///
 /// Prints one JSON line per figure: {"figure", "config", "median_ms", "runs", "warmup",
-/// "threads", "implementation"} plus "images_per_s" or "mb_per_s" where meaningful. Each figure
-/// is the median of several timed runs after untimed warm-up runs. Figures: train_step_mlp2d
+/// "threads", "implementation"} plus "images_per_s", "mb_per_s" or "gflops" where meaningful.
+/// Each figure is the median of several timed runs after untimed warm-up runs. Figures: matmul
+/// (1024^3 f32, with its share of the CPU's estimated f32 peak), train_step_mlp2d
 /// (4 x 256 SiLU MLP, batch 1024), train_step_unet (lab 3 U-Net, 1x28x28, batch 128),
 /// train_step_dit (DiT on 4x8x8 latents, batch 256), train_step_vae (the main job's VAE on
 /// 1x32x32, batch 128), sample_cfg_unet (100 guided Euler steps,
