@@ -26,10 +26,12 @@
 //! [`compare`] bounds n, m by a seeded random subset (stream (seed, Misc, 0) for X, 1 for Y).
 //!
 //! Image metrics in a classifier's feature space (classifier-FID, KID, guided accuracy) live in
-//! [`images`]; the eigendecomposition they need in [`linalg`].
+//! [`images`]; the eigendecomposition they need in [`linalg`]; the `evaluate` tool's reports,
+//! read from files, in [`report`].
 
 pub mod images;
 pub mod linalg;
+pub mod report;
 
 use anyhow::bail;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};

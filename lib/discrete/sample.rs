@@ -13,13 +13,19 @@
 //! chain has unmasked everything). Prompt positions (`fixed`) are held at their value
 //! throughout: infilling.
 //!
+//! [`sample_denoiser`] drives the chain with a trained denoiser, sample i holding prompt
+//! i mod P.
+//!
 //! Randomness: sample i draws its noise from stream (seed, Noise, i) and its jumps from
 //! stream (seed, Jumps, i), so a sample does not depend on how many are drawn with it.
 
+use candle_core::Device;
 use rand::Rng;
 
 use super::ctmc::{step_position, Solver};
+use super::net::Denoiser;
 use super::paths::{MixturePath, Noise};
+use crate::progress::Progress;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
@@ -111,6 +117,83 @@ pub fn simulate(
         }
     }
     Ok(())
+}
+
+/// Class labels 0, ..., 0, 1, ..., 1, ...: each of `num_classes` classes `k` times in order
+/// (simulate-ctmc's `--each`).
+pub fn each_class(num_classes: usize, k: usize) -> Vec<u32> {
+    (0..num_classes * k).map(|i| (i / k) as u32).collect()
+}
+
+/// The prompts of `n` samples, sample i taking prompt i mod P (P = `prompts.len()` >= 1), as
+/// (n * len) tokens (`None`: free) and the mask of the held positions.
+pub fn tile_prompts(prompts: &[Vec<Option<u32>>], n: usize) -> (Vec<Option<u32>>, Vec<bool>) {
+    let prompt: Vec<Option<u32>> = (0..n)
+        .flat_map(|i| prompts[i % prompts.len()].clone())
+        .collect();
+    let fixed = prompt.iter().map(Option::is_some).collect();
+    (prompt, fixed)
+}
+
+/// How a trained denoiser gives p_{1|t}: the softmax of its guided logits
+/// (1 - w) l(x | null) + w l(x | y) (`labels`: one per sample; w = `guidance`) divided by
+/// `temperature`, computed for `batch` sequences per network call.
+#[derive(Clone, Copy, Debug)]
+pub struct DenoiserPosterior<'a> {
+    pub labels: Option<&'a [u32]>,
+    pub guidance: f64,
+    pub temperature: f64,
+    pub batch: usize,
+}
+
+/// `n` sequences from the denoiser `net` (samples 0..n): x_0 ~ p_init with sample i holding
+/// prompt i mod P ([`tile_prompts`]), then [`simulate`] to t = 1 with p_{1|t} from `how`;
+/// `progress` advances once per network pass over the whole set. One row of L tokens per
+/// sample.
+pub fn sample_denoiser(
+    net: &Denoiser,
+    n: usize,
+    prompts: Option<&[Vec<Option<u32>>]>,
+    how: &DenoiserPosterior,
+    opts: &SampleOptions,
+    device: &Device,
+    progress: Option<&Progress>,
+) -> Result<Vec<Vec<u32>>> {
+    let len = net.config.seq_len;
+    let (prompt, fixed) = match prompts {
+        Some(p) => {
+            let (prompt, fixed) = tile_prompts(p, n);
+            (Some(prompt), Some(fixed))
+        }
+        None => (None, None),
+    };
+    let path = net.config.path();
+    let mut x = initial(&path, n, len, opts.seed, 0, prompt.as_deref());
+    let mut posterior = |x: &[u32], t: f64| -> Result<Vec<f32>> {
+        if let Some(bar) = progress {
+            bar.inc(1);
+        }
+        let p = net.posterior(
+            x,
+            t,
+            how.labels,
+            how.guidance,
+            how.temperature,
+            how.batch,
+            device,
+        )?;
+        Ok(p)
+    };
+    simulate(
+        &path,
+        &mut x,
+        len,
+        fixed.as_deref(),
+        opts,
+        0,
+        &mut posterior,
+    )?;
+    Ok(x.chunks(len).map(<[u32]>::to_vec).collect())
 }
 
 /// Draws an index from probabilities `p` (not necessarily normalised) with the uniform `u`.
@@ -253,6 +336,15 @@ mod tests {
         let mut parts = initial(&path, 4, 2, 9, 0, None);
         parts.extend(initial(&path, 6, 2, 9, 4, None));
         assert_eq!(whole, parts);
+    }
+
+    #[test]
+    fn labels_and_prompts_are_laid_out_per_sample() {
+        assert_eq!(each_class(3, 2), vec![0, 0, 1, 1, 2, 2]);
+        let prompts = vec![vec![Some(1), None], vec![None, Some(2)]];
+        let (p, fixed) = tile_prompts(&prompts, 3);
+        assert_eq!(p, vec![Some(1), None, None, Some(2), Some(1), None]);
+        assert_eq!(fixed, vec![true, false, false, true, true, false]);
     }
 
     #[test]

@@ -3,16 +3,13 @@
 //! classifier's feature space (classifier-FID, KID, guided accuracy, class histogram). See
 //! `flowpipe::eval` and `flowpipe::eval::images` for the formulas.
 
-use anyhow::Context;
-use candle_core::Device;
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::eval::images::{self, ImageOptions, ImageSet};
-use flowpipe::eval::{self, Options};
-use flowpipe::io::{self, npy};
-use flowpipe::nn::classifier::Classifier;
+use flowpipe::eval::images::ImageOptions;
+use flowpipe::eval::report::{self, ImageFiles};
+use flowpipe::eval::Options;
+use flowpipe::io;
 use flowpipe::{usage_bail, Result};
-use ndarray::{Array2, ArrayD};
 use std::process::ExitCode;
 
 /// Compare generated samples with reference samples: energy distance, MMD^2 and sliced W2.
@@ -84,50 +81,6 @@ struct Args {
     common: Common,
 }
 
-/// Reads an f32 .npy of samples and flattens it to (N, D), naming `name` in errors.
-fn read_samples(path: &str, what: &str) -> Result<(Array2<f32>, Vec<usize>)> {
-    let name = io::display_name(path);
-    let arr: ArrayD<f32> = npy::read_f32(path).with_context(|| format!("reading {what}"))?;
-    npy::expect_finite(&arr, &name)?;
-    let shape = arr.shape().to_vec();
-    let Some(&n) = shape.first() else {
-        anyhow::bail!("{name} holds a scalar, expected {what} (N, D)");
-    };
-    let d = shape.iter().skip(1).product::<usize>();
-    let flat = arr
-        .into_shape_with_order((n, d))
-        .with_context(|| format!("{name}: cannot view {what} as (N, D)"))?;
-    Ok((flat, shape))
-}
-
-/// The image path: every figure in the classifier's feature space.
-fn run_images(args: &Args, classifier: &str, device: &Device) -> Result<()> {
-    if args.kid_subsets == 0 || args.kid_subset_size < 2 {
-        usage_bail!("--kid-subsets must be at least 1 and --kid-subset-size at least 2");
-    }
-    let (net, model) = Classifier::open(classifier, device)?;
-    let name = model.name.clone();
-    let samples = ImageSet::read(&args.input, args.labels.as_deref(), &net, &name)?;
-    let reference = ImageSet::read(args.reference.as_deref().unwrap_or("-"), None, &net, &name)?
-        .at_most(args.max_reference, args.common.seed);
-    let heldout = match &args.heldout {
-        Some(h) => Some(
-            ImageSet::read(h, args.heldout_labels.as_deref(), &net, &name)?
-                .at_most(samples.images.shape()[0], args.common.seed),
-        ),
-        None => None,
-    };
-    let opts = ImageOptions {
-        kid_subsets: args.kid_subsets,
-        kid_subset_size: args.kid_subset_size,
-        seed: args.common.seed,
-    };
-    let mut report = images::report(&net, &samples, &reference, heldout.as_ref(), &opts, device)?;
-    report["samples"] = serde_json::json!(samples.name);
-    report["classifier"] = serde_json::json!(name);
-    io::write_json(&args.common.output, &report)
-}
-
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     if let Some(m) = &args.model {
@@ -159,37 +112,40 @@ fn run(args: Args) -> Result<()> {
     if stdin_inputs > 1 {
         usage_bail!("only one input can be stdin");
     }
-    if let Some(c) = args.classifier.clone() {
-        return run_images(&args, &c, &device);
-    }
-    if args.max_n == 1 {
-        usage_bail!("--max-n must be 0 (all) or at least 2, got 1");
-    }
-    if args.projections == 0 {
-        usage_bail!("--projections must be at least 1");
-    }
-    let (x, x_shape) = read_samples(&args.input, "generated samples")?;
-    let (y, y_shape) = read_samples(&reference, "reference samples")?;
-    let (x_name, y_name) = (
-        io::display_name(&args.input),
-        format!("the reference {}", io::display_name(&reference)),
-    );
-    eval::check_pair(&x_shape, &y_shape, &x_name, &y_name)?;
-    let opts = Options {
-        max_n: args.max_n,
-        projections: args.projections,
-        seed: args.common.seed,
+    let report = match &args.classifier {
+        Some(classifier) => {
+            if args.kid_subsets == 0 || args.kid_subset_size < 2 {
+                usage_bail!("--kid-subsets must be at least 1 and --kid-subset-size at least 2");
+            }
+            let files = ImageFiles {
+                samples: &args.input,
+                labels: args.labels.as_deref(),
+                reference: args.reference.as_deref().unwrap_or("-"),
+                heldout: args.heldout.as_deref(),
+                heldout_labels: args.heldout_labels.as_deref(),
+            };
+            let opts = ImageOptions {
+                kid_subsets: args.kid_subsets,
+                kid_subset_size: args.kid_subset_size,
+                seed: args.common.seed,
+            };
+            report::image_report_files(classifier, &files, args.max_reference, &opts, &device)?
+        }
+        None => {
+            if args.max_n == 1 {
+                usage_bail!("--max-n must be 0 (all) or at least 2, got 1");
+            }
+            if args.projections == 0 {
+                usage_bail!("--projections must be at least 1");
+            }
+            let opts = Options {
+                max_n: args.max_n,
+                projections: args.projections,
+                seed: args.common.seed,
+            };
+            report::compare_files(&args.input, &reference, &opts, &args.common)?
+        }
     };
-    args.common.explain(format!(
-        "comparing {} {} with {} {}",
-        x_name,
-        npy::shape_str(&x_shape),
-        y_name,
-        npy::shape_str(&y_shape)
-    ));
-    let mut report = eval::compare(x.view(), y.view(), &opts);
-    report["samples"] = serde_json::json!(io::display_name(&args.input));
-    report["reference"] = serde_json::json!(io::display_name(&reference));
     io::write_json(&args.common.output, &report)
 }
 

@@ -3,7 +3,7 @@
 
 use clap::{ArgGroup, Parser, ValueEnum};
 use flowpipe::cli::{self, Common};
-use flowpipe::data::import::{self, Affine, Dataset, Labelled, Normalize, Split};
+use flowpipe::data::import::{self, Affine, Dataset, Normalize, Source, Split};
 use flowpipe::io::{self, npy};
 use flowpipe::{usage_bail, Result};
 use serde_json::json;
@@ -99,37 +99,6 @@ fn normalize(args: &Args) -> Result<Normalize> {
     })
 }
 
-/// Reads the chosen source; the names are for messages.
-fn read_source(args: &Args, common: &Common) -> Result<(Labelled, String)> {
-    if let Some(path) = &args.mnist_json {
-        return Ok((import::read_mnist_json(path)?, path.clone()));
-    }
-    let (images, labels) = match args.dataset {
-        Some(dataset) => {
-            let split = args.split.unwrap_or(Split::Train);
-            let (i, l) = import::locate(dataset, split, &dataset.search_dirs_from_env())?;
-            let show = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-            (show(i), Some(show(l)))
-        }
-        None => (args.images.clone().unwrap_or_default(), args.labels.clone()),
-    };
-    common.explain(format!(
-        "reading {images} and {}",
-        labels.as_deref().unwrap_or("no labels")
-    ));
-    let set = match &labels {
-        Some(l) => import::read_idx_pair(&images, l)?,
-        None => {
-            let set = import::read_idx_images(&images)?;
-            Labelled {
-                labels: Vec::new(),
-                images: set,
-            }
-        }
-    };
-    Ok((set, io::display_name(&images)))
-}
-
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
     let norm = normalize(&args)?;
@@ -154,7 +123,15 @@ fn run(args: Args) -> Result<()> {
     if outs.iter().flatten().filter(|o| o.as_str() == "-").count() > 1 {
         usage_bail!("at most one output can be stdout (-)");
     }
-    let (mut data, source) = read_source(&args, &args.common)?;
+    let source = match (&args.mnist_json, args.dataset) {
+        (Some(path), _) => Source::MnistJson(path),
+        (None, Some(dataset)) => Source::Dataset(dataset, args.split.unwrap_or(Split::Train)),
+        (None, None) => Source::Idx {
+            images: args.images.as_deref().unwrap_or_default(),
+            labels: args.labels.as_deref(),
+        },
+    };
+    let (mut data, source) = source.read(&args.common)?;
     if let Some(n) = args.limit {
         data.truncate(n);
     }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::discrete::sample::{self, SampleOptions};
+use flowpipe::discrete::sample::{self, DenoiserPosterior, SampleOptions};
 use flowpipe::discrete::{tokens, Denoiser, Solver};
 use flowpipe::io::npy;
 use flowpipe::progress::Progress;
@@ -84,9 +84,8 @@ fn run(args: Args) -> Result<()> {
     }
     let (net, _) = Denoiser::open(&args.model, &device)?;
     let cfg = &net.config;
-    let (len, vocab) = (cfg.seq_len, &cfg.vocab);
     let prompts = match &args.prompt {
-        Some(p) => Some(tokens::read_prompts(p, vocab, len)?),
+        Some(p) => Some(tokens::read_prompts(p, &cfg.vocab, cfg.seq_len)?),
         None => None,
     };
     if cfg.num_classes == 0 && (args.labels.is_some() || args.each.is_some()) {
@@ -99,7 +98,7 @@ fn run(args: Args) -> Result<()> {
     let labels: Option<Vec<u32>> = match (&args.labels, args.each) {
         (Some(p), _) => Some(tokens::read_labels(p, None, Some(null))?),
         (None, Some(0)) => usage_bail!("--each must be at least 1"),
-        (None, Some(k)) => Some((0..cfg.num_classes * k).map(|i| (i / k) as u32).collect()),
+        (None, Some(k)) => Some(sample::each_class(cfg.num_classes, k)),
         (None, None) => None,
     };
     let n = args
@@ -112,44 +111,29 @@ fn run(args: Args) -> Result<()> {
             usage_bail!("-n {n} but {} labels", y.len());
         }
     }
-    let prompt: Option<Vec<Option<u32>>> =
-        prompts.map(|p| (0..n).flat_map(|i| p[i % p.len()].clone()).collect());
-    let fixed: Option<Vec<bool>> = prompt
-        .as_ref()
-        .map(|p| p.iter().map(Option::is_some).collect());
-    let path = cfg.path();
+    let how = DenoiserPosterior {
+        labels: labels.as_deref(),
+        guidance: args.guidance,
+        temperature: args.temperature,
+        batch: args.batch,
+    };
     let opts = SampleOptions {
         steps: args.steps,
         solver: args.solver,
         seed: args.common.seed,
     };
-    let mut x = sample::initial(&path, n, len, opts.seed, 0, prompt.as_deref());
     let bar = Progress::new(args.steps as u64, "steps", args.common.quiet);
-    let mut posterior = |x: &[u32], t: f64| -> Result<Vec<f32>> {
-        bar.inc(1);
-        let p = net.posterior(
-            x,
-            t,
-            labels.as_deref(),
-            args.guidance,
-            args.temperature,
-            args.batch,
-            &device,
-        )?;
-        Ok(p)
-    };
-    sample::simulate(
-        &path,
-        &mut x,
-        len,
-        fixed.as_deref(),
+    let rows = sample::sample_denoiser(
+        &net,
+        n,
+        prompts.as_deref(),
+        &how,
         &opts,
-        0,
-        &mut posterior,
+        &device,
+        Some(&bar),
     )?;
     bar.finish();
-    let rows: Vec<Vec<u32>> = x.chunks(len).map(<[u32]>::to_vec).collect();
-    npy::write(&args.common.output, &tokens::to_array(&rows, len))
+    npy::write(&args.common.output, &tokens::to_array(&rows, cfg.seq_len))
 }
 
 fn main() -> ExitCode {

