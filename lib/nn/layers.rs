@@ -18,17 +18,25 @@
 //! the same gather (pixel (y, x) of the upsampled map is input pixel (y / 2, x / 2)), so it costs
 //! nothing. Weights keep PyTorch's (O, C, k, k) layout.
 
-use candle_core::{Device, DeviceLocation, Tensor, D};
+use candle_core::{DType, Device, DeviceLocation, Tensor, D};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::init::{Init, Params};
+use super::ops::{add_bias, gather_rows, RowGather};
 use crate::Result;
 
 /// Gather indices of convolutions, shared by the layers of one network (the index depends only
-/// on the geometry and the input size, and several layers share both).
+/// on the geometry and the input size, and several layers share both): an index tensor for
+/// candle's index_select, or on the CPU our parallel [`RowGather`] with its inverse.
 #[derive(Clone, Default)]
-pub struct GatherCache(Arc<Mutex<HashMap<GatherKey, Tensor>>>);
+pub struct GatherCache(Arc<Mutex<HashMap<GatherKey, Gather>>>);
+
+#[derive(Clone)]
+enum Gather {
+    Tensor(Tensor),
+    Rows(Arc<RowGather>),
+}
 
 /// Distinct input sizes kept before the cache is emptied (training uses one or two batch sizes).
 const CACHE_ENTRIES: usize = 32;
@@ -44,19 +52,28 @@ struct GatherKey {
 }
 
 impl GatherCache {
-    fn get(&self, key: GatherKey, device: &Device) -> candle_core::Result<Tensor> {
+    /// The gather of `key`: a [`RowGather`] for f32 on the CPU, else an index tensor whose
+    /// entry N H W reads an appended zero row.
+    fn get(&self, key: GatherKey, device: &Device, fused: bool) -> candle_core::Result<Gather> {
         let mut map = self.0.lock().unwrap();
-        if let Some(t) = map.get(&key) {
-            return Ok(t.clone());
+        if let Some(g) = map.get(&key) {
+            if matches!(g, Gather::Rows(_)) == fused {
+                return Ok(g.clone());
+            }
         }
         if map.len() >= CACHE_ENTRIES {
             map.clear();
         }
         let idx = gather_index(&key)?;
-        let len = idx.len();
-        let t = Tensor::from_vec(idx, len, &Device::Cpu)?.to_device(device)?;
-        map.insert(key, t.clone());
-        Ok(t)
+        let g = if fused {
+            let (n, h, w) = key.input;
+            Gather::Rows(Arc::new(RowGather::new(idx, n * h * w)))
+        } else {
+            let len = idx.len();
+            Gather::Tensor(Tensor::from_vec(idx, len, &Device::Cpu)?.to_device(device)?)
+        };
+        map.insert(key, g.clone());
+        Ok(g)
     }
 }
 
@@ -200,16 +217,18 @@ impl Conv2d {
                 view,
                 device: x.device().location(),
             };
-            let idx = self.cache.get(key, x.device())?;
-            let zero = Tensor::zeros((1, c), x.dtype(), x.device())?;
-            Tensor::cat(&[&rows, &zero], 0)?
-                .index_select(&idx, 0)?
-                .reshape((n * ho * wo, k * k * c))?
+            let fused = x.device().is_cpu() && x.dtype() == DType::F32;
+            let gathered = match self.cache.get(key, x.device(), fused)? {
+                Gather::Rows(g) => gather_rows(&rows, &g)?,
+                Gather::Tensor(idx) => {
+                    let zero = Tensor::zeros((1, c), x.dtype(), x.device())?;
+                    Tensor::cat(&[&rows, &zero], 0)?.index_select(&idx, 0)?
+                }
+            };
+            gathered.reshape((n * ho * wo, k * k * c))?
         };
         let wmat = self.weight.permute((2, 3, 1, 0))?.reshape((k * k * c, o))?;
-        cols.matmul(&wmat)?
-            .broadcast_add(&self.bias)?
-            .reshape((n, ho, wo, o))
+        add_bias(&cols.matmul(&wmat)?, &self.bias)?.reshape((n, ho, wo, o))
     }
 }
 
