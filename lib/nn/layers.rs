@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::init::{Init, Params};
-use super::ops::{add_bias, gather_rows, RowGather};
+use super::ops::{add_bias, gathered_matmul, RowGather};
 use crate::Result;
 
 /// Gather indices of convolutions, shared by the layers of one network (the index depends only
@@ -218,17 +218,26 @@ impl Conv2d {
                 device: x.device().location(),
             };
             let fused = x.device().is_cpu() && x.dtype() == DType::F32;
-            let gathered = match self.cache.get(key, x.device(), fused)? {
-                Gather::Rows(g) => gather_rows(&rows, &g)?,
+            match self.cache.get(key, x.device(), fused)? {
+                Gather::Rows(g) => {
+                    let y = gathered_matmul(&rows, &self.weight_matrix()?, &g)?;
+                    return add_bias(&y, &self.bias)?.reshape((n, ho, wo, o));
+                }
                 Gather::Tensor(idx) => {
                     let zero = Tensor::zeros((1, c), x.dtype(), x.device())?;
-                    Tensor::cat(&[&rows, &zero], 0)?.index_select(&idx, 0)?
+                    Tensor::cat(&[&rows, &zero], 0)?
+                        .index_select(&idx, 0)?
+                        .reshape((n * ho * wo, k * k * c))?
                 }
-            };
-            gathered.reshape((n * ho * wo, k * k * c))?
+            }
         };
-        let wmat = self.weight.permute((2, 3, 1, 0))?.reshape((k * k * c, o))?;
-        add_bias(&cols.matmul(&wmat)?, &self.bias)?.reshape((n, ho, wo, o))
+        add_bias(&cols.matmul(&self.weight_matrix()?)?, &self.bias)?.reshape((n, ho, wo, o))
+    }
+
+    /// The weights (O, C, k, k) as the (k k C, O) matrix that multiplies the patch rows.
+    fn weight_matrix(&self) -> candle_core::Result<Tensor> {
+        let (o, c, k, _) = self.weight.dims4()?;
+        self.weight.permute((2, 3, 1, 0))?.reshape((k * k * c, o))
     }
 }
 

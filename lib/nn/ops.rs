@@ -17,7 +17,8 @@
 //! The fused paths serve f32 tensors on the CPU; any other tensor goes through candle's own
 //! operations, so CUDA works unchanged.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3};
+use candle_core::{DType, Layout};
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -323,6 +324,75 @@ impl CustomOp1 for GatherRows {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(grad.apply_op1_no_bwd(&ScatterRows(self.0.clone()))?))
+    }
+}
+
+/// A convolution as im2col and one matrix product, one node of the graph: x (R, C) rows of
+/// the input, w (taps C, O) -> gather(x) reshaped to (M, taps C), times w: (M, O). candle's own
+/// backward of that product would allocate a zero gradient for the (M, taps C) patch matrix
+/// and add into it, two passes over the largest tensor of the layer; this node's backward
+/// recomputes the patches (a parallel copy), takes the two products and scatters the patch
+/// gradient straight onto the input rows.
+pub fn gathered_matmul(x: &Tensor, w: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
+    let (_, c) = x.dims2()?;
+    let (kc, _) = w.dims2()?;
+    if c == 0 || kc % c != 0 || gather.len() % (kc / c) != 0 {
+        candle_core::bail!("gathered matmul: {c} channels do not tile {kc} weight rows");
+    }
+    let x = x.contiguous()?;
+    let m = gather.len() / (kc / c);
+    let patches = x
+        .detach()
+        .apply_op1_no_bwd(&GatherRows(gather.clone()))?
+        .reshape((m, kc))?;
+    let y = patches.matmul(&w.detach())?;
+    x.apply_op3(&w.contiguous()?, &y, GatheredMatmul(gather.clone()))
+}
+
+/// The node of [`gathered_matmul`]: its forward hands on the product computed outside.
+struct GatheredMatmul(Arc<RowGather>);
+
+impl CustomOp3 for GatheredMatmul {
+    fn name(&self) -> &'static str {
+        "flowpipe-gathered-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice(s3, l3, "gathered matmul")?;
+        Ok((CpuStorage::F32(y.to_vec()), l3.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, o) = grad.dims2()?;
+        let (kc, _) = w.dims2()?;
+        let g = grad.detach().contiguous()?;
+        let patches = x
+            .detach()
+            .apply_op1_no_bwd(&GatherRows(self.0.clone()))?
+            .reshape((m, kc))?;
+        let grad_w = patches.t()?.matmul(&g)?;
+        let grad_patches = g.matmul(&w.detach().t()?)?;
+        let c = x.dim(1)?;
+        let grad_x = grad_patches
+            .reshape((m * kc / c, c))?
+            .apply_op1_no_bwd(&ScatterRows(self.0.clone()))?;
+        debug_assert_eq!(grad_w.dims(), &[kc, o]);
+        Ok((Some(grad_x), Some(grad_w), None))
     }
 }
 
