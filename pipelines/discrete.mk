@@ -8,15 +8,14 @@
 # metrics.json: the held-out ELBO in bits per token (and per word) against the uniform
 # baseline log2 K, the fraction of samples that are real words not in the training split, and
 # the fraction that are training words. SMALL=1 shrinks every size (used by the tests).
-# Measured (`make discrete`, tools of the debug profile with optimised deps, one thread per
-# tool): 6.8 min of CPU (356 s user + 51 s sys); 19.5 min wall on 2 cores shared with two
-# training jobs, so about 7 min on an idle machine. Result: held-out ELBO 2.48 +- 0.01
-# bits/token (29.8 bits/word) against the uniform log2 27 = 4.75; of 1,000 samples 1.6% are
-# training words, 0.0% novel real words, all distinct (at --temperature 0.7: 4.7% and 0.7%).
-# The 1,500 steps (3.5 epochs) leave the model short of spelling. Measured with release tools
-# on two idle cores: DS_STEPS=6000 takes 9.5 minutes (0.095 s a step, one thread) and gives a
-# held-out ELBO of 2.33 bits/token, 3.3% training words and 0.2% novel real words: more steps
-# alone help little; a larger network or another recipe is the next thing to try.
+# Measured (`make discrete`, release tools, one thread, 2026-11-25, stratified training times):
+# 4.9 min wall (233 s CPU, peak 2.3 GB) on 2 cores beside one other job. Result: held-out ELBO
+# 2.46 +- 0.01 bits/token (29.6 bits/word) against the uniform log2 27 = 4.75; of 1,000
+# samples 1.7% are training words and 0.4% novel real words, all distinct. The samples look
+# like English (flaked, septed, malhosing) but rarely are: the small model is short of
+# spelling. Also tried: 6000 steps (9.5 min, uniformly drawn training times) gave 2.33
+# bits/token, 3.3% training words, 0.2% novel; width 128 with 3000 steps (about 4x the CPU)
+# gave 2.37 bits/token, 1.9% and 0.3%. More steps or width alone buy little here.
 # `make discrete-images` (400 steps, 80 guided samples): 6.7 min of CPU, 14.8 min wall shared;
 # the rows show the ten classes' shapes.
 
