@@ -351,10 +351,10 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// The feed-forward nonlinearity: exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (candle's
-/// `gelu_erf`, which has a gradient; its tanh approximation `gelu` is slower on the CPU).
+/// The feed-forward nonlinearity: exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (fused
+/// on the CPU, see [`super::ops::gelu`]; candle's tanh approximation `gelu` is slower there).
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.gelu_erf()
+    super::ops::gelu(x)
 }
 
 #[cfg(test)]
