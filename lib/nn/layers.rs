@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::init::{Init, Params};
-use super::ops::{add_bias, gathered_matmul, RowGather};
+use super::ops::{add_bias, gathered_matmul, group_norm, RowGather};
 use crate::Result;
 
 /// Gather indices of convolutions, shared by the layers of one network (the index depends only
@@ -280,6 +280,14 @@ impl GroupNorm {
     /// x: (N, H, W, C) -> (N, H, W, C). The per-channel means over pixels are matrix products
     /// with a row of 1/(H W) (a fast path on every device); the group means average those.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps)? {
+            return Ok(y);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from candle's ops (any device; the reference of the fused CPU op).
+    pub fn forward_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = x.dims4()?;
         let g = self.groups;
         let x = x.reshape((n, h * w, c))?;
@@ -520,6 +528,41 @@ pub(crate) mod tests {
                 "coordinate {i}: numeric {numeric}, autodiff {}",
                 grad[i]
             );
+        }
+    }
+
+    /// The fused CPU GroupNorm against the composition of candle's ops: values and the
+    /// gradients of the input, the gain and the shift.
+    #[test]
+    fn fused_group_norm_matches_the_composed_one() {
+        let p = Params::new(0, &Device::Cpu);
+        let mut gn = GroupNorm::new(&p, "gn", 4, 12).unwrap();
+        let gamma = Var::from_tensor(&wobbly(&[12], 5).affine(0.5, 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&wobbly(&[12], 6)).unwrap();
+        gn.weight = gamma.as_tensor().clone();
+        gn.bias = beta.as_tensor().clone();
+        let x = Var::from_tensor(&wobbly(&[3, 5, 4, 12], 7).affine(2.0, 0.7).unwrap()).unwrap();
+        let probe = wobbly(&[3, 5, 4, 12], 8);
+        let run = |y: Tensor| {
+            let grads = (y.clone() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+            (y, g(&x), g(&gamma), g(&beta))
+        };
+        let fused = run(gn.forward(x.as_tensor()).unwrap());
+        let composed = run(gn.forward_composed(x.as_tensor()).unwrap());
+        for (what, a, b) in [
+            ("y", &fused.0, &composed.0),
+            ("dx", &fused.1, &composed.1),
+            ("dgamma", &fused.2, &composed.2),
+            ("dbeta", &fused.3, &composed.3),
+        ] {
+            let d = max_abs_diff(a, b);
+            assert!(d < 2e-5, "{what}: max difference {d}");
         }
     }
 
