@@ -29,7 +29,7 @@ const CHUNK: usize = 1 << 14;
 /// SiLU(x) = x sigmoid(x), with a fused backward pass on the CPU.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(Silu)
+        x.contiguous()?.apply_op1(Fused(SiluFn))
     } else {
         x.silu()
     }
@@ -153,7 +153,7 @@ pub fn erf(x: f32) -> f32 {
 /// elementwise passes.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(Gelu)
+        x.contiguous()?.apply_op1(Fused(GeluFn))
     } else {
         x.gelu_erf()
     }
@@ -163,49 +163,6 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 #[inline(always)]
 fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-struct Gelu;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "flowpipe-gelu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = map1(slice(s, l, "gelu")?, |x| x * normal_cdf(x));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &GeluGrad)?))
-    }
-}
-
-/// grad * d GELU(x) / dx, from x and grad.
-struct GeluGrad;
-
-impl CustomOp2 for GeluGrad {
-    fn name(&self) -> &'static str {
-        "flowpipe-gelu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        // 1 / sqrt(2 pi)
-        const INV_SQRT_TAU: f32 = 0.398_942_3;
-        let (x, g) = (slice(s1, l1, "gelu grad")?, slice(s2, l2, "gelu grad")?);
-        let out = map2(x, g, "gelu grad", |x, g| {
-            g * (normal_cdf(x) + x * INV_SQRT_TAU * exp(-0.5 * x * x))
-        })?;
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
 }
 
 /// GroupNorm over channels-last samples, y = gamma (x - mu_g) / sqrt(var_g + eps) + beta
@@ -446,39 +403,77 @@ impl CustomOp2 for GroupNormParamGrad {
     }
 }
 
-/// The f32 slice a contiguous CPU storage holds.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor, got {:?}", s.dtype()),
+/// A pointwise activation f with its derivative, for a fused op with a one-pass backward.
+/// Generic (not fn pointers) so that each kernel is inlined and vectorised.
+trait Pointwise: Copy + Send + Sync + 'static {
+    const NAME: &'static str;
+    const GRAD_NAME: &'static str;
+    fn f(x: f32) -> f32;
+    fn df(x: f32) -> f32;
+}
+
+/// SiLU(x) = x sigmoid(x); d/dx = s (1 + x (1 - s)), s = sigmoid(x).
+#[derive(Clone, Copy)]
+struct SiluFn;
+
+impl Pointwise for SiluFn {
+    const NAME: &'static str = "flowpipe-silu";
+    const GRAD_NAME: &'static str = "flowpipe-silu-grad";
+    #[inline(always)]
+    fn f(x: f32) -> f32 {
+        x * sigmoid(x)
+    }
+    #[inline(always)]
+    fn df(x: f32) -> f32 {
+        let s = sigmoid(x);
+        s * (1.0 + x * (1.0 - s))
     }
 }
 
-struct Silu;
+/// GELU(x) = x Phi(x); d/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2 / 2) / sqrt(2 pi).
+#[derive(Clone, Copy)]
+struct GeluFn;
 
-impl CustomOp1 for Silu {
+impl Pointwise for GeluFn {
+    const NAME: &'static str = "flowpipe-gelu";
+    const GRAD_NAME: &'static str = "flowpipe-gelu-grad";
+    #[inline(always)]
+    fn f(x: f32) -> f32 {
+        x * normal_cdf(x)
+    }
+    #[inline(always)]
+    fn df(x: f32) -> f32 {
+        // 1 / sqrt(2 pi)
+        const INV_SQRT_TAU: f32 = 0.398_942_3;
+        normal_cdf(x) + x * INV_SQRT_TAU * exp(-0.5 * x * x)
+    }
+}
+
+/// The fused op of a [`Pointwise`] activation: one pass forward, one pass backward.
+struct Fused<P>(P);
+
+impl<P: Pointwise> CustomOp1 for Fused<P> {
     fn name(&self) -> &'static str {
-        "flowpipe-silu"
+        P::NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "silu")?;
-        let y = map1(x, |x| x * sigmoid(x));
+        let y = map1(slice(s, l, P::NAME)?, P::f);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &SiluGrad)?))
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &FusedGrad(self.0))?))
     }
 }
 
-/// grad * d SiLU(x) / dx, from x and grad.
-struct SiluGrad;
+/// grad * f'(x), from x and grad.
+struct FusedGrad<P>(P);
 
-impl CustomOp2 for SiluGrad {
+impl<P: Pointwise> CustomOp2 for FusedGrad<P> {
     fn name(&self) -> &'static str {
-        "flowpipe-silu-grad"
+        P::GRAD_NAME
     }
 
     fn cpu_fwd(
@@ -488,12 +483,17 @@ impl CustomOp2 for SiluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(s1, l1, "silu grad")?, slice(s2, l2, "silu grad")?);
-        let out = map2(x, g, "silu grad", |x, g| {
-            let s = sigmoid(x);
-            g * s * (1.0 + x * (1.0 - s))
-        })?;
+        let (x, g) = (slice(s1, l1, P::GRAD_NAME)?, slice(s2, l2, P::GRAD_NAME)?);
+        let out = map2(x, g, P::GRAD_NAME, |x, g| g * P::df(x))?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The f32 slice a contiguous CPU storage holds.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor, got {:?}", s.dtype()),
     }
 }
 
