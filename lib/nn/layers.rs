@@ -340,10 +340,12 @@ impl RmsNorm {
         })
     }
 
-    /// x: (..., D) -> (..., D), x / sqrt(mean(x^2) + eps) (times the gain).
+    /// x: (..., D) -> (..., D), x / sqrt(mean(x^2) + eps) (times the gain); fused on the CPU.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        let y = x.broadcast_div(&rms)?;
+        let y = match super::ops::rms_norm(x, self.eps)? {
+            Some(y) => y,
+            None => self.normalise_composed(x)?,
+        };
         match &self.weight {
             Some(w) => y.broadcast_mul(w),
             None => Ok(y),
@@ -351,9 +353,26 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// x / sqrt(mean(x^2) + eps) from candle's ops (any device; the fused op's reference).
+    pub fn normalise_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        x.broadcast_div(&rms)
+    }
+}
+
+/// softmax over the last dimension, with a gradient: fused on the CPU
+/// ([`super::ops::softmax_last_dim`]), else [`softmax_composed`].
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    match super::ops::softmax_last_dim(x)? {
+        Some(y) => Ok(y),
+        None => softmax_composed(x),
+    }
+}
+
 /// softmax over the last dimension from primitive ops (so it has a gradient). The max is a
 /// constant shift for stability and is detached: the softmax does not depend on it.
-pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn softmax_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
     let e = shifted.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -600,6 +619,45 @@ pub(crate) mod tests {
         let p = Params::new(0, &Device::Cpu);
         let norm = RmsNorm::new(&p, "n", 6).unwrap();
         check_gradient(|x| norm.forward(x).unwrap(), &wobbly(&[3, 6], 9));
+    }
+
+    /// The fused softmax and RMSNorm against their compositions of candle's ops: values and
+    /// input gradients.
+    #[test]
+    fn fused_softmax_and_rms_norm_match_the_composed_ones() {
+        let x = Var::from_tensor(&wobbly(&[4, 3, 17], 12).affine(4.0, 0.3).unwrap()).unwrap();
+        let probe = wobbly(&[4, 3, 17], 13);
+        let run = |y: Tensor| {
+            let g = (y.clone() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (y, g.get(x.as_tensor()).unwrap().clone())
+        };
+        let norm = RmsNorm::plain();
+        for (what, fused, composed) in [
+            (
+                "softmax",
+                run(softmax_last_dim(x.as_tensor()).unwrap()),
+                run(softmax_composed(x.as_tensor()).unwrap()),
+            ),
+            (
+                "rms norm",
+                run(norm.forward(x.as_tensor()).unwrap()),
+                run(norm.normalise_composed(x.as_tensor()).unwrap()),
+            ),
+        ] {
+            let (dy, dg) = (
+                max_abs_diff(&fused.0, &composed.0),
+                max_abs_diff(&fused.1, &composed.1),
+            );
+            assert!(
+                dy < 1e-5 && dg < 1e-5,
+                "{what}: values {dy}, gradients {dg}"
+            );
+        }
     }
 
     #[test]
