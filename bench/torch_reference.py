@@ -298,94 +298,102 @@ def unet_config(tiny):
             "time_embed_dim": 40, "label_embed_dim": 40, "num_classes": 10, "groups": 8}
 
 
-def figures(tiny, runs):
+def figures(tiny, runs, only=()):
+    want = lambda *names: not only or any(n in only for n in names)
     r = lambda default: (1, 2) if tiny else (1, runs or default)
-    n = 64 if tiny else 1024
-    g = torch.Generator().manual_seed(11)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    warm, reps = (1, 2) if tiny else (3, runs or 11)
-    times = timed(warm, reps, lambda: torch.mm(a, b)[0, 0].item())
-    yield line("matmul", {"m": n, "k": n, "n": n, "dtype": "f32"}, warm, times,
-               gflops=round(2 * n ** 3 / (statistics.median(times) * 1e6), 1))
+    if want("matmul"):
+        n = 64 if tiny else 1024
+        g = torch.Generator().manual_seed(11)
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        warm, reps = (1, 2) if tiny else (3, runs or 11)
+        times = timed(warm, reps, lambda: torch.mm(a, b)[0, 0].item())
+        yield line("matmul", {"m": n, "k": n, "n": n, "dtype": "f32"}, warm, times,
+                   gflops=round(2 * n ** 3 / (statistics.median(times) * 1e6), 1))
 
-    hidden, batch = (16, 8) if tiny else (256, 1024)
-    cfg = {"arch": "mlp", "data_shape": [2], "hidden": [hidden] * 4, "activation": "silu",
-           "time_features": 0, "batch": batch}
-    yield train_step("train_step_mlp2d", cfg, Mlp(2, cfg["hidden"]), [batch, 2], 0,
-                     (1, 2) if tiny else (5, runs or 30))
+    if want("train_step_mlp2d"):
+        hidden, batch = (16, 8) if tiny else (256, 1024)
+        cfg = {"arch": "mlp", "data_shape": [2], "hidden": [hidden] * 4, "activation": "silu",
+               "time_features": 0, "batch": batch}
+        yield train_step("train_step_mlp2d", cfg, Mlp(2, cfg["hidden"]), [batch, 2], 0,
+                         (1, 2) if tiny else (5, runs or 30))
 
-    cfg = unet_config(tiny)
-    batch = 2 if tiny else 128
-    yield train_step("train_step_unet", dict(cfg, batch=batch), UNet(cfg), [batch] + cfg["data_shape"], 10, r(5))
+    if want("train_step_unet"):
+        cfg = unet_config(tiny)
+        batch = 2 if tiny else 128
+        yield train_step("train_step_unet", dict(cfg, batch=batch), UNet(cfg), [batch] + cfg["data_shape"], 10, r(5))
 
-    if tiny:
-        cfg = {"arch": "dit", "data_shape": [4, 4, 4], "patch_size": 2, "width": 16, "depth": 1, "heads": 2,
-               "num_classes": 10, "mlp_ratio": 4, "time_features": 8}
-    else:
-        cfg = {"arch": "dit", "data_shape": [4, 8, 8], "patch_size": 2, "width": 256, "depth": 6, "heads": 4,
-               "num_classes": 10, "mlp_ratio": 4, "time_features": 256}
-    batch = 2 if tiny else 256
-    yield train_step("train_step_dit", dict(cfg, batch=batch), Dit(cfg), [batch] + cfg["data_shape"], 10, r(5))
+    if want("train_step_dit"):
+        if tiny:
+            cfg = {"arch": "dit", "data_shape": [4, 4, 4], "patch_size": 2, "width": 16, "depth": 1, "heads": 2,
+                   "num_classes": 10, "mlp_ratio": 4, "time_features": 8}
+        else:
+            cfg = {"arch": "dit", "data_shape": [4, 8, 8], "patch_size": 2, "width": 256, "depth": 6, "heads": 4,
+                   "num_classes": 10, "mlp_ratio": 4, "time_features": 256}
+        batch = 2 if tiny else 256
+        yield train_step("train_step_dit", dict(cfg, batch=batch), Dit(cfg), [batch] + cfg["data_shape"], 10, r(5))
 
-    yield vae_step(tiny, r(5))
+    if want("train_step_vae"):
+        yield vae_step(tiny, r(5))
 
-    cfg = unet_config(tiny)
-    batch, steps, w = (1, 2, 3.0) if tiny else (8, 100, 3.0)
-    net = UNet(cfg)
-    x0 = torch.randn([batch] + cfg["data_shape"], generator=torch.Generator().manual_seed(3))
-    y = torch.cat([torch.arange(batch) % 10, torch.full((batch,), 10)])
+    if want("sample_cfg_unet"):
+        cfg = unet_config(tiny)
+        batch, steps, w = (1, 2, 3.0) if tiny else (8, 100, 3.0)
+        net = UNet(cfg)
+        x0 = torch.randn([batch] + cfg["data_shape"], generator=torch.Generator().manual_seed(3))
+        y = torch.cat([torch.arange(batch) % 10, torch.full((batch,), 10)])
 
-    @torch.inference_mode()
-    def sample():
-        x = x0.clone()
-        for k in range(steps):
-            t = torch.full((2 * batch, 1), k / steps)
-            both = net(torch.cat([x, x]), t, y)
-            x = x + (w * both[:batch] + (1 - w) * both[batch:]) / steps
-        return x
+        @torch.inference_mode()
+        def sample():
+            x = x0.clone()
+            for k in range(steps):
+                t = torch.full((2 * batch, 1), k / steps)
+                both = net(torch.cat([x, x]), t, y)
+                x = x + (w * both[:batch] + (1 - w) * both[batch:]) / steps
+            return x
 
-    warm = 0 if tiny else 1
-    times = timed(warm, 1 if tiny else (runs or 3), sample)
-    cfg = dict(cfg, batch=batch, steps=steps, guidance=w)
-    yield line("sample_cfg_unet", cfg, warm, times, images_per_s=batch / (statistics.median(times) / 1000))
+        warm = 0 if tiny else 1
+        times = timed(warm, 1 if tiny else (runs or 3), sample)
+        cfg = dict(cfg, batch=batch, steps=steps, guidance=w)
+        yield line("sample_cfg_unet", cfg, warm, times, images_per_s=batch / (statistics.median(times) / 1000))
 
-    n = 16 if tiny else 16384
-    arr = np.random.default_rng(4).standard_normal((n, 1, 32, 32), dtype=np.float32)
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, arr)
-    data = buf.getvalue()
-    mb = len(data) / 1e6
+    if want("npy_write_pipe", "npy_read_pipe"):
+        n = 16 if tiny else 16384
+        arr = np.random.default_rng(4).standard_normal((n, 1, 32, 32), dtype=np.float32)
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, arr)
+        data = buf.getvalue()
+        mb = len(data) / 1e6
 
-    def write():
-        r, wfd = os.pipe()
-        drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(r, 1 << 20), b"")])
-        drain.start()
-        b = io.BytesIO()
-        np.lib.format.write_array(b, arr)
-        with os.fdopen(wfd, "wb") as f:
-            f.write(b.getvalue())
-        drain.join()
-        os.close(r)
-
-    def read():
-        r, wfd = os.pipe()
-
-        def fill():
+        def write():
+            r, wfd = os.pipe()
+            drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(r, 1 << 20), b"")])
+            drain.start()
+            b = io.BytesIO()
+            np.lib.format.write_array(b, arr)
             with os.fdopen(wfd, "wb") as f:
-                f.write(data)
+                f.write(b.getvalue())
+            drain.join()
+            os.close(r)
 
-        th = threading.Thread(target=fill)
-        th.start()
-        with os.fdopen(r, "rb") as f:
-            got = f.read()
-        th.join()
-        np.lib.format.read_array(io.BytesIO(got))
+        def read():
+            r, wfd = os.pipe()
 
-    cfg = {"shape": [n, 1, 32, 32], "dtype": "f32", "megabytes": mb}
-    warm = 0 if tiny else 1
-    for name, f in [("npy_write_pipe", write), ("npy_read_pipe", read)]:
-        times = timed(warm, 1 if tiny else (runs or 5), f)
-        yield line(name, cfg, warm, times, mb_per_s=mb / (statistics.median(times) / 1000))
+            def fill():
+                with os.fdopen(wfd, "wb") as f:
+                    f.write(data)
+
+            th = threading.Thread(target=fill)
+            th.start()
+            with os.fdopen(r, "rb") as f:
+                got = f.read()
+            th.join()
+            np.lib.format.read_array(io.BytesIO(got))
+
+        cfg = {"shape": [n, 1, 32, 32], "dtype": "f32", "megabytes": mb}
+        warm = 0 if tiny else 1
+        for name, f in [("npy_write_pipe", write), ("npy_read_pipe", read)]:
+            times = timed(warm, 1 if tiny else (runs or 5), f)
+            yield line(name, cfg, warm, times, mb_per_s=mb / (statistics.median(times) / 1000))
 
 
 def main():
@@ -393,11 +401,13 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads [all cores]")
     ap.add_argument("--runs", type=int, default=None, help="timed runs per figure")
+    ap.add_argument("--only", default="", help="only these figures, comma separated [all]")
     ap.add_argument("-o", "--output", default="-", help="JSON lines file [stdout]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    out = [json.dumps(v) for v in figures(args.tiny, args.runs)]
+    only = tuple(f for f in args.only.split(",") if f)
+    out = [json.dumps(v) for v in figures(args.tiny, args.runs, only)]
     text = "\n".join(out) + "\n"
     if args.output == "-":
         print(text, end="")
