@@ -154,6 +154,7 @@ mod tests {
     use super::noise as noise_batch;
     use super::*;
     use crate::discrete::sample::exact_posterior;
+    use crate::discrete::sample::tests::tiny;
     use crate::discrete::schedule::Kappa;
     use crate::rng::{stream, Purpose};
 
@@ -170,16 +171,6 @@ mod tests {
         let lse = (1f32.exp() + 2f32.exp() + 0.5f32.exp()).ln();
         assert!((ce[0] - (lse - 2.0)).abs() < 1e-5);
         assert!((ce[1] - 3f32.ln()).abs() < 1e-5);
-    }
-
-    /// A distribution over sequences of length 2 on 3 symbols with strong correlations.
-    fn tiny() -> Vec<(Vec<u32>, f64)> {
-        vec![
-            (vec![0, 1], 0.4),
-            (vec![1, 0], 0.3),
-            (vec![2, 2], 0.2),
-            (vec![0, 0], 0.1),
-        ]
     }
 
     /// The bound per sequence of [`tiny`] with its exact posterior as the denoiser, each

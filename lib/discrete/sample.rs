@@ -257,12 +257,13 @@ pub fn exact_posterior(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::discrete::schedule::Kappa;
 
-    /// A distribution over sequences of length 2 on 3 symbols with strong correlations.
-    fn tiny() -> Vec<(Vec<u32>, f64)> {
+    /// A distribution over sequences of length 2 on 3 symbols with strong correlations (the
+    /// known distribution of the sampler and ELBO tests).
+    pub(crate) fn tiny() -> Vec<(Vec<u32>, f64)> {
         vec![
             (vec![0, 1], 0.4),
             (vec![1, 0], 0.3),
