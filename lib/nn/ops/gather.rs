@@ -1,0 +1,262 @@
+//! The im2col gather of the convolutions, its inverse-index scatter-add, and the convolution
+//! as one graph node (gather and matrix product).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+use super::slice;
+
+/// A row gather: out[m] = x[index[m]] for a source of `source_rows` rows, a zero row where
+/// index[m] >= source_rows; with the inverse index its backward needs no atomics.
+#[derive(Debug)]
+pub struct RowGather {
+    index: Vec<u32>,
+    source_rows: usize,
+    /// The outputs that read source row r: `readers[starts[r]..starts[r + 1]]`, ascending.
+    starts: Vec<usize>,
+    readers: Vec<u32>,
+}
+
+/// Output rows per parallel task of a gather or scatter.
+const ROWS_PER_TASK: usize = 256;
+
+impl RowGather {
+    /// The gather of `index` (entries >= `source_rows` read zeros) and its inverse.
+    pub fn new(index: Vec<u32>, source_rows: usize) -> RowGather {
+        let mut starts = vec![0usize; source_rows + 1];
+        for &i in &index {
+            if (i as usize) < source_rows {
+                starts[i as usize + 1] += 1;
+            }
+        }
+        for r in 0..source_rows {
+            starts[r + 1] += starts[r];
+        }
+        let mut next = starts.clone();
+        let mut readers = vec![0u32; starts[source_rows]];
+        for (m, &i) in index.iter().enumerate() {
+            if (i as usize) < source_rows {
+                readers[next[i as usize]] = m as u32;
+                next[i as usize] += 1;
+            }
+        }
+        RowGather {
+            index,
+            source_rows,
+            starts,
+            readers,
+        }
+    }
+
+    /// The number of output rows.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// x (R, C) -> (M, C) with out[m] = x[index[m]] (zeros past R), f32 on the CPU; the backward
+/// pass scatter-adds the gradient rows back (see [`RowGather`]).
+pub fn gather_rows(x: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GatherRows(gather.clone()))
+}
+
+struct GatherRows(Arc<RowGather>);
+
+impl CustomOp1 for GatherRows {
+    fn name(&self) -> &'static str {
+        "flowpipe-gather-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (r, c) = l.shape().dims2()?;
+        if r != self.0.source_rows {
+            candle_core::bail!(
+                "gather rows: {r} source rows, the index expects {}",
+                self.0.source_rows
+            );
+        }
+        let x = slice(s, l, "gather rows")?;
+        let index = &self.0.index;
+        let mut out = vec![0f32; index.len() * c];
+        let task = |(t, dst): (usize, &mut [f32])| {
+            let first = t * ROWS_PER_TASK;
+            for (row, &i) in dst.chunks_mut(c).zip(&index[first..]) {
+                let i = i as usize;
+                if i < r {
+                    row.copy_from_slice(&x[i * c..(i + 1) * c]);
+                }
+            }
+        };
+        if c > 0 {
+            out.par_chunks_mut(ROWS_PER_TASK * c)
+                .enumerate()
+                .for_each(task);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((index.len(), c))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(grad.apply_op1_no_bwd(&ScatterRows(self.0.clone()))?))
+    }
+}
+
+/// A convolution as im2col and one matrix product, one node of the graph: x (R, C) rows of
+/// the input, w (taps C, O) -> gather(x) reshaped to (M, taps C), times w: (M, O). candle's own
+/// backward of that product would allocate a zero gradient for the (M, taps C) patch matrix
+/// and add into it, two passes over the largest tensor of the layer; this node's backward
+/// recomputes the patches (a parallel copy), takes the two products and scatters the patch
+/// gradient straight onto the input rows.
+pub fn gathered_matmul(x: &Tensor, w: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
+    let (_, c) = x.dims2()?;
+    let (kc, _) = w.dims2()?;
+    if c == 0 || kc % c != 0 || gather.len() % (kc / c) != 0 {
+        candle_core::bail!("gathered matmul: {c} channels do not tile {kc} weight rows");
+    }
+    let x = x.contiguous()?;
+    let m = gather.len() / (kc / c);
+    let patches = x
+        .detach()
+        .apply_op1_no_bwd(&GatherRows(gather.clone()))?
+        .reshape((m, kc))?;
+    let y = patches.matmul(&w.detach())?;
+    if !x.track_op() && !w.track_op() {
+        // Sampling: no gradient to take, no graph node (and no copy of y) needed.
+        return Ok(y);
+    }
+    x.apply_op3(&w.contiguous()?, &y, GatheredMatmul(gather.clone()))
+}
+
+/// The node of [`gathered_matmul`]: its forward hands on the product computed outside.
+struct GatheredMatmul(Arc<RowGather>);
+
+impl CustomOp3 for GatheredMatmul {
+    fn name(&self) -> &'static str {
+        "flowpipe-gathered-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice(s3, l3, "gathered matmul")?;
+        Ok((CpuStorage::F32(y.to_vec()), l3.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, o) = grad.dims2()?;
+        let (kc, _) = w.dims2()?;
+        let g = grad.detach().contiguous()?;
+        let patches = x
+            .detach()
+            .apply_op1_no_bwd(&GatherRows(self.0.clone()))?
+            .reshape((m, kc))?;
+        let grad_w = patches.t()?.matmul(&g)?;
+        let grad_patches = g.matmul(&w.detach().t()?)?;
+        let c = x.dim(1)?;
+        let grad_x = grad_patches
+            .reshape((m * kc / c, c))?
+            .apply_op1_no_bwd(&ScatterRows(self.0.clone()))?;
+        debug_assert_eq!(grad_w.dims(), &[kc, o]);
+        Ok((Some(grad_x), Some(grad_w), None))
+    }
+}
+
+/// The gather's adjoint: g (M, C) -> (R, C), row r the sum of the g rows that read r.
+struct ScatterRows(Arc<RowGather>);
+
+impl CustomOp1 for ScatterRows {
+    fn name(&self) -> &'static str {
+        "flowpipe-scatter-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, c) = l.shape().dims2()?;
+        let gather = &self.0;
+        if m != gather.len() {
+            candle_core::bail!(
+                "scatter rows: {m} gradient rows, the index has {}",
+                gather.len()
+            );
+        }
+        let g = slice(s, l, "scatter rows")?;
+        let r = gather.source_rows;
+        let mut out = vec![0f32; r * c];
+        let task = |(t, dst): (usize, &mut [f32])| {
+            for (k, row) in dst.chunks_mut(c).enumerate() {
+                let src = t * ROWS_PER_TASK + k;
+                for &reader in &gather.readers[gather.starts[src]..gather.starts[src + 1]] {
+                    let reader = reader as usize;
+                    for (o, &v) in row.iter_mut().zip(&g[reader * c..(reader + 1) * c]) {
+                        *o += v;
+                    }
+                }
+            }
+        };
+        if c > 0 {
+            out.par_chunks_mut(ROWS_PER_TASK * c)
+                .enumerate()
+                .for_each(task);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((r, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use candle_core::{Device, Var};
+    /// The gather and its backward against candle's index_select / index_add on a source
+    /// read 0, 1 or many times, with zero rows.
+    #[test]
+    fn gather_rows_and_its_gradient_match_index_select() {
+        let (r, c) = (7, 5);
+        let index: Vec<u32> = vec![3, 0, 7, 3, 6, 3, 1, 7, 0, 6, 5, 2, 3];
+        let vals: Vec<f32> = (0..r * c).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Var::from_vec(vals.clone(), (r, c), &Device::Cpu).unwrap();
+        let weights: Vec<f32> = (0..index.len() * c)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let w = Tensor::from_vec(weights, (index.len(), c), &Device::Cpu).unwrap();
+        let gather = Arc::new(RowGather::new(index.clone(), r));
+        let ours = gather_rows(x.as_tensor(), &gather).unwrap();
+        // candle: a zero row appended at index r.
+        let zero = Tensor::zeros((1, c), DType::F32, &Device::Cpu).unwrap();
+        let ids = Tensor::new(index.as_slice(), &Device::Cpu).unwrap();
+        let theirs = Tensor::cat(&[x.as_tensor(), &zero], 0)
+            .unwrap()
+            .index_select(&ids, 0)
+            .unwrap();
+        let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            (ours.to_vec2().unwrap(), theirs.to_vec2().unwrap());
+        assert_eq!(a, b);
+        let grad_of = |y: &Tensor| {
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let (ga, gb) = (grad_of(&ours), grad_of(&theirs));
+        for (ra, rb) in ga.iter().zip(&gb) {
+            for (p, q) in ra.iter().zip(rb) {
+                assert!((p - q).abs() < 1e-6, "{ga:?} vs {gb:?}");
+            }
+        }
+    }
+}
