@@ -221,12 +221,8 @@ fn check_resumed(flags: &DenoiserFlags, common: &Common, o: &FitOptions, name: &
             name,
         )?;
     }
-    if common.seed != 0 && common.seed != o.seed {
-        usage_bail!(
-            "--seed {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
-            common.seed,
-            o.seed
-        );
-    }
+    // --seed 0 is the default: only another seed contradicts the checkpoint.
+    let seed = (common.seed != 0).then_some(common.seed);
+    checkpoint::same("--seed", &seed, &o.seed, name)?;
     Ok(())
 }

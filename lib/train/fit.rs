@@ -493,13 +493,9 @@ fn resumed_plan(
         &plan.path.name(),
         name,
     )?;
-    if common.seed != 0 && common.seed != plan.seed {
-        usage_bail!(
-            "--seed {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
-            common.seed,
-            plan.seed
-        );
-    }
+    // --seed 0 is the default: only another seed contradicts the checkpoint.
+    let seed = (common.seed != 0).then_some(common.seed);
+    checkpoint::same("--seed", &seed, &plan.seed, name)?;
     match (plan.data_source, source.is_some()) {
         (true, false) => usage_bail!("{name} was trained from a source data set: give --source"),
         (false, true) => usage_bail!("{name} was trained from N(0, I): --source does not apply"),

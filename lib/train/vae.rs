@@ -449,13 +449,9 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
     checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &f.decay, &s.decay, name)?;
     checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
-    if common.seed != 0 && common.seed != plan.seed {
-        usage_bail!(
-            "--seed {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
-            common.seed,
-            plan.seed
-        );
-    }
+    // --seed 0 is the default: only another seed contradicts the checkpoint.
+    let seed = (common.seed != 0).then_some(common.seed);
+    checkpoint::same("--seed", &seed, &plan.seed, name)?;
     let step = checkpoint::step_of(ckpt)?;
     if let Some(total) = f.steps {
         if total < step {
