@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::nn::init::{Init, Params};
-use crate::nn::ops::{add_bias, gathered_matmul, RowGather};
+use crate::nn::ops::{add_bias, conv_rows, RowGather};
 use crate::Result;
 
 /// Gather indices of convolutions, shared by the layers of one network (the index depends only
@@ -211,8 +211,8 @@ impl Conv2d {
             let fused = x.device().is_cpu() && x.dtype() == DType::F32;
             match self.cache.get(key, x.device(), fused)? {
                 Gather::Rows(g) => {
-                    let y = gathered_matmul(&rows, &self.weight_matrix()?, &g)?;
-                    return add_bias(&y, &self.bias)?.reshape((n, ho, wo, o));
+                    let y = conv_rows(&rows, &self.weight_matrix()?, &self.bias, &g)?;
+                    return y.reshape((n, ho, wo, o));
                 }
                 Gather::Tensor(idx) => {
                     let zero = Tensor::zeros((1, c), x.dtype(), x.device())?;

@@ -1,7 +1,6 @@
-//! The im2col gather of the convolutions, its inverse-index scatter-add, and the convolution
-//! as one graph node (gather and matrix product).
+//! The im2col gather of the convolutions and its inverse-index scatter-add.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -57,6 +56,45 @@ impl RowGather {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
+
+    /// The number of source rows.
+    pub fn source_rows(&self) -> usize {
+        self.source_rows
+    }
+
+    /// Output rows `first..first + count` gathered from `x` (source rows of `c` values), zeros
+    /// for the rows past the source.
+    pub fn patches(&self, x: &[f32], c: usize, first: usize, count: usize) -> Vec<f32> {
+        let mut out = vec![0f32; count * c];
+        for (row, &i) in out.chunks_mut(c).zip(&self.index[first..first + count]) {
+            let i = i as usize;
+            if i < self.source_rows {
+                row.copy_from_slice(&x[i * c..(i + 1) * c]);
+            }
+        }
+        out
+    }
+
+    /// The output rows that read source row `r`, ascending.
+    pub fn readers_of(&self, r: usize) -> impl Iterator<Item = usize> + '_ {
+        self.readers[self.starts[r]..self.starts[r + 1]]
+            .iter()
+            .map(|&q| q as usize)
+    }
+
+    /// The first and the last output row that read any of the source rows `first..first +
+    /// count`; None when no output row reads them.
+    pub fn reader_span(&self, first: usize, count: usize) -> Option<(usize, usize)> {
+        (first..first + count)
+            .filter(|&r| self.starts[r] < self.starts[r + 1])
+            .map(|r| {
+                (
+                    self.readers[self.starts[r]] as usize,
+                    self.readers[self.starts[r + 1] - 1] as usize,
+                )
+            })
+            .reduce(|(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
+    }
 }
 
 /// x (R, C) -> (M, C) with out[m] = x[index[m]] (zeros past R), f32 on the CPU; the backward
@@ -103,79 +141,6 @@ impl CustomOp1 for GatherRows {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(grad.apply_op1_no_bwd(&ScatterRows(self.0.clone()))?))
-    }
-}
-
-/// A convolution as im2col and one matrix product, one node of the graph: x (R, C) rows of
-/// the input, w (taps C, O) -> gather(x) reshaped to (M, taps C), times w: (M, O). candle's own
-/// backward of that product would allocate a zero gradient for the (M, taps C) patch matrix
-/// and add into it, two passes over the largest tensor of the layer; this node's backward
-/// recomputes the patches (a parallel copy), takes the two products and scatters the patch
-/// gradient straight onto the input rows.
-pub fn gathered_matmul(x: &Tensor, w: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
-    let (_, c) = x.dims2()?;
-    let (kc, _) = w.dims2()?;
-    if c == 0 || kc % c != 0 || gather.len() % (kc / c) != 0 {
-        candle_core::bail!("gathered matmul: {c} channels do not tile {kc} weight rows");
-    }
-    let x = x.contiguous()?;
-    let m = gather.len() / (kc / c);
-    let patches = x
-        .detach()
-        .apply_op1_no_bwd(&GatherRows(gather.clone()))?
-        .reshape((m, kc))?;
-    let y = patches.matmul(&w.detach())?;
-    if !x.track_op() && !w.track_op() {
-        // Sampling: no gradient to take, no graph node (and no copy of y) needed.
-        return Ok(y);
-    }
-    x.apply_op3(&w.contiguous()?, &y, GatheredMatmul(gather.clone()))
-}
-
-/// The node of [`gathered_matmul`]: its forward hands on the product computed outside.
-struct GatheredMatmul(Arc<RowGather>);
-
-impl CustomOp3 for GatheredMatmul {
-    fn name(&self) -> &'static str {
-        "flowpipe-gathered-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _s1: &CpuStorage,
-        _l1: &Layout,
-        _s2: &CpuStorage,
-        _l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = slice(s3, l3, "gathered matmul")?;
-        Ok((CpuStorage::F32(y.to_vec()), l3.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (m, o) = grad.dims2()?;
-        let (kc, _) = w.dims2()?;
-        let g = grad.detach().contiguous()?;
-        let patches = x
-            .detach()
-            .apply_op1_no_bwd(&GatherRows(self.0.clone()))?
-            .reshape((m, kc))?;
-        let grad_w = patches.t()?.matmul(&g)?;
-        let grad_patches = g.matmul(&w.detach().t()?)?;
-        let c = x.dim(1)?;
-        let grad_x = grad_patches
-            .reshape((m * kc / c, c))?
-            .apply_op1_no_bwd(&ScatterRows(self.0.clone()))?;
-        debug_assert_eq!(grad_w.dims(), &[kc, o]);
-        Ok((Some(grad_x), Some(grad_w), None))
     }
 }
 

@@ -15,6 +15,8 @@
 //!   on one thread, and the backward first builds a zero tensor and copies it; here both run in
 //!   parallel, the backward over the source rows through the inverse index (each source row
 //!   has one writer: no atomics, and the same sums in the same order on every run).
+//! - [`conv_rows`]: a convolution as that gather and a matrix product with bias, one graph node
+//!   computed in tiles of rows, so the whole patch matrix is never built.
 //!
 //! The fused paths serve f32 tensors on the CPU; any other tensor goes through candle's own
 //! operations, so CUDA works unchanged.
@@ -23,13 +25,15 @@ use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 use rayon::prelude::*;
 
 mod bias;
+mod conv;
 mod gather;
 mod group_norm;
 mod pointwise;
 mod rows;
 
 pub use bias::add_bias;
-pub use gather::{gather_rows, gathered_matmul, RowGather};
+pub use conv::conv_rows;
+pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};

@@ -1,0 +1,411 @@
+//! A convolution as one graph node that never builds the whole patch matrix: im2col in tiles of
+//! output rows, each tile's patches multiplied while they are in the core's cache.
+//!
+//! With P the patch matrix (M rows of taps x C values, [`RowGather`]), W (taps C, O) and b (O,):
+//! forward y = P W + b; backward dW = P^T dy and db = the column sums of dy, both summed tile by
+//! tile, and dx = scatter(dy W^T), computed per tile of input rows from the output rows that
+//! read them. Building P whole costs a write and a read of the largest tensor of the layer
+//! (9 x the input for a 3 x 3 kernel) and, past the allocator's mapping threshold, fresh pages
+//! (page faults and zeroing) at every call; the tiles cost none of that.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use super::{slice, RowGather};
+
+/// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
+const TILE_ROWS: usize = 256;
+
+/// Parts of the weight-gradient sum, each summed on one thread and then added in order: a fixed
+/// number, so that the result does not depend on the thread count.
+const WEIGHT_PARTS: usize = 16;
+
+/// The convolution of the rows `x` (R, C) by the weights `w` (taps C, O) and bias `b` (O,) over
+/// the patches of `gather`: (M, O). f32 on the CPU (the caller checks).
+pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
+    let (r, c) = x.dims2()?;
+    let (kc, o) = w.dims2()?;
+    if r != gather.source_rows() || c == 0 || kc % c != 0 || gather.len() % (kc / c) != 0 {
+        candle_core::bail!(
+            "conv rows: input ({r}, {c}) and weights ({kc}, {o}) do not fit a gather of {} rows \
+             from {}",
+            gather.len(),
+            gather.source_rows()
+        );
+    }
+    if b.dims() != [o] {
+        candle_core::bail!("conv rows: bias of shape {:?} for {o} outputs", b.dims());
+    }
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let op = ConvRows(gather.clone());
+    if x.track_op() || w.track_op() || b.track_op() {
+        x.apply_op3(&w, &b, op)
+    } else {
+        // Sampling: no graph node.
+        x.apply_op3_no_bwd(&w, &b, &op)
+    }
+}
+
+struct ConvRows(Arc<RowGather>);
+
+impl CustomOp3 for ConvRows {
+    fn name(&self) -> &'static str {
+        "flowpipe-conv-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = "conv rows";
+        let (x, w, b) = (
+            slice(s1, l1, name)?,
+            slice(s2, l2, name)?,
+            slice(s3, l3, name)?,
+        );
+        let c = l1.dims()[1];
+        let (kc, o) = l2.shape().dims2()?;
+        let gather = &self.0;
+        let taps = kc / c;
+        let m = gather.len() / taps;
+        let mut y = Vec::with_capacity(m * o);
+        if o > 0 {
+            y.spare_capacity_mut()
+                .par_chunks_mut(TILE_ROWS * o)
+                .enumerate()
+                .for_each(|(t, dst)| {
+                    for row in dst.chunks_mut(o) {
+                        for (d, &bv) in row.iter_mut().zip(b) {
+                            d.write(bv);
+                        }
+                    }
+                    let dst = assume_init(dst);
+                    let rows = dst.len() / o;
+                    let patches = gather.patches(x, c, t * TILE_ROWS * taps, rows * taps);
+                    matmul_add(
+                        dst,
+                        Mat::row_major(&patches, rows, kc),
+                        Mat::row_major(w, kc, o),
+                    );
+                });
+        }
+        // SAFETY: every chunk of the spare capacity was written above (bias, then the product).
+        unsafe { y.set_len(m * o) };
+        Ok((CpuStorage::F32(y), Shape::from((m, o))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.detach().contiguous()?;
+        let (x, w) = (x.detach(), w.detach());
+        let (c, kc) = (x.dim(1)?, w.dim(0)?);
+        let grads = Grads {
+            gather: self.0.clone(),
+            c,
+            taps: kc / c,
+        };
+        let dx = g.apply_op2_no_bwd(&w, &ConvInputGrad(grads.clone()))?;
+        let dwb = x.apply_op2_no_bwd(&g, &ConvParamGrad(grads))?;
+        Ok((Some(dx), Some(dwb.narrow(0, 0, kc)?), Some(dwb.get(kc)?)))
+    }
+}
+
+/// What the backward ops of [`conv_rows`] need: the gather, C and the taps per output row.
+#[derive(Clone)]
+struct Grads {
+    gather: Arc<RowGather>,
+    c: usize,
+    taps: usize,
+}
+
+/// dx of [`conv_rows`] from dy (M, O) and W (taps C, O): (R, C). Tiles of input rows; each tile
+/// multiplies the output rows that read it (a range, by the ascending inverse index) by W^T
+/// and adds each reader's part into its rows. Neighbouring tiles share a few output rows, whose
+/// product both compute: each input row has one writer.
+struct ConvInputGrad(Grads);
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "flowpipe-conv-rows-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, w) = (
+            slice(s1, l1, "conv rows grad")?,
+            slice(s2, l2, "conv rows grad")?,
+        );
+        let (m, o) = l1.shape().dims2()?;
+        let Grads { gather, c, taps } = &self.0;
+        let (c, taps, kc) = (*c, *taps, c * taps);
+        let r = gather.source_rows();
+        let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
+        let mut dx = Vec::with_capacity(r * c);
+        if c > 0 {
+            dx.spare_capacity_mut()
+                .par_chunks_mut(per_tile * c)
+                .enumerate()
+                .for_each(|(t, dst)| {
+                    dst.iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
+                    let dst = assume_init(dst);
+                    let first = t * per_tile;
+                    let Some((lo, hi)) = gather.reader_span(first, dst.len() / c) else {
+                        return;
+                    };
+                    let (lo, hi) = (lo / taps, hi / taps + 1);
+                    let mut dp = vec![0f32; (hi - lo) * kc];
+                    let g_rows = Mat::row_major(&g[lo * o..hi * o], hi - lo, o);
+                    matmul_add(&mut dp, g_rows, Mat::transposed(w, kc, o));
+                    for (k, row) in dst.chunks_mut(c).enumerate() {
+                        for q in gather.readers_of(first + k) {
+                            let (mi, tap) = (q / taps - lo, q % taps);
+                            let part = &dp[mi * kc + tap * c..mi * kc + (tap + 1) * c];
+                            for (d, &v) in row.iter_mut().zip(part) {
+                                *d += v;
+                            }
+                        }
+                    }
+                });
+        }
+        // SAFETY: every chunk of the spare capacity was zeroed above before the sums.
+        unsafe { dx.set_len(r * c) };
+        Ok((CpuStorage::F32(dx), Shape::from((r, c))))
+    }
+}
+
+/// (dW; db) of [`conv_rows`] from x (R, C) and dy (M, O): a (taps C + 1, O) tensor, dW = P^T dy
+/// over the tiles of P, db the column sums of dy.
+struct ConvParamGrad(Grads);
+
+impl CustomOp2 for ConvParamGrad {
+    fn name(&self) -> &'static str {
+        "flowpipe-conv-rows-param-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            slice(s1, l1, "conv rows grad")?,
+            slice(s2, l2, "conv rows grad")?,
+        );
+        let (m, o) = l2.shape().dims2()?;
+        let Grads { gather, c, taps } = &self.0;
+        let (c, taps, kc) = (*c, *taps, c * taps);
+        let tiles = m.div_ceil(TILE_ROWS);
+        let per_part = tiles.div_ceil(WEIGHT_PARTS).max(1);
+        let partials: Vec<Vec<f32>> = (0..tiles.div_ceil(per_part))
+            .into_par_iter()
+            .map(|part| {
+                let mut acc = vec![0f32; (kc + 1) * o];
+                let (dw, db) = acc.split_at_mut(kc * o);
+                for t in part * per_part..((part + 1) * per_part).min(tiles) {
+                    let first = t * TILE_ROWS;
+                    let rows = TILE_ROWS.min(m - first);
+                    let patches = gather.patches(x, c, first * taps, rows * taps);
+                    let g_tile = &g[first * o..(first + rows) * o];
+                    let patches_t = Mat::transposed(&patches, rows, kc);
+                    matmul_add(dw, patches_t, Mat::row_major(g_tile, rows, o));
+                    for row in g_tile.chunks(o) {
+                        for (s, &v) in db.iter_mut().zip(row) {
+                            *s += v;
+                        }
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; (kc + 1) * o];
+        for p in &partials {
+            for (s, &v) in out.iter_mut().zip(p) {
+                *s += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((kc + 1, o))))
+    }
+}
+
+/// Treats a fully written slice of `MaybeUninit<f32>` as `f32`.
+fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A matrix operand: `rows` x `cols` values of `data` at row and column strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major (rows, cols) matrix.
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (cols, rows) of a row-major (rows, cols) matrix.
+    fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
+        Mat {
+            data,
+            rows: cols,
+            cols: rows,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// Whether every element the strides reach lies in `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// dst (a.rows x b.cols, row-major) += a b, on the calling thread (callers run tiles in
+/// parallel), by the `gemm` crate that candle's own matrix product uses.
+fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
+    assert!(a.cols == b.rows && dst.len() == a.rows * b.cols);
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul operand out of bounds"
+    );
+    if dst.is_empty() || a.cols == 0 {
+        return;
+    }
+    // SAFETY: the shapes and strides of both operands were checked against their slices, and
+    // dst holds exactly a.rows x b.cols values, written through its exclusive borrow.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            true,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * k).sin()).collect()
+    }
+
+    /// Against the same convolution composed of candle ops (explicit patches, matmul, bias),
+    /// over more than one tile and weight part, with zero rows and rows read many times.
+    #[test]
+    fn tiled_convolution_and_gradients_match_the_explicit_patch_product() {
+        let (r, c, taps, o) = (301, 3, 4, 5);
+        let m = 1100;
+        let index: Vec<u32> = (0..m * taps)
+            .map(|q| ((q * 7919 + q / 5) % (r + 40)) as u32)
+            .collect();
+        let gather = Arc::new(RowGather::new(index.clone(), r));
+        let dev = &Device::Cpu;
+        let x = Var::from_vec(values(r * c, 0.37), (r, c), dev).unwrap();
+        let w = Var::from_vec(values(taps * c * o, 0.91), (taps * c, o), dev).unwrap();
+        let b = Var::from_vec(values(o, 1.7), o, dev).unwrap();
+        let ours = conv_rows(x.as_tensor(), w.as_tensor(), b.as_tensor(), &gather).unwrap();
+
+        let zero = Tensor::zeros((1, c), candle_core::DType::F32, dev).unwrap();
+        // Every index past the source reads the appended zero row.
+        let zero_row: Vec<u32> = index.iter().map(|&i| i.min(r as u32)).collect();
+        let ids = Tensor::new(zero_row.as_slice(), dev).unwrap();
+        let patches = Tensor::cat(&[x.as_tensor(), &zero], 0)
+            .unwrap()
+            .index_select(&ids, 0)
+            .unwrap()
+            .reshape((m, taps * c))
+            .unwrap();
+        let theirs = patches
+            .matmul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&ours, &theirs) < 1e-5);
+        let probe = Tensor::from_vec(values(m * o, 0.13), (m, o), dev).unwrap();
+        let ga = (&ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (&theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (p, q) = (
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(p.dims(), q.dims());
+            assert!(diff(p, q) < 1e-3, "gradient differs by {}", diff(p, q));
+        }
+    }
+}
