@@ -220,7 +220,7 @@ impl Denoiser {
                 label_ids(y, n, 0, x.device())?;
             }
         }
-        let c_act = cond.silu()?;
+        let c_act = crate::nn::ops::silu(&cond)?;
         let ids = x.flatten_all()?.to_dtype(DType::U32)?;
         let mut h = self
             .token_embed

@@ -155,7 +155,7 @@ impl Classifier {
         let n = x.dim(0)?;
         let mut h = to_channels_last(x)?;
         for level in &self.levels {
-            h = silu(&level.norm.forward(&level.conv.forward(&h, None)?)?)?;
+            h = level.norm.forward_silu(&level.conv.forward(&h, None)?)?;
         }
         silu(&self.hidden.forward(&h.reshape((n, ()))?)?)
     }

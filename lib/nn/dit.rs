@@ -29,6 +29,7 @@ use super::init::{linear, Init, Linear, Params};
 use super::layers::{
     gelu, softmax_last_dim, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
+use super::ops::silu;
 
 /// The feed-forward nonlinearity of a [`Dit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,7 @@ impl FfActivation {
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             FfActivation::Gelu => gelu(x),
-            FfActivation::Silu => x.silu(),
+            FfActivation::Silu => silu(x),
         }
     }
 }
@@ -321,7 +322,7 @@ impl FieldNet for Dit {
                 label_ids(y, n, 0, x.device())?;
             }
         }
-        let c_act = cond.silu()?;
+        let c_act = silu(&cond)?;
         let x = x.permute((0, 2, 3, 1))?.contiguous()?;
         let mut z = self
             .patchify

@@ -31,6 +31,7 @@ use super::init::{linear, Linear, Params};
 use super::layers::{
     to_channels_first, to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm,
 };
+use super::ops::silu;
 use super::{time_column, FieldNet};
 use crate::Result;
 
@@ -135,7 +136,7 @@ impl Adapter {
 
     /// (N, dim) -> (N, channels)
     fn forward(&self, e: &Tensor) -> candle_core::Result<Tensor> {
-        self.1.forward(&self.0.forward(e)?.silu()?)
+        self.1.forward(&silu(&self.0.forward(e)?)?)
     }
 }
 
@@ -173,13 +174,13 @@ impl ResidualLayer {
         y_emb: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (n, _, _, c) = x.dims4()?;
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?, None)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?, None)?;
         let mut cond = self.time_adapter.forward(t_emb)?;
         if let (Some(a), Some(y)) = (&self.label_adapter, y_emb) {
             cond = (cond + a.forward(y)?)?;
         }
         let h = h.broadcast_add(&cond.reshape((n, 1, 1, c))?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?, None)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?, None)?;
         x + h
     }
 }
@@ -291,8 +292,7 @@ impl FieldNet for UNet {
         let y_emb = y_emb.as_ref();
         let mut h = self
             .init_norm
-            .forward(&self.init_conv.forward(&to_channels_last(x)?, None)?)?
-            .silu()?;
+            .forward_silu(&self.init_conv.forward(&to_channels_last(x)?, None)?)?;
         let mut skips = Vec::with_capacity(self.encoders.len());
         for enc in &self.encoders {
             for r in &enc.res {

@@ -52,10 +52,19 @@ impl GroupNorm {
     /// x: (N, H, W, C) -> (N, H, W, C). The per-channel means over pixels are matrix products
     /// with a row of 1/(H W) (a fast path on every device); the group means average those.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps)? {
+        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)? {
             return Ok(y);
         }
         self.forward_composed(x)
+    }
+
+    /// SiLU(GroupNorm(x)), as one fused op on the CPU (the norm-then-activation of every
+    /// residual block).
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)? {
+            return Ok(y);
+        }
+        self.forward_composed(x)?.silu()
     }
 
     /// The same from candle's ops (any device; the reference of the fused CPU op).
@@ -231,8 +240,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The fused CPU GroupNorm against the composition of candle's ops: values and the
-    /// gradients of the input, the gain and the shift.
+    /// The fused CPU GroupNorm, alone and followed by SiLU, against the composition of candle's
+    /// ops: values and the gradients of the input, the gain and the shift.
     #[test]
     fn fused_group_norm_matches_the_composed_one() {
         let p = Params::new(0, &Device::Cpu);
@@ -253,16 +262,24 @@ pub(crate) mod tests {
             let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
             (y, g(&x), g(&gamma), g(&beta))
         };
-        let fused = run(gn.forward(x.as_tensor()).unwrap());
-        let composed = run(gn.forward_composed(x.as_tensor()).unwrap());
-        for (what, a, b) in [
-            ("y", &fused.0, &composed.0),
-            ("dx", &fused.1, &composed.1),
-            ("dgamma", &fused.2, &composed.2),
-            ("dbeta", &fused.3, &composed.3),
+        let composed_silu = gn.forward_composed(x.as_tensor()).unwrap().silu().unwrap();
+        for (fused, composed) in [
+            (
+                gn.forward(x.as_tensor()).unwrap(),
+                gn.forward_composed(x.as_tensor()).unwrap(),
+            ),
+            (gn.forward_silu(x.as_tensor()).unwrap(), composed_silu),
         ] {
-            let d = max_abs_diff(a, b);
-            assert!(d < 2e-5, "{what}: max difference {d}");
+            let (fused, composed) = (run(fused), run(composed));
+            for (what, a, b) in [
+                ("y", &fused.0, &composed.0),
+                ("dx", &fused.1, &composed.1),
+                ("dgamma", &fused.2, &composed.2),
+                ("dbeta", &fused.3, &composed.3),
+            ] {
+                let d = max_abs_diff(a, b);
+                assert!(d < 2e-5, "{what}: max difference {d}");
+            }
         }
     }
 

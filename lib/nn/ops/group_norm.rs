@@ -1,9 +1,10 @@
-//! GroupNorm over channels-last images as one fused op, forward and backward.
+//! GroupNorm over channels-last images as one fused op, forward and backward, optionally
+//! followed by SiLU (the U-Net's and the VAE's "norm, then activation").
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::slice;
+use super::{sigmoid, slice};
 
 /// GroupNorm over channels-last samples, y = gamma (x - mu_g) / sqrt(var_g + eps) + beta
 /// (Wu & He 2018), fused on the CPU: x (N, ..., C) contiguous f32, gamma and beta (C,). The
@@ -11,7 +12,8 @@ use super::slice;
 /// backward pass recomputes them and gives, with x^ the normalised input and the means over a
 /// group, dx = (dy gamma - mean(dy gamma) - x^ mean(dy gamma x^)) / sqrt(var + eps),
 /// dgamma = sum dy x^, dbeta = sum dy. candle's composition of the same formula takes about
-/// twenty passes forward and back, each with a fresh buffer. None where it does not apply
+/// twenty passes forward and back, each with a fresh buffer. With `silu`, y = SiLU(z) for z the
+/// normalised output, and dy above is dy SiLU'(z) (z recomputed). None where it does not apply
 /// (another device or dtype): the caller composes candle's ops.
 pub fn group_norm(
     x: &Tensor,
@@ -19,6 +21,7 @@ pub fn group_norm(
     beta: &Tensor,
     groups: usize,
     eps: f64,
+    silu: bool,
 ) -> Result<Option<Tensor>> {
     let fused = x.device().is_cpu()
         && x.dtype() == DType::F32
@@ -31,6 +34,7 @@ pub fn group_norm(
     let op = GroupNormOp {
         groups,
         eps: eps as f32,
+        silu,
     };
     Ok(Some(x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
@@ -43,6 +47,7 @@ pub fn group_norm(
 struct GroupNormOp {
     groups: usize,
     eps: f32,
+    silu: bool,
 }
 
 impl GroupNormOp {
@@ -67,6 +72,13 @@ impl GroupNormOp {
                 (mean as f32, (1.0 / (var + self.eps as f64).sqrt()) as f32)
             })
             .collect()
+    }
+
+    /// The moments of each channel's group, laid out per channel: (mean, rstd) of channel ch.
+    fn per_channel(&self, x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+        let m = self.moments(x, c);
+        let per = c / self.groups;
+        (0..c).map(|ch| m[ch / per]).unzip()
     }
 
     /// The sample size P C and the channels C of a layout (N, ..., C).
@@ -101,16 +113,15 @@ impl CustomOp3 for GroupNormOp {
                 beta.len()
             );
         }
-        let per = c / self.groups;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(size.max(1))
             .zip(x.par_chunks(size.max(1)))
             .for_each(|(y, x)| {
-                let m = self.moments(x, c);
+                let (mean, rstd) = self.per_channel(x, c);
                 for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-                    for (ch, (yv, &xv)) in yr.iter_mut().zip(xr).enumerate() {
-                        let (mean, rstd) = m[ch / per];
-                        *yv = (xv - mean) * rstd * gamma[ch] + beta[ch];
+                    for ch in 0..c {
+                        let z = (xr[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
+                        yr[ch] = if self.silu { z * sigmoid(z) } else { z };
                     }
                 }
             });
@@ -121,32 +132,89 @@ impl CustomOp3 for GroupNormOp {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.detach().contiguous()?;
         let x = x.detach();
-        let gamma_v: Vec<f32> = gamma.detach().to_vec1()?;
-        let dx = x.apply_op2_no_bwd(
-            &grad,
-            &GroupNormGrad {
-                op: *self,
-                gamma: gamma_v,
-            },
-        )?;
-        let params = x.apply_op2_no_bwd(&grad, &GroupNormParamGrad(*self))?;
-        Ok((Some(dx), Some(params.get(0)?), Some(params.get(1)?)))
+        let op = GroupNormGrad {
+            op: *self,
+            gamma: gamma.detach().to_vec1()?,
+            beta: beta.detach().to_vec1()?,
+        };
+        // One buffer: dx, then dgamma and dbeta.
+        let all = x.apply_op2_no_bwd(&grad, &op)?;
+        let (n, c) = (x.elem_count(), op.gamma.len());
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = all.narrow(0, n, c)?;
+        let dbeta = all.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
-/// dx of [`group_norm`] from x and dy.
+/// The gradients of [`group_norm`] from x and dy in three passes per sample (moments; the
+/// group and channel sums; dx): one flat tensor holding dx, dgamma and dbeta.
 struct GroupNormGrad {
     op: GroupNormOp,
     gamma: Vec<f32>,
+    beta: Vec<f32>,
 }
 
-impl CustomOp2 for GroupNormGrad {
+impl GroupNormGrad {
+    /// dx of one sample into `dx`; returns its (dgamma, dbeta) sums, 2 C values.
+    fn sample(&self, dx: &mut [f32], x: &[f32], dy: &[f32], c: usize) -> Vec<f64> {
+        let (groups, per) = (self.op.groups, c / self.op.groups);
+        let (gamma, beta) = (&self.gamma, &self.beta);
+        let (mean, rstd) = self.op.per_channel(x, c);
+        // Per group: the sums of dz gamma and of dz gamma x^; per channel: dz x^ and dz, with
+        // dz = dy (or dy SiLU'(z)). dz gamma is kept in dx for the last pass.
+        let mut group_sums = vec![(0f64, 0f64); groups];
+        let mut params = vec![0f64; 2 * c];
+        let (mut sum_g, mut sum_gx) = (vec![0f32; c], vec![0f32; c]);
+        let (mut sum_dzx, mut sum_dz) = (vec![0f32; c], vec![0f32; c]);
+        for ((dr, xr), gr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+            for ch in 0..c {
+                let xhat = (xr[ch] - mean[ch]) * rstd[ch];
+                let dz = if self.op.silu {
+                    let s = sigmoid(xhat * gamma[ch] + beta[ch]);
+                    gr[ch] * s * (1.0 + (xhat * gamma[ch] + beta[ch]) * (1.0 - s))
+                } else {
+                    gr[ch]
+                };
+                let g = dz * gamma[ch];
+                dr[ch] = g;
+                sum_g[ch] += g;
+                sum_gx[ch] += g * xhat;
+                sum_dzx[ch] += dz * xhat;
+                sum_dz[ch] += dz;
+            }
+        }
+        for ch in 0..c {
+            group_sums[ch / per].0 += sum_g[ch] as f64;
+            group_sums[ch / per].1 += sum_gx[ch] as f64;
+            params[ch] += sum_dzx[ch] as f64;
+            params[c + ch] += sum_dz[ch] as f64;
+        }
+        let count = (x.len() / c * per) as f64;
+        let means: Vec<(f32, f32)> = (0..c)
+            .map(|ch| {
+                let (a, b) = group_sums[ch / per];
+                ((a / count) as f32, (b / count) as f32)
+            })
+            .collect();
+        for (dr, xr) in dx.chunks_mut(c).zip(x.chunks(c)) {
+            for ch in 0..c {
+                let xhat = (xr[ch] - mean[ch]) * rstd[ch];
+                let (a, b) = means[ch];
+                dr[ch] = rstd[ch] * (dr[ch] - a - xhat * b);
+            }
+        }
+        params
+    }
+}
+
+impl candle_core::CustomOp2 for GroupNormGrad {
     fn name(&self) -> &'static str {
         "flowpipe-group-norm-grad"
     }
@@ -163,82 +231,17 @@ impl CustomOp2 for GroupNormGrad {
             slice(s2, l2, "group norm grad")?,
         );
         let (size, c) = GroupNormOp::sizes(l1);
-        let (groups, per) = (self.op.groups, c / self.op.groups);
-        let gamma = &self.gamma;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(size.max(1))
+        let mut out = vec![0f32; x.len() + 2 * c];
+        let (dx, params) = out.split_at_mut(x.len());
+        let partial: Vec<Vec<f64>> = dx
+            .par_chunks_mut(size.max(1))
             .zip(x.par_chunks(size.max(1)).zip(dy.par_chunks(size.max(1))))
-            .for_each(|(dx, (x, dy))| {
-                let m = self.op.moments(x, c);
-                // Per group: the sums of dy gamma and of dy gamma x^.
-                let mut acc = vec![(0f64, 0f64); groups];
-                for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
-                    for (ch, (&xv, &dv)) in xr.iter().zip(dr).enumerate() {
-                        let (mean, rstd) = m[ch / per];
-                        let g = dv * gamma[ch];
-                        acc[ch / per].0 += g as f64;
-                        acc[ch / per].1 += (g * (xv - mean) * rstd) as f64;
-                    }
-                }
-                let count = (x.len() / c * per) as f64;
-                let means: Vec<(f32, f32)> = acc
-                    .iter()
-                    .map(|&(a, b)| ((a / count) as f32, (b / count) as f32))
-                    .collect();
-                for ((or, xr), dr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
-                    for (ch, ((o, &xv), &dv)) in or.iter_mut().zip(xr).zip(dr).enumerate() {
-                        let (mean, rstd) = m[ch / per];
-                        let (a, b) = means[ch / per];
-                        let xhat = (xv - mean) * rstd;
-                        *o = rstd * (dv * gamma[ch] - a - xhat * b);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// (dgamma, dbeta) of [`group_norm`] from x and dy: a (2, C) tensor.
-struct GroupNormParamGrad(GroupNormOp);
-
-impl CustomOp2 for GroupNormParamGrad {
-    fn name(&self) -> &'static str {
-        "flowpipe-group-norm-param-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (
-            slice(s1, l1, "group norm grad")?,
-            slice(s2, l2, "group norm grad")?,
-        );
-        let (size, c) = GroupNormOp::sizes(l1);
-        let per = c / self.0.groups;
-        let partial: Vec<Vec<f64>> = x
-            .par_chunks(size.max(1))
-            .zip(dy.par_chunks(size.max(1)))
-            .map(|(x, dy)| {
-                let m = self.0.moments(x, c);
-                let mut acc = vec![0f64; 2 * c];
-                for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
-                    for (ch, (&xv, &dv)) in xr.iter().zip(dr).enumerate() {
-                        let (mean, rstd) = m[ch / per];
-                        acc[ch] += (dv * (xv - mean) * rstd) as f64;
-                        acc[c + ch] += dv as f64;
-                    }
-                }
-                acc
-            })
+            .map(|(dx, (x, dy))| self.sample(dx, x, dy, c))
             .collect();
-        let mut out = vec![0f32; 2 * c];
-        for (i, o) in out.iter_mut().enumerate() {
+        for (i, o) in params.iter_mut().enumerate() {
             *o = partial.iter().map(|p| p[i]).sum::<f64>() as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }

@@ -7,7 +7,6 @@ use super::VaeConfig;
 use crate::nn::dit::Attention;
 use crate::nn::init::{Init, Params};
 use crate::nn::layers::{Conv2d, GatherCache, Geometry, GroupNorm};
-use crate::nn::ops::silu;
 use crate::Result;
 
 /// A convolution whose weights and bias start at zero (the last layer of a residual branch).
@@ -46,8 +45,8 @@ impl ResBlock {
 
     /// x: (N, H, W, C) -> (N, H, W, C).
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?, None)?;
-        let h = self.conv2.forward(&silu(&self.norm2.forward(&h)?)?, None)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?, None)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?, None)?;
         x + h
     }
 }

@@ -10,7 +10,6 @@ use crate::nn::init::{Init, Params};
 use crate::nn::layers::{
     to_channels_first, to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm,
 };
-use crate::nn::ops::silu;
 use crate::Result;
 
 /// log(2 pi) / 2, the constant of a Gaussian log-density per coordinate.
@@ -163,7 +162,7 @@ impl Vae {
                 h = conv.forward(&h, None)?;
             }
         }
-        let h = silu(&e.norm_out.forward(&e.mid.forward(&h)?)?)?;
+        let h = e.norm_out.forward_silu(&e.mid.forward(&h)?)?;
         let mean = to_channels_first(&e.mean_head.forward(&h, None)?)?;
         let logvar = match &e.logvar_head {
             Ok(conv) => to_channels_first(&conv.forward(&h, None)?)?,
@@ -199,7 +198,7 @@ impl Vae {
                 h = conv.forward(&h, Some(sizes[l - 1]))?;
             }
         }
-        let h = silu(&d.norm_out.forward(&h)?)?;
+        let h = d.norm_out.forward_silu(&h)?;
         to_channels_first(&d.conv_out.forward(&h, None)?)
     }
 
