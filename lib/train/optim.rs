@@ -19,7 +19,9 @@
 //! checkpoint's config) they restore the optimiser bit for bit.
 
 use anyhow::{anyhow, bail};
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout};
+use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -113,8 +115,9 @@ impl AdamW {
             .vars()
             .into_iter()
             .map(|(name, var)| {
+                // Separate buffers: the CPU step updates them in place.
                 let m = var.as_tensor().zeros_like()?.detach();
-                let v = m.clone();
+                let v = var.as_tensor().zeros_like()?.detach();
                 Ok(Slot { name, var, m, v })
             })
             .collect::<Result<_>>()?;
@@ -146,6 +149,19 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            let h = Update {
+                step_size: (lr / bc1) as f32,
+                inv_bc2: (1.0 / bc2) as f32,
+                eps: c.eps as f32,
+                decay: (1.0 - lr * c.weight_decay) as f32,
+            };
+            if slot.var.device().is_cpu() && slot.var.dtype() == DType::F32 {
+                let g = g.contiguous()?;
+                slot.m.inplace_op2(&g, &Moment::new(c.beta1, false))?;
+                slot.v.inplace_op2(&g, &Moment::new(c.beta2, true))?;
+                slot.var.inplace_op3(&slot.m, &slot.v, &h)?;
+                continue;
+            }
             let theta = slot.var.as_tensor().detach();
             let m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -196,10 +212,129 @@ impl AdamW {
                         shape_str(target.dims())
                     );
                 }
-                *target = t.to_device(target.device())?.detach();
+                // A copy of its own: the CPU step updates it in place.
+                *target = t.to_device(target.device())?.copy()?.detach();
             }
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+/// The constants of one parameter update, in f32 as the tensor path computes them.
+struct Update {
+    /// lr / (1 - beta1^k).
+    step_size: f32,
+    /// 1 / (1 - beta2^k).
+    inv_bc2: f32,
+    eps: f32,
+    /// 1 - lr wd.
+    decay: f32,
+}
+
+/// Values per parallel chunk of the in-place updates.
+const UPDATE_CHUNK: usize = 1 << 15;
+
+/// A contiguous f32 slice of a CPU storage, mutable.
+fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adamw: needs a contiguous f32 tensor"),
+    }
+}
+
+/// A contiguous f32 slice of a CPU storage.
+fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("adamw: needs a contiguous f32 tensor"),
+    }
+}
+
+/// A moment updated in place from the gradient g: m <- beta m + (1 - beta) g, or with
+/// `square`, v <- beta v + (1 - beta) g^2. One pass and no new buffer, where the tensor path
+/// allocates one per operation.
+#[derive(Clone, Copy)]
+struct Moment {
+    beta: f32,
+    /// 1 - beta, rounded once from f64 as the tensor path does.
+    rest: f32,
+    square: bool,
+}
+
+impl Moment {
+    fn new(beta: f64, square: bool) -> Moment {
+        Moment {
+            beta: beta as f32,
+            rest: (1.0 - beta) as f32,
+            square,
+        }
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "flowpipe-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, g) = (values_mut(s1, l1)?, values(s2, l2)?);
+        if m.len() != g.len() {
+            candle_core::bail!("adamw: {} moments for {} gradients", m.len(), g.len());
+        }
+        let Moment { beta, rest, square } = *self;
+        m.par_chunks_mut(UPDATE_CHUNK)
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if square { g * g } else { g };
+                    *m = *m * beta + g * rest;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// The parameter updated in place from its moments:
+/// theta <- theta (1 - lr wd) - (lr / bc1) m / (sqrt(v / bc2) + eps).
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "flowpipe-adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (theta, m, v) = (values_mut(s1, l1)?, values(s2, l2)?, values(s3, l3)?);
+        if theta.len() != m.len() || theta.len() != v.len() {
+            candle_core::bail!(
+                "adamw: {} values, {} and {} moments",
+                theta.len(),
+                m.len(),
+                v.len()
+            );
+        }
+        theta
+            .par_chunks_mut(UPDATE_CHUNK)
+            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)))
+            .for_each(|(theta, (m, v))| {
+                for ((t, &m), &v) in theta.iter_mut().zip(m).zip(v) {
+                    let update = (m * self.step_size) / ((v * self.inv_bc2).sqrt() + self.eps);
+                    *t = *t * self.decay - update;
+                }
+            });
         Ok(())
     }
 }
