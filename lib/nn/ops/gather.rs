@@ -65,11 +65,13 @@ impl RowGather {
     /// Output rows `first..first + count` gathered from `x` (source rows of `c` values), zeros
     /// for the rows past the source.
     pub fn patches(&self, x: &[f32], c: usize, first: usize, count: usize) -> Vec<f32> {
-        let mut out = vec![0f32; count * c];
-        for (row, &i) in out.chunks_mut(c).zip(&self.index[first..first + count]) {
+        let mut out = Vec::with_capacity(count * c);
+        for &i in &self.index[first..first + count] {
             let i = i as usize;
             if i < self.source_rows {
-                row.copy_from_slice(&x[i * c..(i + 1) * c]);
+                out.extend_from_slice(&x[i * c..(i + 1) * c]);
+            } else {
+                out.resize(out.len() + c, 0.0);
             }
         }
         out

@@ -31,7 +31,7 @@ mod group_norm;
 mod pointwise;
 mod rows;
 
-pub use bias::add_bias;
+pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
