@@ -29,7 +29,7 @@ use super::init::{linear, Init, Linear, Params};
 use super::layers::{
     gelu, softmax_last_dim, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
-use super::ops::silu;
+use super::ops::{gated_residual, modulate, silu};
 
 /// The feed-forward nonlinearity of a [`Dit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,11 +156,6 @@ fn zero_linear(params: &Params, name: &str, d_in: usize, d_out: usize) -> Result
     })
 }
 
-/// x (1 + scale) + shift, with scale and shift (N, 1, D) broadcast over the tokens.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
-}
-
 /// `k` modulation vectors (N, 1, D) from Linear(SiLU(c)) (N, k D).
 fn chunks(m: &Tensor, k: usize) -> candle_core::Result<Vec<Tensor>> {
     let (n, kd) = m.dims2()?;
@@ -233,12 +228,12 @@ impl DitBlock {
     pub fn forward(&self, z: &Tensor, c_act: &Tensor) -> candle_core::Result<Tensor> {
         let m = chunks(&self.modulation.forward(c_act)?, 6)?;
         let h = modulate(&self.norm.forward(z)?, &m[0], &m[1])?;
-        let z = (z + self.attn.forward(&h)?.broadcast_mul(&m[2])?)?;
+        let z = gated_residual(z, &self.attn.forward(&h)?, &m[2])?;
         let h = modulate(&self.norm.forward(&z)?, &m[3], &m[4])?;
         let ff = self
             .fc2
             .forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
-        z + ff.broadcast_mul(&m[5])?
+        gated_residual(&z, &ff, &m[5])
     }
 }
 

@@ -1,0 +1,308 @@
+//! The adaptive-norm modulation of the DiT (Peebles & Xie 2023) as fused ops: per-sample
+//! vectors applied to every token.
+//!
+//! candle composes `x (1 + scale) + shift` and `z + gate h` from broadcast ops, whose backward
+//! sums the gradient of each (N, 1, D) vector over the tokens by a strided reduction and adds
+//! through fresh zero-filled buffers; here each op is one pass forward and one pass backward,
+//! the per-sample sums taken row by row.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::slice;
+
+/// x (1 + scale) + shift for x (N, T, D) and shift, scale (N, D), per sample n.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    apply(Kind::Modulate, x, shift, scale)
+}
+
+/// z + gate h for z, h (N, T, D) and gate (N, D): a gated residual connection.
+pub fn gated_residual(z: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    apply(Kind::Gate, z, h, gate)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// a (1 + c) + b, with a (N, T, D) and b, c (N, D).
+    Modulate,
+    /// a + b c, with a, b (N, T, D) and c (N, D).
+    Gate,
+}
+
+/// The fused op where it applies (f32 on the CPU), else candle's broadcast ops.
+fn apply(kind: Kind, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let (n, _, d) = a.dims3()?;
+    let row_shaped = |t: &Tensor| t.reshape((n, d));
+    let (b, c) = match kind {
+        Kind::Modulate => (row_shaped(b)?, row_shaped(c)?),
+        Kind::Gate => (b.clone(), row_shaped(c)?),
+    };
+    let fused = a.device().is_cpu() && [a, &b, &c].iter().all(|t| t.dtype() == DType::F32);
+    if fused {
+        let (a, b, c) = (a.contiguous()?, b.contiguous()?, c.contiguous()?);
+        return a.apply_op3(&b, &c, Modulation(kind));
+    }
+    let per_sample = |t: &Tensor| t.reshape((n, 1, d));
+    match kind {
+        Kind::Modulate => a
+            .broadcast_mul(&(per_sample(&c)? + 1.0)?)?
+            .broadcast_add(&per_sample(&b)?),
+        Kind::Gate => a + b.broadcast_mul(&per_sample(&c)?)?,
+    }
+}
+
+struct Modulation(Kind);
+
+impl Modulation {
+    /// (N, T D, D) of the (N, T, D) layout.
+    fn sizes(l: &Layout) -> Result<(usize, usize, usize)> {
+        let (n, t, d) = l.shape().dims3()?;
+        Ok((n, t * d, d))
+    }
+}
+
+impl CustomOp3 for Modulation {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Kind::Modulate => "flowpipe-modulate",
+            Kind::Gate => "flowpipe-gated-residual",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (a, b, c) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+        let (n, block, d) = Self::sizes(l1)?;
+        let b_len = if self.0 == Kind::Gate {
+            n * block
+        } else {
+            n * d
+        };
+        if b.len() != b_len || c.len() != n * d {
+            candle_core::bail!("{op}: operands of {} and {} values", b.len(), c.len());
+        }
+        let kind = self.0;
+        let mut y = a.to_vec();
+        if d > 0 {
+            y.par_chunks_mut(block.max(1))
+                .enumerate()
+                .for_each(|(i, y)| {
+                    let c = &c[i * d..(i + 1) * d];
+                    for (k, row) in y.chunks_mut(d).enumerate() {
+                        match kind {
+                            Kind::Modulate => {
+                                let b = &b[i * d..(i + 1) * d];
+                                for j in 0..d {
+                                    row[j] = row[j] * (1.0 + c[j]) + b[j];
+                                }
+                            }
+                            Kind::Gate => {
+                                let b = &b[i * block + k * d..i * block + (k + 1) * d];
+                                for j in 0..d {
+                                    row[j] += b[j] * c[j];
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.detach().contiguous()?;
+        let (n, t, d) = g.dims3()?;
+        let total = n * t * d;
+        match self.0 {
+            Kind::Modulate => {
+                // One buffer: da, then db (N, D) and dc (N, D).
+                let all = g.apply_op3_no_bwd(&a.detach(), &c.detach(), &ModulateGrad)?;
+                let da = all.narrow(0, 0, total)?.reshape((n, t, d))?;
+                let db = all.narrow(0, total, n * d)?.reshape((n, d))?;
+                let dc = all.narrow(0, total + n * d, n * d)?.reshape((n, d))?;
+                Ok((Some(da), Some(db), Some(dc)))
+            }
+            Kind::Gate => {
+                // One buffer: dh, then the sums of g (unused) and of g h (N, D).
+                let all = g.apply_op3_no_bwd(&b.detach(), &c.detach(), &GateGrad)?;
+                let db = all.narrow(0, 0, total)?.reshape((n, t, d))?;
+                let dc = all.narrow(0, total + n * d, n * d)?.reshape((n, d))?;
+                Ok((Some(g), Some(db), Some(dc)))
+            }
+        }
+    }
+}
+
+/// The per-sample backward of both ops: for sample n with rows of g and of `x` (the input
+/// multiplied by the per-sample vector v), the buffer `dx` gets g v, and `sum_g` and `sum_gx`
+/// the column sums of g and of g x.
+fn sample_grads(
+    g: &[f32],
+    x: &[f32],
+    v: &[f32],
+    dx: &mut [f32],
+    sums: (&mut [f32], &mut [f32]),
+    add_one: bool,
+) {
+    let d = v.len();
+    let (sum_g, sum_gx) = sums;
+    for ((gr, xr), dr) in g.chunks(d).zip(x.chunks(d)).zip(dx.chunks_mut(d)) {
+        for j in 0..d {
+            let factor = if add_one { 1.0 + v[j] } else { v[j] };
+            dr[j] = gr[j] * factor;
+            sum_g[j] += gr[j];
+            sum_gx[j] += gr[j] * xr[j];
+        }
+    }
+}
+
+/// Backward of the modulation from (g, x, scale): [dx; dshift (N, D); dscale (N, D)].
+struct ModulateGrad;
+
+/// Backward of the gated residual from (g, h, gate): [dh; sum g (N, D); dgate (N, D)].
+struct GateGrad;
+
+/// The shared body of both backward ops: per sample, g times the vector (or 1 + it, for the
+/// modulation) into the first part of the buffer, then the column sums of g and of g x.
+fn grads_of(
+    g: &[f32],
+    x: &[f32],
+    v: &[f32],
+    (n, block, d): (usize, usize, usize),
+    modulate: bool,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * block + 2 * n * d];
+    let (dx, sums) = out.split_at_mut(n * block);
+    let (sum_g, sum_gx) = sums.split_at_mut(n * d);
+    if d > 0 && block > 0 {
+        dx.par_chunks_mut(block)
+            .zip(sum_g.par_chunks_mut(d).zip(sum_gx.par_chunks_mut(d)))
+            .enumerate()
+            .for_each(|(i, (dx, (sg, sgx)))| {
+                let rows = i * block..(i + 1) * block;
+                let v = &v[i * d..(i + 1) * d];
+                sample_grads(&g[rows.clone()], &x[rows], v, dx, (sg, sgx), modulate);
+            });
+    }
+    out
+}
+
+macro_rules! grad_op {
+    ($ty:ty, $name:literal, $modulate:expr) => {
+        impl CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let (g, x, v) = (
+                    slice(s1, l1, $name)?,
+                    slice(s2, l2, $name)?,
+                    slice(s3, l3, $name)?,
+                );
+                let sizes = Modulation::sizes(l1)?;
+                if x.len() != g.len() || v.len() != sizes.0 * sizes.2 {
+                    candle_core::bail!("{}: mismatched operands", $name);
+                }
+                let out = grads_of(g, x, v, sizes, $modulate);
+                let len = out.len();
+                Ok((CpuStorage::F32(out), Shape::from(len)))
+            }
+        }
+    };
+}
+
+grad_op!(ModulateGrad, "flowpipe-modulate-grad", true);
+grad_op!(GateGrad, "flowpipe-gated-residual-grad", false);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn var(i: u64, shape: &[usize]) -> Var {
+        let n = shape.iter().product();
+        let v = crate::rng::normal_rows(5, crate::rng::Purpose::Misc, i, 1, n);
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Both fused ops against candle's broadcast composition: values and every gradient.
+    #[test]
+    fn fused_modulation_and_gate_match_the_broadcast_ops() {
+        let (n, t, d) = (3, 5, 4);
+        let (x, h, u, v) = (
+            var(0, &[n, t, d]),
+            var(1, &[n, t, d]),
+            var(2, &[n, 1, d]),
+            var(3, &[n, 1, d]),
+        );
+        let probe = var(4, &[n, t, d]);
+        let cases: [(Tensor, Tensor, Vec<&Var>); 2] = [
+            (
+                modulate(x.as_tensor(), u.as_tensor(), v.as_tensor()).unwrap(),
+                x.as_tensor()
+                    .broadcast_mul(&(v.as_tensor() + 1.0).unwrap())
+                    .unwrap()
+                    .broadcast_add(u.as_tensor())
+                    .unwrap(),
+                vec![&x, &u, &v],
+            ),
+            (
+                gated_residual(x.as_tensor(), h.as_tensor(), v.as_tensor()).unwrap(),
+                (x.as_tensor() + h.as_tensor().broadcast_mul(v.as_tensor()).unwrap()).unwrap(),
+                vec![&x, &h, &v],
+            ),
+        ];
+        for (ours, theirs, vars) in cases {
+            assert_eq!(ours.dims(), theirs.dims());
+            for (a, b) in values(&ours).iter().zip(values(&theirs)) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+            let grads = |y: &Tensor| {
+                (y * probe.as_tensor())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+            };
+            let (ga, gb) = (grads(&ours).unwrap(), grads(&theirs).unwrap());
+            for var in vars {
+                let (a, b) = (
+                    ga.get(var.as_tensor()).unwrap(),
+                    gb.get(var.as_tensor()).unwrap(),
+                );
+                assert_eq!(a.elem_count(), b.elem_count());
+                for (p, q) in values(a).iter().zip(values(b)) {
+                    assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+                }
+            }
+        }
+    }
+}
