@@ -3,6 +3,7 @@
 #   make bench-compare   the same figures in PyTorch on the CPU, taking turns figure by figure
 #                        with flowpipe (bench/torch_reference.py, when
 #                        python3 can import torch) and the ratio flowpipe / PyTorch per figure
+#                        (the median over BENCH_ROUNDS rounds, default 3, each round's ratio too)
 #   BENCH_THREADS=N      threads for both (default: all cores); BENCH_FLAGS: more run-bench
 #                        flags (e.g. --runs 3; --only train_step_mlp2d for make bench); SMALL=1:
 #                        tiny sizes (smoke test)
@@ -15,6 +16,7 @@
 BENCH_DIR := $(OUT)/bench
 BENCH_THREADS ?=
 BENCH_FLAGS ?=
+BENCH_ROUNDS ?= 3
 PYTHON ?= python3
 BENCH_SIZE := $(if $(SMALL),--tiny)
 
@@ -30,20 +32,21 @@ bench: $(TOOLS)
 	  echo '{"figure": "stage", "note": "no $(OUT)/stages.jsonl yet: run make (the main job) first"}'; \
 	fi
 
-# Side by side: flowpipe and PyTorch take turns figure by figure, so that a drift of the
-# machine's speed (a shared VM drifts by a third within minutes) falls on both sides alike.
+# Side by side: flowpipe and PyTorch take turns figure by figure, round after round, so that a
+# drift of the machine's speed (a shared VM drifts by a third within minutes) falls on both
+# sides alike; compare.py pairs the rounds and reports the median ratio.
 BENCH_GROUPS := matmul train_step_mlp2d train_step_unet train_step_dit train_step_vae \
                 sample_cfg_unet npy_write_pipe,npy_read_pipe
 bench-compare: $(TOOLS)
 	@mkdir -p $(BENCH_DIR)
 	@if $(PYTHON) -c 'import torch, numpy' 2>/dev/null; then \
 	  : > $(BENCH_DIR)/flowpipe-pairs.jsonl; : > $(BENCH_DIR)/pytorch.jsonl; \
-	  for f in $(BENCH_GROUPS); do \
+	  for round in $$(seq $(if $(SMALL),1,$(BENCH_ROUNDS))); do for f in $(BENCH_GROUPS); do \
 	    run-bench $(BENCH_SIZE) $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) $(BENCH_FLAGS) \
 	      --only $$f >> $(BENCH_DIR)/flowpipe-pairs.jsonl || exit 1; \
 	    $(PYTHON) bench/torch_reference.py $(BENCH_SIZE) --only $$f \
 	      $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) >> $(BENCH_DIR)/pytorch.jsonl || exit 1; \
-	  done; \
+	  done; done; \
 	  $(PYTHON) bench/compare.py $(BENCH_DIR)/flowpipe-pairs.jsonl $(BENCH_DIR)/pytorch.jsonl \
 	    | tee $(BENCH_DIR)/compare.jsonl; \
 	else \
