@@ -292,6 +292,14 @@ pub fn linear_no_bias(params: &Params, name: &str, d_in: usize, d_out: usize) ->
 impl Linear {
     /// x: (N, in) or (B, N, in) -> (N, out) or (B, N, out).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let (Some(b), [.., k]) = (&self.bias, x.dims()) {
+            let rows = x.reshape(((), *k))?;
+            if let Some(y) = super::ops::linear(&rows, &self.weight, b)? {
+                let mut shape = x.dims().to_vec();
+                *shape.last_mut().unwrap() = y.dim(1)?;
+                return y.reshape(shape);
+            }
+        }
         let y = match *x.dims() {
             [b, n, k] => x
                 .reshape((b * n, k))?

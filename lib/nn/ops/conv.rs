@@ -10,9 +10,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
+use super::gemm::{assume_init, matmul_add, Mat};
 use super::{slice, RowGather};
 
 /// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
@@ -110,6 +110,7 @@ impl CustomOp3 for ConvRows {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.detach().contiguous()?;
+        let needs_dx = x.track_op();
         let (x, w) = (x.detach(), w.detach());
         let (c, kc) = (x.dim(1)?, w.dim(0)?);
         let grads = Grads {
@@ -117,9 +118,13 @@ impl CustomOp3 for ConvRows {
             c,
             taps: kc / c,
         };
-        let dx = g.apply_op2_no_bwd(&w, &ConvInputGrad(grads.clone()))?;
+        // No input gradient where the input needs none (the network's first layer).
+        let dx = match needs_dx {
+            true => Some(g.apply_op2_no_bwd(&w, &ConvInputGrad(grads.clone()))?),
+            false => None,
+        };
         let dwb = x.apply_op2_no_bwd(&g, &ConvParamGrad(grads))?;
-        Ok((Some(dx), Some(dwb.narrow(0, 0, kc)?), Some(dwb.get(kc)?)))
+        Ok((dx, Some(dwb.narrow(0, 0, kc)?), Some(dwb.get(kc)?)))
     }
 }
 
@@ -246,92 +251,6 @@ impl CustomOp2 for ConvParamGrad {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((kc + 1, o))))
-    }
-}
-
-/// Treats a fully written slice of `MaybeUninit<f32>` as `f32`.
-fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
-    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// A matrix operand: `rows` x `cols` values of `data` at row and column strides.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major (rows, cols) matrix.
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
-        Mat {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose (cols, rows) of a row-major (rows, cols) matrix.
-    fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
-        Mat {
-            data,
-            rows: cols,
-            cols: rows,
-            row_stride: 1,
-            col_stride: cols,
-        }
-    }
-
-    /// Whether every element the strides reach lies in `data`.
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
-    }
-}
-
-/// dst (a.rows x b.cols, row-major) += a b, on the calling thread (callers run tiles in
-/// parallel), by the `gemm` crate that candle's own matrix product uses.
-fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
-    assert!(a.cols == b.rows && dst.len() == a.rows * b.cols);
-    assert!(
-        a.in_bounds() && b.in_bounds(),
-        "matmul operand out of bounds"
-    );
-    if dst.is_empty() || a.cols == 0 {
-        return;
-    }
-    // SAFETY: the shapes and strides of both operands were checked against their slices, and
-    // dst holds exactly a.rows x b.cols values, written through its exclusive borrow.
-    unsafe {
-        gemm::gemm(
-            a.rows,
-            b.cols,
-            a.cols,
-            dst.as_mut_ptr(),
-            1,
-            b.cols as isize,
-            true,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

@@ -15,6 +15,7 @@
 //!   on one thread, and the backward first builds a zero tensor and copies it; here both run in
 //!   parallel, the backward over the source rows through the inverse index (each source row
 //!   has one writer: no atomics, and the same sums in the same order on every run).
+//! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product).
 //! - [`modulate`], [`gated_residual`]: the DiT's per-sample shift, scale and gate.
 //! - [`conv_rows`]: a convolution as that gather and a matrix product with bias, one graph node
 //!   computed in tiles of rows, so the whole patch matrix is never built.
@@ -28,7 +29,9 @@ use rayon::prelude::*;
 mod bias;
 mod conv;
 mod gather;
+mod gemm;
 mod group_norm;
+mod linear;
 mod modulate;
 mod pointwise;
 mod rows;
@@ -37,6 +40,7 @@ pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
+pub use linear::linear;
 pub use modulate::{gated_residual, modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};
