@@ -119,12 +119,6 @@ pub fn simulate(
     Ok(())
 }
 
-/// Class labels 0, ..., 0, 1, ..., 1, ...: each of `num_classes` classes `k` times in order
-/// (simulate-ctmc's `--each`).
-pub fn each_class(num_classes: usize, k: usize) -> Vec<u32> {
-    (0..num_classes * k).map(|i| (i / k) as u32).collect()
-}
-
 /// The prompts of `n` samples, sample i taking prompt i mod P (P = `prompts.len()` >= 1), as
 /// (n * len) tokens (`None`: free) and the mask of the held positions.
 pub fn tile_prompts(prompts: &[Vec<Option<u32>>], n: usize) -> (Vec<Option<u32>>, Vec<bool>) {
@@ -340,8 +334,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn labels_and_prompts_are_laid_out_per_sample() {
-        assert_eq!(each_class(3, 2), vec![0, 0, 1, 1, 2, 2]);
+    fn prompts_are_laid_out_per_sample() {
         let prompts = vec![vec![Some(1), None], vec![None, Some(2)]];
         let (p, fixed) = tile_prompts(&prompts, 3);
         assert_eq!(p, vec![Some(1), None, None, Some(2), Some(1), None]);

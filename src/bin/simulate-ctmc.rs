@@ -7,7 +7,7 @@ use flowpipe::discrete::sample::{self, DenoiserPosterior, SampleOptions};
 use flowpipe::discrete::{tokens, Denoiser, Solver};
 use flowpipe::io::npy;
 use flowpipe::progress::Progress;
-use flowpipe::{usage_bail, Result};
+use flowpipe::{guidance, usage_bail, Result};
 use std::process::ExitCode;
 
 /// Draw token sequences from a denoiser model: from all-[MASK] (or uniform) tokens at t = 0,
@@ -98,7 +98,12 @@ fn run(args: Args) -> Result<()> {
     let labels: Option<Vec<u32>> = match (&args.labels, args.each) {
         (Some(p), _) => Some(tokens::read_labels(p, None, Some(null))?),
         (None, Some(0)) => usage_bail!("--each must be at least 1"),
-        (None, Some(k)) => Some(sample::each_class(cfg.num_classes, k)),
+        (None, Some(k)) => Some(
+            guidance::each_class(cfg.num_classes, k, false)
+                .into_iter()
+                .map(|c| c as u32)
+                .collect(),
+        ),
         (None, None) => None,
     };
     let n = args
