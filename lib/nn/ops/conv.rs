@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::gemm::{assume_init, matmul_add, Mat};
+use super::gemm::{biased_rows, matmul_add, Mat};
 use super::{slice, RowGather};
 
 /// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
@@ -75,29 +75,12 @@ impl CustomOp3 for ConvRows {
         let gather = &self.0;
         let taps = kc / c;
         let m = gather.len() / taps;
-        let mut y = Vec::with_capacity(m * o);
-        if o > 0 {
-            y.spare_capacity_mut()
-                .par_chunks_mut(TILE_ROWS * o)
-                .enumerate()
-                .for_each(|(t, dst)| {
-                    for row in dst.chunks_mut(o) {
-                        for (d, &bv) in row.iter_mut().zip(b) {
-                            d.write(bv);
-                        }
-                    }
-                    let dst = assume_init(dst);
-                    let rows = dst.len() / o;
-                    let patches = gather.patches(x, c, t * TILE_ROWS * taps, rows * taps);
-                    matmul_add(
-                        dst,
-                        Mat::row_major(&patches, rows, kc),
-                        Mat::row_major(w, kc, o),
-                    );
-                });
-        }
-        // SAFETY: every chunk of the spare capacity was written above (bias, then the product).
-        unsafe { y.set_len(m * o) };
+        let y = biased_rows(m, b, TILE_ROWS, |first, dst| {
+            let rows = dst.len() / o;
+            let patches = gather.patches(x, c, first * taps, rows * taps);
+            let patches = Mat::row_major(&patches, rows, kc);
+            matmul_add(dst, patches, Mat::row_major(w, kc, o));
+        });
         Ok((CpuStorage::F32(y), Shape::from((m, o))))
     }
 
@@ -163,16 +146,11 @@ impl CustomOp2 for ConvInputGrad {
         let (c, taps, kc) = (*c, *taps, c * taps);
         let r = gather.source_rows();
         let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
-        let mut dx = Vec::with_capacity(r * c);
+        let mut dx = vec![0f32; r * c];
         if c > 0 {
-            dx.spare_capacity_mut()
-                .par_chunks_mut(per_tile * c)
+            dx.par_chunks_mut(per_tile * c)
                 .enumerate()
                 .for_each(|(t, dst)| {
-                    dst.iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    });
-                    let dst = assume_init(dst);
                     let first = t * per_tile;
                     let Some((lo, hi)) = gather.reader_span(first, dst.len() / c) else {
                         return;
@@ -192,8 +170,6 @@ impl CustomOp2 for ConvInputGrad {
                     }
                 });
         }
-        // SAFETY: every chunk of the spare capacity was zeroed above before the sums.
-        unsafe { dx.set_len(r * c) };
         Ok((CpuStorage::F32(dx), Shape::from((r, c))))
     }
 }

@@ -1,10 +1,11 @@
 //! Matrix products on slices, by the `gemm` crate that candle's own matrix product uses: for
 //! fused ops that multiply tiles of their operands on the calling thread.
 
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Treats a fully written slice of `MaybeUninit<f32>` as `f32`.
-pub fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
     unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
@@ -87,4 +88,33 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
             gemm::Parallelism::None,
         )
     }
+}
+
+/// An (m, b.len()) row-major output whose rows start as the bias b and then take
+/// `add_tile(first_row, rows)`: each tile of `tile_rows` rows filled in parallel, with no pass
+/// that zeroes the buffer first.
+pub fn biased_rows(
+    m: usize,
+    b: &[f32],
+    tile_rows: usize,
+    add_tile: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let o = b.len();
+    let mut y = Vec::with_capacity(m * o);
+    if o > 0 {
+        y.spare_capacity_mut()
+            .par_chunks_mut(tile_rows * o)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                for row in dst.chunks_mut(o) {
+                    for (d, &bv) in row.iter_mut().zip(b) {
+                        d.write(bv);
+                    }
+                }
+                add_tile(t * tile_rows, assume_init(dst));
+            });
+    }
+    // SAFETY: every chunk of the spare capacity was written above (the bias, then the tile).
+    unsafe { y.set_len(m * o) };
+    y
 }

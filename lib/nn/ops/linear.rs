@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{assume_init, matmul_add, Mat};
+use super::gemm::{biased_rows, matmul_add, Mat};
 use super::slice;
 
 /// Rows of x per parallel task: a fixed size, so results do not depend on the thread count.
@@ -61,26 +61,11 @@ impl CustomOp3 for Linear {
         );
         let (m, k) = l1.shape().dims2()?;
         let o = b.len();
-        let mut y = Vec::with_capacity(m * o);
-        if o > 0 {
-            y.spare_capacity_mut()
-                .par_chunks_mut(TILE_ROWS * o)
-                .enumerate()
-                .for_each(|(t, dst)| {
-                    for row in dst.chunks_mut(o) {
-                        for (d, &bv) in row.iter_mut().zip(b) {
-                            d.write(bv);
-                        }
-                    }
-                    let dst = assume_init(dst);
-                    let rows = dst.len() / o;
-                    let first = t * TILE_ROWS;
-                    let x_tile = Mat::row_major(&x[first * k..(first + rows) * k], rows, k);
-                    matmul_add(dst, x_tile, Mat::transposed(w, o, k));
-                });
-        }
-        // SAFETY: every chunk of the spare capacity was written above (bias, then the product).
-        unsafe { y.set_len(m * o) };
+        let y = biased_rows(m, b, TILE_ROWS, |first, dst| {
+            let rows = dst.len() / o;
+            let x_tile = Mat::row_major(&x[first * k..(first + rows) * k], rows, k);
+            matmul_add(dst, x_tile, Mat::transposed(w, o, k));
+        });
         Ok((CpuStorage::F32(y), Shape::from((m, o))))
     }
 
@@ -190,25 +175,15 @@ impl CustomOp2 for ParamGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn var(i: u64, shape: &[usize]) -> Var {
-        let n = shape.iter().product();
-        let v = crate::rng::normal_rows(6, crate::rng::Purpose::Misc, i, 1, n);
-        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
+    use crate::nn::ops::testing::{values, var};
 
     /// Against candle's matmul and broadcast add, over several row tiles and feature blocks:
     /// values and the gradients of x, W and b; no gradient for an input that needs none.
     #[test]
     fn fused_linear_matches_matmul_plus_bias() {
         let (m, k, o) = (300, 7, 70);
-        let (x, w, b) = (var(0, &[m, k]), var(1, &[o, k]), var(2, &[o]));
-        let probe = var(3, &[m, o]);
+        let (x, w, b) = (var(6, 0, &[m, k]), var(6, 1, &[o, k]), var(6, 2, &[o]));
+        let probe = var(6, 3, &[m, o]);
         let ours = linear(x.as_tensor(), w.as_tensor(), b.as_tensor())
             .unwrap()
             .unwrap();

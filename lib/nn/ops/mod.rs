@@ -201,6 +201,24 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
+/// Test inputs shared by the fused ops' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor, Var};
+
+    /// A variable of standard normal values from stream (`seed`, `index`).
+    pub fn var(seed: u64, index: u64, shape: &[usize]) -> Var {
+        let n = shape.iter().product();
+        let v = crate::rng::normal_rows(seed, crate::rng::Purpose::Misc, index, 1, n);
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Every value of a tensor, flattened.
+    pub fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

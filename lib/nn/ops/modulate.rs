@@ -241,29 +241,20 @@ grad_op!(GateGrad, "flowpipe-gated-residual-grad", false);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn var(i: u64, shape: &[usize]) -> Var {
-        let n = shape.iter().product();
-        let v = crate::rng::normal_rows(5, crate::rng::Purpose::Misc, i, 1, n);
-        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
+    use crate::nn::ops::testing::{values, var};
+    use candle_core::Var;
 
     /// Both fused ops against candle's broadcast composition: values and every gradient.
     #[test]
     fn fused_modulation_and_gate_match_the_broadcast_ops() {
         let (n, t, d) = (3, 5, 4);
         let (x, h, u, v) = (
-            var(0, &[n, t, d]),
-            var(1, &[n, t, d]),
-            var(2, &[n, 1, d]),
-            var(3, &[n, 1, d]),
+            var(5, 0, &[n, t, d]),
+            var(5, 1, &[n, t, d]),
+            var(5, 2, &[n, 1, d]),
+            var(5, 3, &[n, 1, d]),
         );
-        let probe = var(4, &[n, t, d]);
+        let probe = var(5, 4, &[n, t, d]);
         let cases: [(Tensor, Tensor, Vec<&Var>); 2] = [
             (
                 modulate(x.as_tensor(), u.as_tensor(), v.as_tensor()).unwrap(),
