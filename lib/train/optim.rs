@@ -7,6 +7,7 @@
 //!   m^ = m / (1 - beta1^k),                v^ = v / (1 - beta2^k)
 //!   theta <- theta (1 - lr_k wd) - lr_k m^ / (sqrt(v^) + eps)
 //!
+//! On the CPU the moments and the parameter are updated in place (three passes, no new buffer).
 //! `wd = 0` is plain Adam. Parameters without a gradient in a step are left alone (their
 //! moments too), as PyTorch does.
 //!

@@ -7,7 +7,8 @@
 //! the CPU is several times faster than candle's conv2d, whose input gradient is a plain-loop
 //! transposed convolution. A nearest-neighbour upsampling before the convolution is folded into
 //! the same gather (pixel (y, x) of the upsampled map is input pixel (y / 2, x / 2)), so it costs
-//! nothing. Weights keep PyTorch's (O, C, k, k) layout.
+//! nothing. On the CPU the patch matrix is never built whole: [`conv_rows`] gathers and
+//! multiplies it in tiles of rows. Weights keep PyTorch's (O, C, k, k) layout.
 
 use candle_core::{DType, Device, DeviceLocation, Tensor};
 use std::collections::HashMap;

@@ -6,9 +6,9 @@
 //!   d SiLU / dx = s (1 + x (1 - s)), s = sigmoid(x), times the incoming gradient.
 //! - [`add_bias`]: y = x + b with b broadcast over rows. candle's backward sums the gradient
 //!   over the batch with a strided reduction that costs as much as the layer's matmul; here the
-//!   bias gradient is a row-by-row accumulation.
-//!
-//! - [`gelu`], [`group_norm`], [`softmax_last_dim`], [`rms_norm`]: the same idea for the other
+//!   bias gradient is a row-by-row accumulation. [`add_sample_bias`]: the same with one bias
+//!   per sample (the U-Net's conditioning added to every pixel).
+//! - [`gelu`], [`group_norm`] (optionally followed by SiLU), [`softmax_last_dim`], [`rms_norm`]: the same idea for the other
 //!   activations and normalisations of the U-Net, the DiT and the VAE.
 //! - [`gather_rows`]: out[m] = x[index[m]] (or a zero row), the "im2col" gather of the
 //!   convolutions. candle's index_select and its backward, index_add, copy one row at a time
