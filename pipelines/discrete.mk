@@ -36,7 +36,7 @@ DS_SIM_STEPS := 100
 DS_IMG_STEPS := 400
 DS_IMG_NET := --width 64 --depth 3 --heads 4 --batch 16 --lr 2e-3 --warmup 50
 else
-DS_WORDS := head -n 2000
+DS_WORDS := sed -n '1,2000p'
 DS_STEPS := 20
 DS_NET := --width 32 --depth 1 --heads 2 --batch 32
 DS_SAMPLES := 50
