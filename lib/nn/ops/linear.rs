@@ -175,7 +175,7 @@ impl CustomOp2 for ParamGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::ops::testing::{values, var};
+    use crate::nn::ops::testing::{assert_same_op, probe_grads, var};
 
     /// Against candle's matmul and broadcast add, over several row tiles and feature blocks:
     /// values and the gradients of x, W and b; no gradient for an input that needs none.
@@ -193,32 +193,12 @@ mod tests {
             .unwrap()
             .broadcast_add(b.as_tensor())
             .unwrap();
-        for (p, q) in values(&ours).iter().zip(values(&theirs)) {
-            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
-        }
-        let grads = |y: &Tensor| {
-            (y * probe.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-        };
-        let (ga, gb) = (grads(&ours).unwrap(), grads(&theirs).unwrap());
-        for v in [&x, &w, &b] {
-            let (p, q) = (
-                ga.get(v.as_tensor()).unwrap(),
-                gb.get(v.as_tensor()).unwrap(),
-            );
-            assert_eq!(p.dims(), q.dims());
-            for (p, q) in values(p).iter().zip(values(q)) {
-                assert!((p - q).abs() < 1e-3, "{p} vs {q}");
-            }
-        }
+        assert_same_op(&ours, &theirs, &probe, &[&x, &w, &b], (1e-5, 1e-3));
         let data = x.as_tensor().detach();
         let y = linear(&data, w.as_tensor(), b.as_tensor())
             .unwrap()
             .unwrap();
-        let g = grads(&y).unwrap();
+        let g = probe_grads(&y, &probe);
         assert!(g.get(&data).is_none() && g.get(w.as_tensor()).is_some());
     }
 }

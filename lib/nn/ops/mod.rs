@@ -217,6 +217,42 @@ pub(crate) mod testing {
     pub fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
+
+    /// The gradients of sum(y * probe).
+    pub fn probe_grads(y: &Tensor, probe: &Var) -> candle_core::backprop::GradStore {
+        (y * probe.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
+    /// `ours` and `theirs` agree in value (to `tol`) and in the gradients of sum(y * probe)
+    /// with respect to each of `vars` (to `grad_tol`).
+    pub fn assert_same_op(
+        ours: &Tensor,
+        theirs: &Tensor,
+        probe: &Var,
+        vars: &[&Var],
+        (tol, grad_tol): (f32, f32),
+    ) {
+        assert_eq!(ours.dims(), theirs.dims());
+        for (a, b) in values(ours).iter().zip(values(theirs)) {
+            assert!((a - b).abs() < tol, "{a} vs {b}");
+        }
+        let (ga, gb) = (probe_grads(ours, probe), probe_grads(theirs, probe));
+        for var in vars {
+            let (a, b) = (
+                ga.get(var.as_tensor()).unwrap(),
+                gb.get(var.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.elem_count(), b.elem_count());
+            for (p, q) in values(a).iter().zip(values(b)) {
+                assert!((p - q).abs() < grad_tol, "gradient {p} vs {q}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ grad_op!(GateGrad, "flowpipe-gated-residual-grad", false);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::ops::testing::{values, var};
+    use crate::nn::ops::testing::{assert_same_op, var};
     use candle_core::Var;
 
     /// Both fused ops against candle's broadcast composition: values and every gradient.
@@ -272,28 +272,7 @@ mod tests {
             ),
         ];
         for (ours, theirs, vars) in cases {
-            assert_eq!(ours.dims(), theirs.dims());
-            for (a, b) in values(&ours).iter().zip(values(&theirs)) {
-                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-            }
-            let grads = |y: &Tensor| {
-                (y * probe.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-            };
-            let (ga, gb) = (grads(&ours).unwrap(), grads(&theirs).unwrap());
-            for var in vars {
-                let (a, b) = (
-                    ga.get(var.as_tensor()).unwrap(),
-                    gb.get(var.as_tensor()).unwrap(),
-                );
-                assert_eq!(a.elem_count(), b.elem_count());
-                for (p, q) in values(a).iter().zip(values(b)) {
-                    assert!((p - q).abs() < 1e-5, "{p} vs {q}");
-                }
-            }
+            assert_same_op(&ours, &theirs, &probe, &vars, (1e-6, 1e-5));
         }
     }
 }
