@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::io::npy::shape_str;
+use crate::nn::ops::{slice, slice_mut};
 use crate::nn::Params;
 use crate::Result;
 
@@ -146,15 +147,15 @@ impl AdamW {
         let c = &self.config;
         let k = self.step.min(i32::MAX as u64) as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(k), 1.0 - c.beta2.powi(k));
+        let h = Update {
+            step_size: (lr / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            eps: c.eps as f32,
+            decay: (1.0 - lr * c.weight_decay) as f32,
+        };
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
-            };
-            let h = Update {
-                step_size: (lr / bc1) as f32,
-                inv_bc2: (1.0 / bc2) as f32,
-                eps: c.eps as f32,
-                decay: (1.0 - lr * c.weight_decay) as f32,
             };
             if slot.var.device().is_cpu() && slot.var.dtype() == DType::F32 {
                 let g = g.contiguous()?;
@@ -236,22 +237,6 @@ struct Update {
 /// Values per parallel chunk of the in-place updates.
 const UPDATE_CHUNK: usize = 1 << 15;
 
-/// A contiguous f32 slice of a CPU storage, mutable.
-fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("adamw: needs a contiguous f32 tensor"),
-    }
-}
-
-/// A contiguous f32 slice of a CPU storage.
-fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adamw: needs a contiguous f32 tensor"),
-    }
-}
-
 /// A moment updated in place from the gradient g: m <- beta m + (1 - beta) g, or with
 /// `square`, v <- beta v + (1 - beta) g^2. One pass and no new buffer, where the tensor path
 /// allocates one per operation.
@@ -285,7 +270,7 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (m, g) = (values_mut(s1, l1)?, values(s2, l2)?);
+        let (m, g) = (slice_mut(s1, l1, "adamw")?, slice(s2, l2, "adamw")?);
         if m.len() != g.len() {
             candle_core::bail!("adamw: {} moments for {} gradients", m.len(), g.len());
         }
@@ -318,7 +303,8 @@ impl InplaceOp3 for Update {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (theta, m, v) = (values_mut(s1, l1)?, values(s2, l2)?, values(s3, l3)?);
+        let theta = slice_mut(s1, l1, "adamw")?;
+        let (m, v) = (slice(s2, l2, "adamw")?, slice(s3, l3, "adamw")?);
         if theta.len() != m.len() || theta.len() != v.len() {
             candle_core::bail!(
                 "adamw: {} values, {} and {} moments",

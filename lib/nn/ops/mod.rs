@@ -194,10 +194,19 @@ fn last_dim(l: &Layout) -> usize {
 }
 
 /// The f32 slice a contiguous CPU storage holds.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("{op}: needs a contiguous f32 tensor, got {:?}", s.dtype()),
+    }
+}
+
+/// The same, mutable, for ops that update a tensor in place.
+pub(crate) fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let dtype = s.dtype();
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor, got {dtype:?}"),
     }
 }
 

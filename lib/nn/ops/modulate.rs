@@ -128,115 +128,73 @@ impl CustomOp3 for Modulation {
         let g = grad.detach().contiguous()?;
         let (n, t, d) = g.dims3()?;
         let total = n * t * d;
+        // The tensor the per-sample vector multiplies: x for the modulation, h for the gate.
+        let x = match self.0 {
+            Kind::Modulate => a,
+            Kind::Gate => b,
+        };
+        // One buffer: g times the vector (or 1 + it), then the sums of g and of g x (N, D).
+        let all = g.apply_op3_no_bwd(&x.detach(), &c.detach(), &ModulationGrad(self.0))?;
+        let g_v = all.narrow(0, 0, total)?.reshape((n, t, d))?;
+        let sum_g = all.narrow(0, total, n * d)?.reshape((n, d))?;
+        let sum_gx = all.narrow(0, total + n * d, n * d)?.reshape((n, d))?;
         match self.0 {
-            Kind::Modulate => {
-                // One buffer: da, then db (N, D) and dc (N, D).
-                let all = g.apply_op3_no_bwd(&a.detach(), &c.detach(), &ModulateGrad)?;
-                let da = all.narrow(0, 0, total)?.reshape((n, t, d))?;
-                let db = all.narrow(0, total, n * d)?.reshape((n, d))?;
-                let dc = all.narrow(0, total + n * d, n * d)?.reshape((n, d))?;
-                Ok((Some(da), Some(db), Some(dc)))
-            }
-            Kind::Gate => {
-                // One buffer: dh, then the sums of g (unused) and of g h (N, D).
-                let all = g.apply_op3_no_bwd(&b.detach(), &c.detach(), &GateGrad)?;
-                let db = all.narrow(0, 0, total)?.reshape((n, t, d))?;
-                let dc = all.narrow(0, total + n * d, n * d)?.reshape((n, d))?;
-                Ok((Some(g), Some(db), Some(dc)))
-            }
+            Kind::Modulate => Ok((Some(g_v), Some(sum_g), Some(sum_gx))),
+            Kind::Gate => Ok((Some(g), Some(g_v), Some(sum_gx))),
         }
     }
 }
 
-/// The per-sample backward of both ops: for sample n with rows of g and of `x` (the input
-/// multiplied by the per-sample vector v), the buffer `dx` gets g v, and `sum_g` and `sum_gx`
-/// the column sums of g and of g x.
-fn sample_grads(
-    g: &[f32],
-    x: &[f32],
-    v: &[f32],
-    dx: &mut [f32],
-    sums: (&mut [f32], &mut [f32]),
-    add_one: bool,
-) {
-    let d = v.len();
-    let (sum_g, sum_gx) = sums;
-    for ((gr, xr), dr) in g.chunks(d).zip(x.chunks(d)).zip(dx.chunks_mut(d)) {
-        for j in 0..d {
-            let factor = if add_one { 1.0 + v[j] } else { v[j] };
-            dr[j] = gr[j] * factor;
-            sum_g[j] += gr[j];
-            sum_gx[j] += gr[j] * xr[j];
+/// The backward of [`Modulation`] from (g, x, v), x the tensor the per-sample vector v
+/// multiplies: [g (1 + v) or g v; the per-sample column sums of g; those of g x].
+struct ModulationGrad(Kind);
+
+impl CustomOp3 for ModulationGrad {
+    fn name(&self) -> &'static str {
+        "flowpipe-modulation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (g, x, v) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+        let (n, block, d) = Modulation::sizes(l1)?;
+        if x.len() != g.len() || v.len() != n * d {
+            candle_core::bail!("{op}: mismatched operands");
         }
+        let add_one = self.0 == Kind::Modulate;
+        let mut out = vec![0f32; n * block + 2 * n * d];
+        let (g_v, sums) = out.split_at_mut(n * block);
+        let (sum_g, sum_gx) = sums.split_at_mut(n * d);
+        if d > 0 && block > 0 {
+            g_v.par_chunks_mut(block)
+                .zip(sum_g.par_chunks_mut(d).zip(sum_gx.par_chunks_mut(d)))
+                .enumerate()
+                .for_each(|(i, (g_v, (sum_g, sum_gx)))| {
+                    let rows = i * block..(i + 1) * block;
+                    let v = &v[i * d..(i + 1) * d];
+                    let (g, x) = (&g[rows.clone()], &x[rows]);
+                    for ((gr, xr), or) in g.chunks(d).zip(x.chunks(d)).zip(g_v.chunks_mut(d)) {
+                        for j in 0..d {
+                            let factor = if add_one { 1.0 + v[j] } else { v[j] };
+                            or[j] = gr[j] * factor;
+                            sum_g[j] += gr[j];
+                            sum_gx[j] += gr[j] * xr[j];
+                        }
+                    }
+                });
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
-
-/// Backward of the modulation from (g, x, scale): [dx; dshift (N, D); dscale (N, D)].
-struct ModulateGrad;
-
-/// Backward of the gated residual from (g, h, gate): [dh; sum g (N, D); dgate (N, D)].
-struct GateGrad;
-
-/// The shared body of both backward ops: per sample, g times the vector (or 1 + it, for the
-/// modulation) into the first part of the buffer, then the column sums of g and of g x.
-fn grads_of(
-    g: &[f32],
-    x: &[f32],
-    v: &[f32],
-    (n, block, d): (usize, usize, usize),
-    modulate: bool,
-) -> Vec<f32> {
-    let mut out = vec![0f32; n * block + 2 * n * d];
-    let (dx, sums) = out.split_at_mut(n * block);
-    let (sum_g, sum_gx) = sums.split_at_mut(n * d);
-    if d > 0 && block > 0 {
-        dx.par_chunks_mut(block)
-            .zip(sum_g.par_chunks_mut(d).zip(sum_gx.par_chunks_mut(d)))
-            .enumerate()
-            .for_each(|(i, (dx, (sg, sgx)))| {
-                let rows = i * block..(i + 1) * block;
-                let v = &v[i * d..(i + 1) * d];
-                sample_grads(&g[rows.clone()], &x[rows], v, dx, (sg, sgx), modulate);
-            });
-    }
-    out
-}
-
-macro_rules! grad_op {
-    ($ty:ty, $name:literal, $modulate:expr) => {
-        impl CustomOp3 for $ty {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn cpu_fwd(
-                &self,
-                s1: &CpuStorage,
-                l1: &Layout,
-                s2: &CpuStorage,
-                l2: &Layout,
-                s3: &CpuStorage,
-                l3: &Layout,
-            ) -> Result<(CpuStorage, Shape)> {
-                let (g, x, v) = (
-                    slice(s1, l1, $name)?,
-                    slice(s2, l2, $name)?,
-                    slice(s3, l3, $name)?,
-                );
-                let sizes = Modulation::sizes(l1)?;
-                if x.len() != g.len() || v.len() != sizes.0 * sizes.2 {
-                    candle_core::bail!("{}: mismatched operands", $name);
-                }
-                let out = grads_of(g, x, v, sizes, $modulate);
-                let len = out.len();
-                Ok((CpuStorage::F32(out), Shape::from(len)))
-            }
-        }
-    };
-}
-
-grad_op!(ModulateGrad, "flowpipe-modulate-grad", true);
-grad_op!(GateGrad, "flowpipe-gated-residual-grad", false);
 
 #[cfg(test)]
 mod tests {
