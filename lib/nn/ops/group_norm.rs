@@ -4,7 +4,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{sigmoid, slice};
+use super::pointwise::{Pointwise, SiluFn};
+use super::slice;
 
 /// GroupNorm over channels-last samples, y = gamma (x - mu_g) / sqrt(var_g + eps) + beta
 /// (Wu & He 2018), fused on the CPU: x (N, ..., C) contiguous f32, gamma and beta (C,). The
@@ -121,7 +122,7 @@ impl CustomOp3 for GroupNormOp {
                 for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
                     for ch in 0..c {
                         let z = (xr[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
-                        yr[ch] = if self.silu { z * sigmoid(z) } else { z };
+                        yr[ch] = if self.silu { SiluFn::f(z) } else { z };
                     }
                 }
             });
@@ -177,8 +178,7 @@ impl GroupNormGrad {
             for ch in 0..c {
                 let xhat = (xr[ch] - mean[ch]) * rstd[ch];
                 let dz = if self.op.silu {
-                    let s = sigmoid(xhat * gamma[ch] + beta[ch]);
-                    gr[ch] * s * (1.0 + (xhat * gamma[ch] + beta[ch]) * (1.0 - s))
+                    gr[ch] * SiluFn::df(xhat * gamma[ch] + beta[ch])
                 } else {
                     gr[ch]
                 };

@@ -28,7 +28,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// A pointwise activation f with its derivative, for a fused op with a one-pass backward.
 /// Generic (not fn pointers) so that each kernel is inlined and vectorised.
-trait Pointwise: Copy + Send + Sync + 'static {
+pub(super) trait Pointwise: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     const GRAD_NAME: &'static str;
     fn f(x: f32) -> f32;
@@ -37,7 +37,7 @@ trait Pointwise: Copy + Send + Sync + 'static {
 
 /// SiLU(x) = x sigmoid(x); d/dx = s (1 + x (1 - s)), s = sigmoid(x).
 #[derive(Clone, Copy)]
-struct SiluFn;
+pub(super) struct SiluFn;
 
 impl Pointwise for SiluFn {
     const NAME: &'static str = "flowpipe-silu";
