@@ -27,7 +27,7 @@ use super::config::{image_shape, positive, size, ConfigResult};
 use super::embed::{label_ids, LabelEmbedding, TimeMlp};
 use super::init::{linear, Init, Linear, Params};
 use super::layers::{
-    gelu, softmax_last_dim, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
+    gelu, self_attention, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
 use super::ops::{gated_residual, modulate, silu};
 
@@ -183,19 +183,8 @@ impl Attention {
 
     /// x: (N, L, D) -> (N, L, D).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, l, d) = x.dims3()?;
-        let dh = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((n, l, 3, self.heads, dh))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?; // (3, N, heads, L, dh)
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        let out = softmax_last_dim(&scores)?.matmul(&v)?; // (N, heads, L, dh)
-        let out = out.permute((0, 2, 1, 3))?.reshape((n, l, d))?;
-        self.proj.forward(&out)
+        self.proj
+            .forward(&self_attention(&self.qkv.forward(x)?, self.heads)?)
     }
 }
 

@@ -159,6 +159,31 @@ pub fn softmax_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Multi-head self-attention softmax(q k^T / sqrt(d_h)) v over the tokens of qkv (N, L, 3D),
+/// the output of a fused QKV projection: (N, L, D). Fused on the CPU
+/// ([`super::ops::attention`]), else [`attention_composed`].
+pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    match super::ops::attention(qkv, heads)? {
+        Some(y) => Ok(y),
+        None => attention_composed(qkv, heads),
+    }
+}
+
+/// [`self_attention`] from candle's ops: the heads split out by a permuted copy, batched
+/// matrix products and [`softmax_last_dim`].
+pub fn attention_composed(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (n, l, d3) = qkv.dims3()?;
+    let (d, dh) = (d3 / 3, d3 / 3 / heads);
+    let qkv = qkv
+        .reshape((n, l, 3, heads, dh))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?; // (3, N, heads, L, dh)
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+    let out = softmax_last_dim(&scores)?.matmul(&v)?; // (N, heads, L, dh)
+    out.permute((0, 2, 1, 3))?.reshape((n, l, d))
+}
+
 /// The feed-forward nonlinearity: exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (fused
 /// on the CPU, see [`super::ops::gelu`]; candle's tanh approximation `gelu` is slower there).
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {

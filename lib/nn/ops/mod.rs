@@ -17,6 +17,8 @@
 //!   has one writer: no atomics, and the same sums in the same order on every run).
 //! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product).
 //! - [`modulate`], [`gated_residual`]: the DiT's per-sample shift, scale and gate.
+//! - [`attention`]: multi-head self-attention from the fused QKV projection, one node (candle
+//!   runs its batched products one (sample, head) pair at a time on one thread).
 //! - [`conv_rows`]: a convolution as that gather and a matrix product with bias, one graph node
 //!   computed in tiles of rows, so the whole patch matrix is never built.
 //!
@@ -26,6 +28,7 @@
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 use rayon::prelude::*;
 
+mod attention;
 mod bias;
 mod conv;
 mod gather;
@@ -36,6 +39,7 @@ mod modulate;
 mod pointwise;
 mod rows;
 
+pub use attention::attention;
 pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
