@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::config::{image_shape, positive, sizes, ConfigResult};
 use super::init::{linear, Linear, Params, Weights};
 use super::layers::{to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm};
-use super::ops::silu;
+use super::ops::Activated;
 use crate::io::model::ModelFile;
 use crate::Result;
 
@@ -157,7 +157,8 @@ impl Classifier {
         for level in &self.levels {
             h = level.norm.forward_silu(&level.conv.forward(&h, None)?)?;
         }
-        silu(&self.hidden.forward(&h.reshape((n, ()))?)?)
+        self.hidden
+            .forward_act(&h.reshape((n, ()))?, Activated::Silu)
     }
 
     /// The class logits z: x (N, C, H, W) -> (N, K).

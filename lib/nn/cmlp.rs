@@ -96,7 +96,7 @@ impl FieldNet for Cmlp {
         let e = self.label_embed.forward(y, n)?;
         let mut h = Tensor::cat(&[x, &t, &e], D::Minus1)?;
         for layer in &self.layers {
-            h = self.activation.apply(&layer.forward(&h)?)?;
+            h = self.activation.after(layer, &h)?;
         }
         self.out.forward(&h)
     }

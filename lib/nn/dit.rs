@@ -29,7 +29,7 @@ use super::init::{linear, Init, Linear, Params};
 use super::layers::{
     gelu, self_attention, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
-use super::ops::{gated_residual, modulate, silu};
+use super::ops::{gated_residual, modulate, silu, Activated};
 
 /// The feed-forward nonlinearity of a [`Dit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,15 @@ impl FfActivation {
             FfActivation::Gelu => gelu(x),
             FfActivation::Silu => silu(x),
         }
+    }
+
+    /// act(layer(x)) as one fused op where one serves.
+    pub fn after(self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        let act = match self {
+            FfActivation::Gelu => Activated::Gelu,
+            FfActivation::Silu => Activated::Silu,
+        };
+        layer.forward_act(x, act)
     }
 }
 use super::{time_column, FieldNet};
@@ -219,9 +228,7 @@ impl DitBlock {
         let h = modulate(&self.norm.forward(z)?, &m[0], &m[1])?;
         let z = gated_residual(z, &self.attn.forward(&h)?, &m[2])?;
         let h = modulate(&self.norm.forward(&z)?, &m[3], &m[4])?;
-        let ff = self
-            .fc2
-            .forward(&self.activation.apply(&self.fc1.forward(&h)?)?)?;
+        let ff = self.fc2.forward(&self.activation.after(&self.fc1, &h)?)?;
         gated_residual(&z, &ff, &m[5])
     }
 }
@@ -320,7 +327,7 @@ impl FieldNet for Dit {
         let z = modulate(&self.norm.forward(&z)?, &m[0], &m[1])?;
         let patches = self
             .final_fc2
-            .forward(&cfg.activation.apply(&self.final_fc1.forward(&z)?)?)?; // (N, L, p p C)
+            .forward(&cfg.activation.after(&self.final_fc1, &z)?)?; // (N, L, p p C)
         let img = patches
             .reshape((n, h / p, w / p, p, p, c))?
             .permute((0, 1, 3, 2, 4, 5))?

@@ -97,7 +97,8 @@ impl TimeMlp {
 
     pub fn forward(&self, t: &Tensor) -> candle_core::Result<Tensor> {
         let h = sinusoidal(t, self.features)?;
-        self.l2.forward(&super::ops::silu(&self.l1.forward(&h)?)?)
+        self.l2
+            .forward(&self.l1.forward_act(&h, super::ops::Activated::Silu)?)
     }
 }
 

@@ -18,6 +18,7 @@ use candle_nn::VarMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::ops::Activated;
 use crate::io::model::ModelFile;
 use crate::io::npy::shape_str;
 use crate::rng::{self, Purpose};
@@ -292,13 +293,8 @@ pub fn linear_no_bias(params: &Params, name: &str, d_in: usize, d_out: usize) ->
 impl Linear {
     /// x: (N, in) or (B, N, in) -> (N, out) or (B, N, out).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let (Some(b), [.., k]) = (&self.bias, x.dims()) {
-            let rows = x.reshape(((), *k))?;
-            if let Some(y) = super::ops::linear(&rows, &self.weight, b)? {
-                let mut shape = x.dims().to_vec();
-                *shape.last_mut().unwrap() = y.dim(1)?;
-                return y.reshape(shape);
-            }
+        if let Some(y) = self.fused(x, |rows, w, b| super::ops::linear(rows, w, b))? {
+            return Ok(y);
         }
         let y = match *x.dims() {
             [b, n, k] => x
@@ -311,6 +307,37 @@ impl Linear {
             Some(b) => super::ops::add_bias(&y, b),
             None => Ok(y),
         }
+    }
+
+    /// act(x W^T + b), the layer and its activation as one fused op where one serves
+    /// ([`super::ops::linear_act`]), else composed.
+    pub fn forward_act(&self, x: &Tensor, act: Activated) -> candle_core::Result<Tensor> {
+        if let Some(y) = self.fused(x, |rows, w, b| super::ops::linear_act(rows, w, b, act))? {
+            return Ok(y);
+        }
+        let z = self.forward(x)?;
+        match act {
+            Activated::Silu => super::ops::silu(&z),
+            Activated::Gelu => super::ops::gelu(&z),
+        }
+    }
+
+    /// `op(rows, W, b)` on x flattened to rows (N, in), reshaped back; None where the layer
+    /// has no bias or `op` does not apply.
+    fn fused(
+        &self,
+        x: &Tensor,
+        op: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Option<Tensor>>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (Some(b), [.., k]) = (&self.bias, x.dims()) else {
+            return Ok(None);
+        };
+        let Some(y) = op(&x.reshape(((), *k))?, &self.weight, b)? else {
+            return Ok(None);
+        };
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().unwrap() = y.dim(1)?;
+        Ok(Some(y.reshape(shape)?))
     }
 }
 

@@ -14,6 +14,7 @@ use candle_core::{Tensor, D};
 use serde_json::{json, Value};
 
 use super::init::{linear, Linear, Params};
+use super::ops::Activated;
 use super::FieldNet;
 use crate::Result;
 
@@ -45,6 +46,14 @@ impl Activation {
             Activation::Silu => super::ops::silu(x),
             Activation::Relu => x.relu(),
             Activation::Tanh => x.tanh(),
+        }
+    }
+
+    /// The activation of `layer`'s output, act(layer(x)): one fused op for SiLU.
+    pub fn after(self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Silu => layer.forward_act(x, Activated::Silu),
+            _ => self.apply(&layer.forward(x)?),
         }
     }
 }
@@ -173,7 +182,7 @@ impl FieldNet for Mlp {
         }
         let mut h = self.features(x, t)?;
         for layer in &self.layers {
-            h = self.activation.apply(&layer.forward(&h)?)?;
+            h = self.activation.after(layer, &h)?;
         }
         self.out.forward(&h)
     }

@@ -31,7 +31,7 @@ use super::init::{linear, Linear, Params};
 use super::layers::{
     to_channels_first, to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm,
 };
-use super::ops::{add_sample_bias, silu};
+use super::ops::{add_sample_bias, Activated};
 use super::{time_column, FieldNet};
 use crate::Result;
 
@@ -136,7 +136,7 @@ impl Adapter {
 
     /// (N, dim) -> (N, channels)
     fn forward(&self, e: &Tensor) -> candle_core::Result<Tensor> {
-        self.1.forward(&silu(&self.0.forward(e)?)?)
+        self.1.forward(&self.0.forward_act(e, Activated::Silu)?)
     }
 }
 

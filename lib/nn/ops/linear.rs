@@ -5,11 +5,19 @@
 //! to. Here the bias initialises the output and the product accumulates onto it; the backward
 //! gives dx = dy W (skipped when x needs no gradient, e.g. the network's input), and dW = dy^T x
 //! with db, the column sums of dy, by blocks of output features (no partial sums to add up).
+//!
+//! [`linear_act`] folds an activation f into the same node, y = f(x W^T + b): f is applied to
+//! each tile of the product while it is in cache, and the backward takes dz = dy f'(z) from the
+//! pre-activation z, which the op keeps (the output of the layer alone is one tensor in candle's
+//! graph, so its gradient is built and accumulated once instead of twice).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{biased_rows, matmul_add, Mat};
+use super::pointwise::{FusedGrad, GeluFn, Pointwise, SiluFn};
 use super::slice;
 
 /// Rows of x per parallel task: a fixed size, so results do not depend on the thread count.
@@ -21,13 +29,7 @@ const TILE_FEATURES: usize = 32;
 /// x (M, K) W^T (W: (O, K), PyTorch's layout) + b (O,) as one fused op for f32 on the CPU;
 /// None where it does not apply (the caller composes candle's ops).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-    let fused = x.device().is_cpu()
-        && [x, w, b].iter().all(|t| t.dtype() == DType::F32)
-        && x.rank() == 2
-        && w.rank() == 2
-        && x.dim(1)? == w.dim(1)?
-        && b.dims() == [w.dim(0)?];
-    if !fused {
+    if !fits(x, w, b)? {
         return Ok(None);
     }
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
@@ -36,6 +38,49 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     } else {
         Ok(Some(x.apply_op3_no_bwd(&w, &b, &Linear)?))
     }
+}
+
+/// The activations [`linear_act`] folds into the layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activated {
+    Silu,
+    /// Exact GELU, x Phi(x).
+    Gelu,
+}
+
+/// f(x W^T + b) for the activation f, as one fused op for f32 on the CPU (see the module
+/// docs); None where it does not apply.
+pub fn linear_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Activated) -> Result<Option<Tensor>> {
+    match act {
+        Activated::Silu => linear_then::<SiluFn>(x, w, b),
+        Activated::Gelu => linear_then::<GeluFn>(x, w, b),
+    }
+}
+
+fn linear_then<P: Pointwise>(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    if !fits(x, w, b)? {
+        return Ok(None);
+    }
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let op = LinearAct::<P> {
+        pre: OnceLock::new(),
+        act: std::marker::PhantomData,
+    };
+    if x.track_op() || w.track_op() || b.track_op() {
+        Ok(Some(x.apply_op3(&w, &b, op)?))
+    } else {
+        Ok(Some(x.apply_op3_no_bwd(&w, &b, &op)?))
+    }
+}
+
+/// Whether the fused dense layer serves x (M, K), W (O, K), b (O,).
+fn fits(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<bool> {
+    Ok(x.device().is_cpu()
+        && [x, w, b].iter().all(|t| t.dtype() == DType::F32)
+        && x.rank() == 2
+        && w.rank() == 2
+        && x.dim(1)? == w.dim(1)?
+        && b.dims() == [w.dim(0)?])
 }
 
 struct Linear;
@@ -54,19 +99,9 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            slice(s1, l1, "linear")?,
-            slice(s2, l2, "linear")?,
-            slice(s3, l3, "linear")?,
-        );
-        let (m, k) = l1.shape().dims2()?;
-        let o = b.len();
-        let y = biased_rows(m, b, TILE_ROWS, |first, dst| {
-            let rows = dst.len() / o;
-            let x_tile = Mat::row_major(&x[first * k..(first + rows) * k], rows, k);
-            matmul_add(dst, x_tile, Mat::transposed(w, o, k));
-        });
-        Ok((CpuStorage::F32(y), Shape::from((m, o))))
+        let z = product(s1, l1, s2, l2, s3, l3)?;
+        let shape = Shape::from((l1.dims()[0], z.len() / l1.dims()[0].max(1)));
+        Ok((CpuStorage::F32(z), shape))
     }
 
     fn bwd(
@@ -77,16 +112,137 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad.detach().contiguous()?;
-        let (o, k) = w.dims2()?;
-        let dx = match x.track_op() {
-            true => Some(g.apply_op2_no_bwd(&w.detach(), &InputGrad)?),
-            false => None,
+        dense_grads(x, w, &grad.detach().contiguous()?)
+    }
+}
+
+/// x W^T + b from the storages of x (M, K), W (O, K) and b (O,): (M, O) row-major, by tiles of
+/// rows that start as the bias.
+fn product(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> Result<Vec<f32>> {
+    let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
+    Ok(biased_rows(dense.m, dense.b, TILE_ROWS, |first, dst| {
+        dense.multiply_tile(first, dst)
+    }))
+}
+
+/// The operands of a dense layer's forward: x (M, K), W (O, K), b (O,).
+struct Dense<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    m: usize,
+    k: usize,
+}
+
+impl<'a> Dense<'a> {
+    fn of(
+        s1: &'a CpuStorage,
+        l1: &Layout,
+        s2: &'a CpuStorage,
+        l2: &Layout,
+        s3: &'a CpuStorage,
+        l3: &Layout,
+    ) -> Result<Dense<'a>> {
+        let (m, k) = l1.shape().dims2()?;
+        Ok(Dense {
+            x: slice(s1, l1, "linear")?,
+            w: slice(s2, l2, "linear")?,
+            b: slice(s3, l3, "linear")?,
+            m,
+            k,
+        })
+    }
+
+    /// Adds the rows first.. of x W^T to `dst` (those rows of the output).
+    fn multiply_tile(&self, first: usize, dst: &mut [f32]) {
+        let (k, o) = (self.k, self.b.len());
+        let rows = dst.len() / o;
+        let x_tile = Mat::row_major(&self.x[first * k..(first + rows) * k], rows, k);
+        matmul_add(dst, x_tile, Mat::transposed(self.w, o, k));
+    }
+}
+
+/// The gradients of a dense layer from dz, the gradient of its output x W^T + b: dx (None
+/// when x needs none), dW and db.
+fn dense_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dz: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (o, k) = w.dims2()?;
+    let dx = match x.track_op() {
+        true => Some(dz.apply_op2_no_bwd(&w.detach(), &InputGrad)?),
+        false => None,
+    };
+    let params = dz.apply_op2_no_bwd(&x.detach(), &ParamGrad)?;
+    let dw = params.narrow(0, 0, o * k)?.reshape((o, k))?;
+    let db = params.narrow(0, o * k, o)?;
+    Ok((dx, Some(dw), Some(db)))
+}
+
+/// f(x W^T + b) for the activation P, keeping z = x W^T + b for the backward.
+struct LinearAct<P> {
+    pre: OnceLock<Tensor>,
+    act: std::marker::PhantomData<P>,
+}
+
+impl<P: Pointwise> CustomOp3 for LinearAct<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
+        let (m, o) = (dense.m, dense.b.len());
+        let (mut z, mut y) = (vec![0f32; m * o], vec![0f32; m * o]);
+        if o > 0 {
+            z.par_chunks_mut(TILE_ROWS * o)
+                .zip(y.par_chunks_mut(TILE_ROWS * o))
+                .enumerate()
+                .for_each(|(t, (z, y))| {
+                    z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
+                    dense.multiply_tile(t * TILE_ROWS, z);
+                    for (y, &z) in y.iter_mut().zip(z.iter()) {
+                        *y = P::f(z);
+                    }
+                });
+        }
+        let shape = Shape::from((m, o));
+        // Kept for the backward (set once: a second forward of this op object cannot happen).
+        let _ = self
+            .pre
+            .set(Tensor::from_vec(z, shape.clone(), &Device::Cpu)?);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.pre.get() else {
+            candle_core::bail!("{}: backward before forward", P::NAME)
         };
-        let params = g.apply_op2_no_bwd(&x.detach(), &ParamGrad)?;
-        let dw = params.narrow(0, 0, o * k)?.reshape((o, k))?;
-        let db = params.narrow(0, o * k, o)?;
-        Ok((dx, Some(dw), Some(db)))
+        let dz = z.apply_op2_no_bwd(&grad.detach().contiguous()?, &FusedGrad(P::default()))?;
+        dense_grads(x, w, &dz)
     }
 }
 
@@ -200,5 +356,26 @@ mod tests {
             .unwrap();
         let g = probe_grads(&y, &probe);
         assert!(g.get(&data).is_none() && g.get(w.as_tensor()).is_some());
+    }
+
+    /// linear_act against linear then the fused activation, for both activations, over several
+    /// row tiles: values and the gradients of x, W and b.
+    #[test]
+    fn linear_with_activation_matches_linear_then_activation() {
+        let (m, k, o) = (300, 9, 40);
+        let (x, w, b) = (var(7, 0, &[m, k]), var(7, 1, &[o, k]), var(7, 2, &[o]));
+        let probe = var(7, 3, &[m, o]);
+        let z = linear(x.as_tensor(), w.as_tensor(), b.as_tensor())
+            .unwrap()
+            .unwrap();
+        for (act, then) in [
+            (Activated::Silu, super::super::silu(&z).unwrap()),
+            (Activated::Gelu, super::super::gelu(&z).unwrap()),
+        ] {
+            let ours = linear_act(x.as_tensor(), w.as_tensor(), b.as_tensor(), act)
+                .unwrap()
+                .unwrap();
+            assert_same_op(&ours, &then, &probe, &[&x, &w, &b], (1e-5, 1e-3));
+        }
     }
 }

@@ -15,7 +15,8 @@
 //!   on one thread, and the backward first builds a zero tensor and copies it; here both run in
 //!   parallel, the backward over the source rows through the inverse index (each source row
 //!   has one writer: no atomics, and the same sums in the same order on every run).
-//! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product).
+//! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product);
+//!   [`linear_act`]: the same followed by SiLU or GELU, still one node.
 //! - [`modulate`], [`gated_residual`]: the DiT's per-sample shift, scale and gate.
 //! - [`attention`]: multi-head self-attention from the fused QKV projection, one node (candle
 //!   runs its batched products one (sample, head) pair at a time on one thread).
@@ -44,7 +45,7 @@ pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
-pub use linear::linear;
+pub use linear::{linear, linear_act, Activated};
 pub use modulate::{gated_residual, modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};

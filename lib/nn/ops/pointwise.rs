@@ -28,7 +28,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// A pointwise activation f with its derivative, for a fused op with a one-pass backward.
 /// Generic (not fn pointers) so that each kernel is inlined and vectorised.
-pub(super) trait Pointwise: Copy + Send + Sync + 'static {
+pub(super) trait Pointwise: Copy + Default + Send + Sync + 'static {
     const NAME: &'static str;
     const GRAD_NAME: &'static str;
     fn f(x: f32) -> f32;
@@ -36,7 +36,7 @@ pub(super) trait Pointwise: Copy + Send + Sync + 'static {
 }
 
 /// SiLU(x) = x sigmoid(x); d/dx = s (1 + x (1 - s)), s = sigmoid(x).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct SiluFn;
 
 impl Pointwise for SiluFn {
@@ -54,8 +54,8 @@ impl Pointwise for SiluFn {
 }
 
 /// GELU(x) = x Phi(x); d/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2 / 2) / sqrt(2 pi).
-#[derive(Clone, Copy)]
-struct GeluFn;
+#[derive(Clone, Copy, Default)]
+pub(super) struct GeluFn;
 
 impl Pointwise for GeluFn {
     const NAME: &'static str = "flowpipe-gelu";
@@ -92,7 +92,7 @@ impl<P: Pointwise> CustomOp1 for Fused<P> {
 }
 
 /// grad * f'(x), from x and grad.
-struct FusedGrad<P>(P);
+pub(super) struct FusedGrad<P>(pub(super) P);
 
 impl<P: Pointwise> CustomOp2 for FusedGrad<P> {
     fn name(&self) -> &'static str {
