@@ -63,7 +63,8 @@ impl Common {
 
 /// Limits candle's and our own worker pools to `n` threads.
 pub fn set_threads(n: usize) {
-    // candle's CPU kernels and gemm read RAYON_NUM_THREADS; our own loops use rayon's global pool.
+    // Read when first used by candle's barrier pool (its elementwise kernels and our fused ops,
+    // ops::par) and by gemm; rayon's global pool serves the rest (candle's matmul, evaluation).
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

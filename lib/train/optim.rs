@@ -22,12 +22,11 @@
 use anyhow::{anyhow, bail};
 use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout};
 use candle_core::{Tensor, Var};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::io::npy::shape_str;
-use crate::nn::ops::{slice, slice_mut};
+use crate::nn::ops::{par, slice, slice_mut};
 use crate::nn::Params;
 use crate::Result;
 
@@ -275,14 +274,12 @@ impl InplaceOp2 for Moment {
             candle_core::bail!("adamw: {} moments for {} gradients", m.len(), g.len());
         }
         let Moment { beta, rest, square } = *self;
-        m.par_chunks_mut(UPDATE_CHUNK)
-            .zip(g.par_chunks(UPDATE_CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = if square { g * g } else { g };
-                    *m = *m * beta + g * rest;
-                }
-            });
+        par::chunks_mut(m, UPDATE_CHUNK, |i, m| {
+            for (m, &g) in m.iter_mut().zip(par::chunk(g, UPDATE_CHUNK, i)) {
+                let g = if square { g * g } else { g };
+                *m = *m * beta + g * rest;
+            }
+        });
         Ok(())
     }
 }
@@ -313,15 +310,16 @@ impl InplaceOp3 for Update {
                 v.len()
             );
         }
-        theta
-            .par_chunks_mut(UPDATE_CHUNK)
-            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)))
-            .for_each(|(theta, (m, v))| {
-                for ((t, &m), &v) in theta.iter_mut().zip(m).zip(v) {
-                    let update = (m * self.step_size) / ((v * self.inv_bc2).sqrt() + self.eps);
-                    *t = *t * self.decay - update;
-                }
-            });
+        par::chunks_mut(theta, UPDATE_CHUNK, |i, theta| {
+            let (m, v) = (
+                par::chunk(m, UPDATE_CHUNK, i),
+                par::chunk(v, UPDATE_CHUNK, i),
+            );
+            for ((t, &m), &v) in theta.iter_mut().zip(m).zip(v) {
+                let update = (m * self.step_size) / ((v * self.inv_bc2).sqrt() + self.eps);
+                *t = *t * self.decay - update;
+            }
+        });
         Ok(())
     }
 }

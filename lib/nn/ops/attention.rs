@@ -10,11 +10,10 @@
 //! dV = P^T dO, dP = dO v^T, dS = s P * (dP - rowsum(dP * P)), dQ = dS k, dK = dS^T q.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::exp;
 use super::gemm::{matmul_add, Mat};
-use super::slice;
+use super::{par, slice};
 
 /// Self-attention of `heads` heads over the tokens of qkv (N, L, 3D), whose last dimension is
 /// [q | k | v] with head h at columns h D/heads.. of each part (`reshape(N, L, 3, heads, D/heads)`
@@ -160,21 +159,18 @@ impl CustomOp1 for Attention {
         let n = l.dims()[0];
         let mut out = vec![0f32; n * d.tokens * d.width];
         if d.tokens * d.width > 0 {
-            out.par_chunks_mut(d.tokens * d.width)
-                .zip(x.par_chunks(d.tokens * 3 * d.width))
-                .for_each_init(
-                    || Scratch::new(d),
-                    |buf, (out, x)| {
-                        for h in 0..self.heads {
-                            d.weights(x, h, &mut buf.p);
-                            let p = std::mem::take(&mut buf.p);
-                            let o = buf
-                                .product(Mat::row_major(&p, d.tokens, d.tokens), d.part(x, 2, h));
-                            d.put(out, d.width, h * d.head_width, o);
-                            buf.p = p;
-                        }
-                    },
-                );
+            let sample = d.tokens * d.width;
+            let init = || Scratch::new(d);
+            par::chunks_mut_with(&mut out, sample, init, |buf, i, out| {
+                let x = par::chunk(x, 3 * sample, i);
+                for h in 0..self.heads {
+                    d.weights(x, h, &mut buf.p);
+                    let p = std::mem::take(&mut buf.p);
+                    let o = buf.product(Mat::row_major(&p, d.tokens, d.tokens), d.part(x, 2, h));
+                    d.put(out, d.width, h * d.head_width, o);
+                    buf.p = p;
+                }
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, d.tokens, d.width))))
     }
@@ -214,16 +210,17 @@ impl CustomOp2 for AttentionGrad {
         }
         let mut dx = vec![0f32; x.len()];
         if sample > 0 {
-            dx.par_chunks_mut(sample)
-                .zip(x.par_chunks(sample).zip(g.par_chunks(d.tokens * d.width)))
-                .for_each_init(
-                    || Scratch::new(d),
-                    |buf, (dx, (x, g))| {
-                        for h in 0..self.heads {
-                            self.head_grad(d, h, x, g, dx, buf);
-                        }
-                    },
-                );
+            par::chunks_mut_with(
+                &mut dx,
+                sample,
+                || Scratch::new(d),
+                |buf, i, dx| {
+                    let (x, g) = (par::chunk(x, sample, i), par::chunk(g, sample / 3, i));
+                    for h in 0..self.heads {
+                        self.head_grad(d, h, x, g, dx, buf);
+                    }
+                },
+            );
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -2,9 +2,8 @@
 //! its per-sample form (the U-Net's time and label conditioning added to every pixel).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::slice;
+use super::{par, slice};
 
 /// x + b, b: (C,) broadcast over the leading dimensions of x (..., C).
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -75,7 +74,7 @@ impl CustomOp2 for AddBias {
         let mut y = x.to_vec();
         if c > 0 {
             let block = self.block(l1);
-            y.par_chunks_mut(block).enumerate().for_each(|(i, y)| {
+            par::chunks_mut(&mut y, block, |i, y| {
                 let b = if self.per_sample {
                     &b[i * c..(i + 1) * c]
                 } else {
@@ -131,7 +130,8 @@ impl CustomOp1 for ColumnSum {
         }
         let n = l.dims()[0];
         let block: usize = l.dims()[1..].iter().product();
-        let sums: Vec<Vec<f32>> = g.par_chunks(block.max(1)).map(sum).collect();
+        let block = block.max(1);
+        let sums = par::map(g.len().div_ceil(block), |i| sum(par::chunk(g, block, i)));
         let mut acc: Vec<f32> = sums.concat();
         acc.resize(n * c, 0.0);
         Ok((CpuStorage::F32(acc), Shape::from((n, c))))

@@ -9,11 +9,10 @@
 //! (page faults and zeroing) at every call; the tiles cost none of that.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::gemm::{biased_rows, matmul_add, Mat};
-use super::{slice, RowGather};
+use super::{par, slice, RowGather};
 
 /// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
 const TILE_ROWS: usize = 256;
@@ -148,27 +147,25 @@ impl CustomOp2 for ConvInputGrad {
         let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
         let mut dx = vec![0f32; r * c];
         if c > 0 {
-            dx.par_chunks_mut(per_tile * c)
-                .enumerate()
-                .for_each(|(t, dst)| {
-                    let first = t * per_tile;
-                    let Some((lo, hi)) = gather.reader_span(first, dst.len() / c) else {
-                        return;
-                    };
-                    let (lo, hi) = (lo / taps, hi / taps + 1);
-                    let mut dp = vec![0f32; (hi - lo) * kc];
-                    let g_rows = Mat::row_major(&g[lo * o..hi * o], hi - lo, o);
-                    matmul_add(&mut dp, g_rows, Mat::transposed(w, kc, o));
-                    for (k, row) in dst.chunks_mut(c).enumerate() {
-                        for q in gather.readers_of(first + k) {
-                            let (mi, tap) = (q / taps - lo, q % taps);
-                            let part = &dp[mi * kc + tap * c..mi * kc + (tap + 1) * c];
-                            for (d, &v) in row.iter_mut().zip(part) {
-                                *d += v;
-                            }
+            par::chunks_mut(&mut dx, per_tile * c, |t, dst| {
+                let first = t * per_tile;
+                let Some((lo, hi)) = gather.reader_span(first, dst.len() / c) else {
+                    return;
+                };
+                let (lo, hi) = (lo / taps, hi / taps + 1);
+                let mut dp = vec![0f32; (hi - lo) * kc];
+                let g_rows = Mat::row_major(&g[lo * o..hi * o], hi - lo, o);
+                matmul_add(&mut dp, g_rows, Mat::transposed(w, kc, o));
+                for (k, row) in dst.chunks_mut(c).enumerate() {
+                    for q in gather.readers_of(first + k) {
+                        let (mi, tap) = (q / taps - lo, q % taps);
+                        let part = &dp[mi * kc + tap * c..mi * kc + (tap + 1) * c];
+                        for (d, &v) in row.iter_mut().zip(part) {
+                            *d += v;
                         }
                     }
-                });
+                }
+            });
         }
         Ok((CpuStorage::F32(dx), Shape::from((r, c))))
     }
@@ -199,27 +196,24 @@ impl CustomOp2 for ConvParamGrad {
         let (c, taps, kc) = (*c, *taps, c * taps);
         let tiles = m.div_ceil(TILE_ROWS);
         let per_part = tiles.div_ceil(WEIGHT_PARTS).max(1);
-        let partials: Vec<Vec<f32>> = (0..tiles.div_ceil(per_part))
-            .into_par_iter()
-            .map(|part| {
-                let mut acc = vec![0f32; (kc + 1) * o];
-                let (dw, db) = acc.split_at_mut(kc * o);
-                for t in part * per_part..((part + 1) * per_part).min(tiles) {
-                    let first = t * TILE_ROWS;
-                    let rows = TILE_ROWS.min(m - first);
-                    let patches = gather.patches(x, c, first * taps, rows * taps);
-                    let g_tile = &g[first * o..(first + rows) * o];
-                    let patches_t = Mat::transposed(&patches, rows, kc);
-                    matmul_add(dw, patches_t, Mat::row_major(g_tile, rows, o));
-                    for row in g_tile.chunks(o) {
-                        for (s, &v) in db.iter_mut().zip(row) {
-                            *s += v;
-                        }
+        let partials = par::map(tiles.div_ceil(per_part), |part| {
+            let mut acc = vec![0f32; (kc + 1) * o];
+            let (dw, db) = acc.split_at_mut(kc * o);
+            for t in part * per_part..((part + 1) * per_part).min(tiles) {
+                let first = t * TILE_ROWS;
+                let rows = TILE_ROWS.min(m - first);
+                let patches = gather.patches(x, c, first * taps, rows * taps);
+                let g_tile = &g[first * o..(first + rows) * o];
+                let patches_t = Mat::transposed(&patches, rows, kc);
+                matmul_add(dw, patches_t, Mat::row_major(g_tile, rows, o));
+                for row in g_tile.chunks(o) {
+                    for (s, &v) in db.iter_mut().zip(row) {
+                        *s += v;
                     }
                 }
-                acc
-            })
-            .collect();
+            }
+            acc
+        });
         let mut out = vec![0f32; (kc + 1) * o];
         for p in &partials {
             for (s, &v) in out.iter_mut().zip(p) {

@@ -1,10 +1,9 @@
 //! The im2col gather of the convolutions and its inverse-index scatter-add.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::slice;
+use super::{par, slice};
 
 /// A row gather: out[m] = x[index[m]] for a source of `source_rows` rows, a zero row where
 /// index[m] >= source_rows; with the inverse index its backward needs no atomics.
@@ -123,7 +122,7 @@ impl CustomOp1 for GatherRows {
         let x = slice(s, l, "gather rows")?;
         let index = &self.0.index;
         let mut out = vec![0f32; index.len() * c];
-        let task = |(t, dst): (usize, &mut [f32])| {
+        let task = |t: usize, dst: &mut [f32]| {
             let first = t * ROWS_PER_TASK;
             for (row, &i) in dst.chunks_mut(c).zip(&index[first..]) {
                 let i = i as usize;
@@ -133,9 +132,7 @@ impl CustomOp1 for GatherRows {
             }
         };
         if c > 0 {
-            out.par_chunks_mut(ROWS_PER_TASK * c)
-                .enumerate()
-                .for_each(task);
+            par::chunks_mut(&mut out, ROWS_PER_TASK * c, task);
         }
         Ok((CpuStorage::F32(out), Shape::from((index.len(), c))))
     }
@@ -166,7 +163,7 @@ impl CustomOp1 for ScatterRows {
         let g = slice(s, l, "scatter rows")?;
         let r = gather.source_rows;
         let mut out = vec![0f32; r * c];
-        let task = |(t, dst): (usize, &mut [f32])| {
+        let task = |t: usize, dst: &mut [f32]| {
             for (k, row) in dst.chunks_mut(c).enumerate() {
                 let src = t * ROWS_PER_TASK + k;
                 for &reader in &gather.readers[gather.starts[src]..gather.starts[src + 1]] {
@@ -178,9 +175,7 @@ impl CustomOp1 for ScatterRows {
             }
         };
         if c > 0 {
-            out.par_chunks_mut(ROWS_PER_TASK * c)
-                .enumerate()
-                .for_each(task);
+            par::chunks_mut(&mut out, ROWS_PER_TASK * c, task);
         }
         Ok((CpuStorage::F32(out), Shape::from((r, c))))
     }

@@ -1,7 +1,7 @@
 //! Matrix products on slices, by the `gemm` crate that candle's own matrix product uses: for
 //! fused ops that multiply tiles of their operands on the calling thread.
 
-use rayon::prelude::*;
+use super::par;
 use std::mem::MaybeUninit;
 
 /// Treats a fully written slice of `MaybeUninit<f32>` as `f32`.
@@ -102,17 +102,14 @@ pub fn biased_rows(
     let o = b.len();
     let mut y = Vec::with_capacity(m * o);
     if o > 0 {
-        y.spare_capacity_mut()
-            .par_chunks_mut(tile_rows * o)
-            .enumerate()
-            .for_each(|(t, dst)| {
-                for row in dst.chunks_mut(o) {
-                    for (d, &bv) in row.iter_mut().zip(b) {
-                        d.write(bv);
-                    }
+        par::chunks_mut(y.spare_capacity_mut(), tile_rows * o, |t, dst| {
+            for row in dst.chunks_mut(o) {
+                for (d, &bv) in row.iter_mut().zip(b) {
+                    d.write(bv);
                 }
-                add_tile(t * tile_rows, assume_init(dst));
-            });
+            }
+            add_tile(t * tile_rows, assume_init(dst));
+        });
     }
     // SAFETY: every chunk of the spare capacity was written above (the bias, then the tile).
     unsafe { y.set_len(m * o) };

@@ -2,10 +2,9 @@
 //! followed by SiLU (the U-Net's and the VAE's "norm, then activation").
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::pointwise::{Pointwise, SiluFn};
-use super::slice;
+use super::{par, slice};
 
 /// GroupNorm over channels-last samples, y = gamma (x - mu_g) / sqrt(var_g + eps) + beta
 /// (Wu & He 2018), fused on the CPU: x (N, ..., C) contiguous f32, gamma and beta (C,). The
@@ -115,17 +114,17 @@ impl CustomOp3 for GroupNormOp {
             );
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(size.max(1))
-            .zip(x.par_chunks(size.max(1)))
-            .for_each(|(y, x)| {
-                let (mean, rstd) = self.per_channel(x, c);
-                for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-                    for ch in 0..c {
-                        let z = (xr[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
-                        yr[ch] = if self.silu { SiluFn::f(z) } else { z };
-                    }
+        let size = size.max(1);
+        par::chunks_mut(&mut y, size, |i, y| {
+            let x = par::chunk(x, size, i);
+            let (mean, rstd) = self.per_channel(x, c);
+            for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
+                for ch in 0..c {
+                    let z = (xr[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
+                    yr[ch] = if self.silu { SiluFn::f(z) } else { z };
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -233,11 +232,11 @@ impl candle_core::CustomOp2 for GroupNormGrad {
         let (size, c) = GroupNormOp::sizes(l1);
         let mut out = vec![0f32; x.len() + 2 * c];
         let (dx, params) = out.split_at_mut(x.len());
-        let partial: Vec<Vec<f64>> = dx
-            .par_chunks_mut(size.max(1))
-            .zip(x.par_chunks(size.max(1)).zip(dy.par_chunks(size.max(1))))
-            .map(|(dx, (x, dy))| self.sample(dx, x, dy, c))
-            .collect();
+        let size = size.max(1);
+        let partial = par::map_chunks_mut(dx, size, |i, dx| {
+            let (x, dy) = (par::chunk(x, size, i), par::chunk(dy, size, i));
+            self.sample(dx, x, dy, c)
+        });
         for (i, o) in params.iter_mut().enumerate() {
             *o = partial.iter().map(|p| p[i]).sum::<f64>() as f32;
         }

@@ -14,11 +14,10 @@
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::gemm::{biased_rows, matmul_add, Mat};
 use super::pointwise::{FusedGrad, GeluFn, Pointwise, SiluFn};
-use super::slice;
+use super::{par, slice};
 
 /// Rows of x per parallel task: a fixed size, so results do not depend on the thread count.
 const TILE_ROWS: usize = 128;
@@ -211,16 +210,13 @@ impl<P: Pointwise> CustomOp3 for LinearAct<P> {
         let (m, o) = (dense.m, dense.b.len());
         let (mut z, mut y) = (vec![0f32; m * o], vec![0f32; m * o]);
         if o > 0 {
-            z.par_chunks_mut(TILE_ROWS * o)
-                .zip(y.par_chunks_mut(TILE_ROWS * o))
-                .enumerate()
-                .for_each(|(t, (z, y))| {
-                    z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
-                    dense.multiply_tile(t * TILE_ROWS, z);
-                    for (y, &z) in y.iter_mut().zip(z.iter()) {
-                        *y = P::f(z);
-                    }
-                });
+            par::chunks2_mut(&mut z, TILE_ROWS * o, &mut y, TILE_ROWS * o, |t, z, y| {
+                z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
+                dense.multiply_tile(t * TILE_ROWS, z);
+                for (y, &z) in y.iter_mut().zip(z.iter()) {
+                    *y = P::f(z);
+                }
+            });
         }
         let shape = Shape::from((m, o));
         // Kept for the backward (set once: a second forward of this op object cannot happen).
@@ -266,14 +262,12 @@ impl CustomOp2 for InputGrad {
         let (_, k) = l2.shape().dims2()?;
         let mut dx = vec![0f32; m * k];
         if k > 0 {
-            dx.par_chunks_mut(TILE_ROWS * k)
-                .enumerate()
-                .for_each(|(t, dst)| {
-                    let rows = dst.len() / k;
-                    let first = t * TILE_ROWS;
-                    let g_tile = Mat::row_major(&g[first * o..(first + rows) * o], rows, o);
-                    matmul_add(dst, g_tile, Mat::row_major(w, o, k));
-                });
+            par::chunks_mut(&mut dx, TILE_ROWS * k, |t, dst| {
+                let rows = dst.len() / k;
+                let first = t * TILE_ROWS;
+                let g_tile = Mat::row_major(&g[first * o..(first + rows) * o], rows, o);
+                matmul_add(dst, g_tile, Mat::row_major(w, o, k));
+            });
         }
         Ok((CpuStorage::F32(dx), Shape::from((m, k))))
     }
@@ -301,27 +295,24 @@ impl CustomOp2 for ParamGrad {
         let mut out = vec![0f32; o * k + o];
         let (dw, db) = out.split_at_mut(o * k);
         if k > 0 && m > 0 {
-            dw.par_chunks_mut(TILE_FEATURES * k)
-                .zip(db.par_chunks_mut(TILE_FEATURES))
-                .enumerate()
-                .for_each(|(t, (dw, db))| {
-                    let first = t * TILE_FEATURES;
-                    let features = db.len();
-                    // dy[:, first..first + features]^T: features x M, at strides (1, O).
-                    let g_cols = Mat {
-                        data: &g[first..],
-                        rows: features,
-                        cols: m,
-                        row_stride: 1,
-                        col_stride: o,
-                    };
-                    matmul_add(dw, g_cols, Mat::row_major(x, m, k));
-                    for row in g.chunks(o) {
-                        for (s, &v) in db.iter_mut().zip(&row[first..first + features]) {
-                            *s += v;
-                        }
+            par::chunks2_mut(dw, TILE_FEATURES * k, db, TILE_FEATURES, |t, dw, db| {
+                let first = t * TILE_FEATURES;
+                let features = db.len();
+                // dy[:, first..first + features]^T: features x M, at strides (1, O).
+                let g_cols = Mat {
+                    data: &g[first..],
+                    rows: features,
+                    cols: m,
+                    row_stride: 1,
+                    col_stride: o,
+                };
+                matmul_add(dw, g_cols, Mat::row_major(x, m, k));
+                for row in g.chunks(o) {
+                    for (s, &v) in db.iter_mut().zip(&row[first..first + features]) {
+                        *s += v;
                     }
-                });
+                }
+            });
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

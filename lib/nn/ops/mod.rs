@@ -27,7 +27,6 @@
 //! operations, so CUDA works unchanged.
 
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
-use rayon::prelude::*;
 
 mod attention;
 mod bias;
@@ -37,6 +36,7 @@ mod gemm;
 mod group_norm;
 mod linear;
 mod modulate;
+pub mod par;
 mod pointwise;
 mod rows;
 
@@ -55,7 +55,7 @@ const CHUNK: usize = 1 << 14;
 
 /// Whether an elementwise loop over `n` values is worth splitting over the thread pool.
 fn parallel(n: usize) -> bool {
-    n >= 2 * CHUNK && rayon::current_num_threads() > 1
+    n >= 2 * CHUNK && par::threads() > 1
 }
 
 /// 1 / (1 + e^-x) with [`exp`].
@@ -107,9 +107,7 @@ fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     };
     let mut y = vec![0f32; x.len()];
     if parallel(x.len()) {
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| kernel(y, x));
+        par::chunks_mut(&mut y, CHUNK, |i, y| kernel(y, par::chunk(x, CHUNK, i)));
     } else {
         kernel(&mut y, x);
     }
@@ -128,9 +126,9 @@ fn map2(x: &[f32], g: &[f32], op: &str, f: impl Fn(f32, f32) -> f32 + Sync) -> R
     };
     let mut out = vec![0f32; x.len()];
     if parallel(x.len()) {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| kernel(o, x, g));
+        par::chunks_mut(&mut out, CHUNK, |i, o| {
+            kernel(o, par::chunk(x, CHUNK, i), par::chunk(g, CHUNK, i))
+        });
     } else {
         kernel(&mut out, x, g);
     }
@@ -161,9 +159,10 @@ fn map_rows(x: &[f32], d: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f
     let mut y = vec![0f32; x.len()];
     if d > 0 {
         let block = d * (CHUNK / d).max(1);
-        y.par_chunks_mut(block)
-            .zip(x.par_chunks(block))
-            .for_each(|(y, x)| y.chunks_mut(d).zip(x.chunks(d)).for_each(|(y, x)| f(y, x)));
+        par::chunks_mut(&mut y, block, |i, y| {
+            let x = par::chunk(x, block, i);
+            y.chunks_mut(d).zip(x.chunks(d)).for_each(|(y, x)| f(y, x))
+        });
     }
     y
 }
@@ -182,13 +181,12 @@ fn map_rows2(
     let mut y = vec![0f32; a.len()];
     if d > 0 {
         let block = d * (CHUNK / d).max(1);
-        y.par_chunks_mut(block)
-            .zip(a.par_chunks(block).zip(b.par_chunks(block)))
-            .for_each(|(y, (a, b))| {
-                for ((y, a), b) in y.chunks_mut(d).zip(a.chunks(d)).zip(b.chunks(d)) {
-                    f(y, a, b)
-                }
-            });
+        par::chunks_mut(&mut y, block, |i, y| {
+            let (a, b) = (par::chunk(a, block, i), par::chunk(b, block, i));
+            for ((y, a), b) in y.chunks_mut(d).zip(a.chunks(d)).zip(b.chunks(d)) {
+                f(y, a, b)
+            }
+        });
     }
     Ok(y)
 }

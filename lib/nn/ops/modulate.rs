@@ -7,9 +7,8 @@
 //! the per-sample sums taken row by row.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::slice;
+use super::{par, slice};
 
 /// x (1 + scale) + shift for x (N, T, D) and shift, scale (N, D), per sample n.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
@@ -92,27 +91,25 @@ impl CustomOp3 for Modulation {
         let kind = self.0;
         let mut y = a.to_vec();
         if d > 0 {
-            y.par_chunks_mut(block.max(1))
-                .enumerate()
-                .for_each(|(i, y)| {
-                    let c = &c[i * d..(i + 1) * d];
-                    for (k, row) in y.chunks_mut(d).enumerate() {
-                        match kind {
-                            Kind::Modulate => {
-                                let b = &b[i * d..(i + 1) * d];
-                                for j in 0..d {
-                                    row[j] = row[j] * (1.0 + c[j]) + b[j];
-                                }
+            par::chunks_mut(&mut y, block.max(1), |i, y| {
+                let c = &c[i * d..(i + 1) * d];
+                for (k, row) in y.chunks_mut(d).enumerate() {
+                    match kind {
+                        Kind::Modulate => {
+                            let b = &b[i * d..(i + 1) * d];
+                            for j in 0..d {
+                                row[j] = row[j] * (1.0 + c[j]) + b[j];
                             }
-                            Kind::Gate => {
-                                let b = &b[i * block + k * d..i * block + (k + 1) * d];
-                                for j in 0..d {
-                                    row[j] += b[j] * c[j];
-                                }
+                        }
+                        Kind::Gate => {
+                            let b = &b[i * block + k * d..i * block + (k + 1) * d];
+                            for j in 0..d {
+                                row[j] += b[j] * c[j];
                             }
                         }
                     }
-                });
+                }
+            });
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -174,22 +171,27 @@ impl CustomOp3 for ModulationGrad {
         let (g_v, sums) = out.split_at_mut(n * block);
         let (sum_g, sum_gx) = sums.split_at_mut(n * d);
         if d > 0 && block > 0 {
-            g_v.par_chunks_mut(block)
-                .zip(sum_g.par_chunks_mut(d).zip(sum_gx.par_chunks_mut(d)))
-                .enumerate()
-                .for_each(|(i, (g_v, (sum_g, sum_gx)))| {
-                    let rows = i * block..(i + 1) * block;
-                    let v = &v[i * d..(i + 1) * d];
-                    let (g, x) = (&g[rows.clone()], &x[rows]);
-                    for ((gr, xr), or) in g.chunks(d).zip(x.chunks(d)).zip(g_v.chunks_mut(d)) {
-                        for j in 0..d {
-                            let factor = if add_one { 1.0 + v[j] } else { v[j] };
-                            or[j] = gr[j] * factor;
-                            sum_g[j] += gr[j];
-                            sum_gx[j] += gr[j] * xr[j];
-                        }
+            // Per sample: g v into g_v, and [sum g; sum g x] returned.
+            let per_sample = par::map_chunks_mut(g_v, block, |i, g_v| {
+                let rows = i * block..(i + 1) * block;
+                let v = &v[i * d..(i + 1) * d];
+                let (g, x) = (&g[rows.clone()], &x[rows]);
+                let mut acc = vec![0f32; 2 * d];
+                let (sum_g, sum_gx) = acc.split_at_mut(d);
+                for ((gr, xr), or) in g.chunks(d).zip(x.chunks(d)).zip(g_v.chunks_mut(d)) {
+                    for j in 0..d {
+                        let factor = if add_one { 1.0 + v[j] } else { v[j] };
+                        or[j] = gr[j] * factor;
+                        sum_g[j] += gr[j];
+                        sum_gx[j] += gr[j] * xr[j];
                     }
-                });
+                }
+                acc
+            });
+            for (i, acc) in per_sample.iter().enumerate() {
+                sum_g[i * d..(i + 1) * d].copy_from_slice(&acc[..d]);
+                sum_gx[i * d..(i + 1) * d].copy_from_slice(&acc[d..]);
+            }
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

@@ -1,0 +1,165 @@
+//! Parallel loops of the fused ops, run on candle's own CPU workers (the calling thread and
+//! candle's barrier pool) rather than on a second pool of threads.
+//!
+//! candle runs its elementwise kernels on its barrier pool, whose worker spins for a while after
+//! each kernel waiting for the next one. With our loops on rayon's pool as well, a 2-core
+//! machine had three or four busy threads, the spinning one taking a core from the workers of
+//! the next matrix product. On one pool the spinning worker is the one that picks up our next
+//! loop, and the calling thread works instead of sleeping until the pool is done.
+//!
+//! The pool hands out index ranges from a shared cursor, so a loop's work is split the same
+//! way on every run, whichever thread takes which part; callers combine partial results by
+//! index, never by arrival, which keeps results bitwise reproducible.
+//!
+//! Loops must not nest: a parallel loop inside another one's body would wait on the pool that
+//! is running it.
+
+use candle_core::utils::barrier_pool;
+use std::ops::Range;
+
+/// The number of threads that run a parallel loop.
+pub fn threads() -> usize {
+    barrier_pool().n_workers() + 1
+}
+
+/// `f(range)` for consecutive ranges that together cover `0..n`, spread over the threads.
+pub fn for_ranges(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    if n == 1 || threads() == 1 {
+        f(0..n);
+    } else if n > 1 {
+        barrier_pool().execute_chunked(n, f);
+    }
+}
+
+/// `f(i)` for every i in `0..n`, spread over the threads.
+pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
+    for_ranges(n, |range| range.for_each(&f));
+}
+
+/// `f(i)` for every i in `0..n`, collected in index order.
+pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    chunks_mut(&mut out, 1, |i, slot| slot[0] = Some(f(i)));
+    out.into_iter()
+        .map(|r| r.expect("every index was computed"))
+        .collect()
+}
+
+/// [`chunks_mut`] where each chunk also gives a result: the results in chunk order.
+pub fn map_chunks_mut<T: Send, R: Send>(
+    data: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let mut out: Vec<Option<R>> = (0..data.len().div_ceil(size.max(1)))
+        .map(|_| None)
+        .collect();
+    chunks2_mut(data, size, &mut out, 1, |i, chunk, slot| {
+        slot[0] = Some(f(i, chunk))
+    });
+    out.into_iter()
+        .map(|r| r.expect("every chunk was computed"))
+        .collect()
+}
+
+/// `f(i, chunk)` for the i-th chunk of `size` values of `data` (the last may be shorter).
+pub fn chunks_mut<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let parts = Parts::new(data, size);
+    // SAFETY: the pool hands out each index once, so no chunk is borrowed twice.
+    for_each(parts.count(), |i| f(i, unsafe { parts.get(i) }));
+}
+
+/// [`chunks_mut`] with scratch space: `f(scratch, i, chunk)`, where each run of consecutive
+/// chunks that one thread takes shares one `init()`.
+pub fn chunks_mut_with<T: Send, S>(
+    data: &mut [T],
+    size: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync,
+) {
+    let parts = Parts::new(data, size);
+    for_ranges(parts.count(), |range| {
+        let mut scratch = init();
+        // SAFETY: as in chunks_mut: the ranges are disjoint.
+        range.for_each(|i| f(&mut scratch, i, unsafe { parts.get(i) }));
+    });
+}
+
+/// `f(i, a_i, b_i)` for the i-th chunks of `a` (of `size_a` values) and of `b` (of `size_b`),
+/// for as many i as both have chunks.
+pub fn chunks2_mut<A: Send, B: Send>(
+    a: &mut [A],
+    size_a: usize,
+    b: &mut [B],
+    size_b: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let (pa, pb) = (Parts::new(a, size_a), Parts::new(b, size_b));
+    let n = pa.count().min(pb.count());
+    // SAFETY: as in chunks_mut, for each of the two slices.
+    for_each(n, |i| f(i, unsafe { pa.get(i) }, unsafe { pb.get(i) }));
+}
+
+/// The i-th chunk of `size` values of `data`, as `chunks(size).nth(i)` (empty past the end).
+pub fn chunk<T>(data: &[T], size: usize, i: usize) -> &[T] {
+    let lo = (i * size).min(data.len());
+    &data[lo..(lo + size).min(data.len())]
+}
+
+/// A mutable slice cut into chunks that different threads borrow.
+struct Parts<T> {
+    ptr: *mut T,
+    len: usize,
+    size: usize,
+}
+
+// SAFETY: Parts only gives out disjoint chunks (see `get`), each to one thread at a time.
+unsafe impl<T: Send> Sync for Parts<T> {}
+
+impl<T> Parts<T> {
+    fn new(data: &mut [T], size: usize) -> Parts<T> {
+        Parts {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            size: size.max(1),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.len.div_ceil(self.size)
+    }
+
+    /// Chunk i. SAFETY: the caller borrows each chunk at most once at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> &mut [T] {
+        let lo = i * self.size;
+        let hi = self.len.min(lo + self.size);
+        std::slice::from_raw_parts_mut(self.ptr.add(lo), hi - lo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_value_once_in_order() {
+        let mut data = vec![0usize; 1000];
+        chunks_mut(&mut data, 7, |i, c| {
+            for (j, v) in c.iter_mut().enumerate() {
+                *v += i * 7 + j;
+            }
+        });
+        assert!(data.iter().enumerate().all(|(i, &v)| v == i));
+        let (mut a, mut b) = (vec![0usize; 30], vec![0usize; 10]);
+        chunks2_mut(&mut a, 3, &mut b, 1, |i, a, b| {
+            a.iter_mut().for_each(|v| *v = i);
+            b[0] = i;
+        });
+        assert_eq!(b, (0..10).collect::<Vec<_>>());
+        assert!(a.iter().enumerate().all(|(j, &v)| v == j / 3));
+        assert_eq!(map(100, |i| i * i)[99], 99 * 99);
+        assert_eq!(chunk(&[1, 2, 3, 4, 5], 2, 2), &[5]);
+        assert!(chunk(&[1, 2, 3], 2, 5).is_empty());
+    }
+}
