@@ -157,7 +157,7 @@ impl CustomOp1 for Attention {
         let x = slice(s, l, "attention")?;
         let d = Dims::of(l, self.heads)?;
         let n = l.dims()[0];
-        let mut out = vec![0f32; n * d.tokens * d.width];
+        let mut out = par::zeros(n * d.tokens * d.width);
         if d.tokens * d.width > 0 {
             let sample = d.tokens * d.width;
             let init = || Scratch::new(d);
@@ -208,7 +208,7 @@ impl CustomOp2 for AttentionGrad {
         if g.len() * 3 != x.len() {
             candle_core::bail!("attention grad: {} values against {}", g.len(), x.len());
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = par::zeros(x.len());
         if sample > 0 {
             par::chunks_mut_with(
                 &mut dx,

@@ -145,7 +145,7 @@ impl CustomOp2 for ConvInputGrad {
         let (c, taps, kc) = (*c, *taps, c * taps);
         let r = gather.source_rows();
         let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
-        let mut dx = vec![0f32; r * c];
+        let mut dx = par::zeros(r * c);
         if c > 0 {
             par::chunks_mut(&mut dx, per_tile * c, |t, dst| {
                 let first = t * per_tile;

@@ -121,7 +121,7 @@ impl CustomOp1 for GatherRows {
         }
         let x = slice(s, l, "gather rows")?;
         let index = &self.0.index;
-        let mut out = vec![0f32; index.len() * c];
+        let mut out = par::zeros(index.len() * c);
         let task = |t: usize, dst: &mut [f32]| {
             let first = t * ROWS_PER_TASK;
             for (row, &i) in dst.chunks_mut(c).zip(&index[first..]) {
@@ -162,7 +162,7 @@ impl CustomOp1 for ScatterRows {
         }
         let g = slice(s, l, "scatter rows")?;
         let r = gather.source_rows;
-        let mut out = vec![0f32; r * c];
+        let mut out = par::zeros(r * c);
         let task = |t: usize, dst: &mut [f32]| {
             for (k, row) in dst.chunks_mut(c).enumerate() {
                 let src = t * ROWS_PER_TASK + k;

@@ -113,7 +113,7 @@ impl CustomOp3 for GroupNormOp {
                 beta.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = par::zeros(x.len());
         let size = size.max(1);
         par::chunks_mut(&mut y, size, |i, y| {
             let x = par::chunk(x, size, i);
@@ -230,7 +230,7 @@ impl candle_core::CustomOp2 for GroupNormGrad {
             slice(s2, l2, "group norm grad")?,
         );
         let (size, c) = GroupNormOp::sizes(l1);
-        let mut out = vec![0f32; x.len() + 2 * c];
+        let mut out = par::zeros(x.len() + 2 * c);
         let (dx, params) = out.split_at_mut(x.len());
         let size = size.max(1);
         let partial = par::map_chunks_mut(dx, size, |i, dx| {

@@ -208,7 +208,7 @@ impl<P: Pointwise> CustomOp3 for LinearAct<P> {
     ) -> Result<(CpuStorage, Shape)> {
         let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
         let (m, o) = (dense.m, dense.b.len());
-        let (mut z, mut y) = (vec![0f32; m * o], vec![0f32; m * o]);
+        let (mut z, mut y) = (par::zeros(m * o), par::zeros(m * o));
         if o > 0 {
             par::chunks2_mut(&mut z, TILE_ROWS * o, &mut y, TILE_ROWS * o, |t, z, y| {
                 z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
@@ -260,7 +260,7 @@ impl CustomOp2 for InputGrad {
         let (g, w) = (slice(s1, l1, "linear grad")?, slice(s2, l2, "linear grad")?);
         let (m, o) = l1.shape().dims2()?;
         let (_, k) = l2.shape().dims2()?;
-        let mut dx = vec![0f32; m * k];
+        let mut dx = par::zeros(m * k);
         if k > 0 {
             par::chunks_mut(&mut dx, TILE_ROWS * k, |t, dst| {
                 let rows = dst.len() / k;
@@ -292,7 +292,7 @@ impl CustomOp2 for ParamGrad {
         let (g, x) = (slice(s1, l1, "linear grad")?, slice(s2, l2, "linear grad")?);
         let (m, o) = l1.shape().dims2()?;
         let (_, k) = l2.shape().dims2()?;
-        let mut out = vec![0f32; o * k + o];
+        let mut out = par::zeros(o * k + o);
         let (dw, db) = out.split_at_mut(o * k);
         if k > 0 && m > 0 {
             par::chunks2_mut(dw, TILE_FEATURES * k, db, TILE_FEATURES, |t, dw, db| {

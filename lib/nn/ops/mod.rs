@@ -50,13 +50,8 @@ pub use modulate::{gated_residual, modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};
 
-/// Elements per parallel chunk of an elementwise loop.
+/// Elements per parallel chunk of a loop over rows.
 const CHUNK: usize = 1 << 14;
-
-/// Whether an elementwise loop over `n` values is worth splitting over the thread pool.
-fn parallel(n: usize) -> bool {
-    n >= 2 * CHUNK && par::threads() > 1
-}
 
 /// 1 / (1 + e^-x) with [`exp`].
 #[inline(always)]
@@ -97,21 +92,14 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
-/// f applied to every value, in parallel chunks for long slices. Indexed loops over
-/// preallocated slices vectorise; `collect` does not.
+/// f applied to every value, in parallel chunks for long slices, with no pass that zeroes the
+/// output first. Indexed loops over preallocated slices vectorise; `collect` does not.
 fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let kernel = |y: &mut [f32], x: &[f32]| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = f(x);
+    par::fill(x.len(), |i, y| {
+        for (y, &x) in y.iter_mut().zip(par::chunk(x, par::FILL_CHUNK, i)) {
+            y.write(f(x));
         }
-    };
-    let mut y = vec![0f32; x.len()];
-    if parallel(x.len()) {
-        par::chunks_mut(&mut y, CHUNK, |i, y| kernel(y, par::chunk(x, CHUNK, i)));
-    } else {
-        kernel(&mut y, x);
-    }
-    y
+    })
 }
 
 /// f applied to every pair (x_i, g_i), as [`map1`].
@@ -119,20 +107,15 @@ fn map2(x: &[f32], g: &[f32], op: &str, f: impl Fn(f32, f32) -> f32 + Sync) -> R
     if x.len() != g.len() {
         candle_core::bail!("{op}: {} values against {}", x.len(), g.len());
     }
-    let kernel = |o: &mut [f32], x: &[f32], g: &[f32]| {
-        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-            *o = f(x, g);
+    Ok(par::fill(x.len(), |i, out| {
+        let (x, g) = (
+            par::chunk(x, par::FILL_CHUNK, i),
+            par::chunk(g, par::FILL_CHUNK, i),
+        );
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+            o.write(f(x, g));
         }
-    };
-    let mut out = vec![0f32; x.len()];
-    if parallel(x.len()) {
-        par::chunks_mut(&mut out, CHUNK, |i, o| {
-            kernel(o, par::chunk(x, CHUNK, i), par::chunk(g, CHUNK, i))
-        });
-    } else {
-        kernel(&mut out, x, g);
-    }
-    Ok(out)
+    }))
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26, 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^(-x^2)
@@ -156,7 +139,7 @@ fn normal_cdf(x: f32) -> f32 {
 
 /// `f(out_row, in_row)` over the rows of length `d` of `x`, in parallel blocks of rows.
 fn map_rows(x: &[f32], d: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = par::zeros(x.len());
     if d > 0 {
         let block = d * (CHUNK / d).max(1);
         par::chunks_mut(&mut y, block, |i, y| {
@@ -178,7 +161,7 @@ fn map_rows2(
     if a.len() != b.len() {
         candle_core::bail!("{op}: {} values against {}", a.len(), b.len());
     }
-    let mut y = vec![0f32; a.len()];
+    let mut y = par::zeros(a.len());
     if d > 0 {
         let block = d * (CHUNK / d).max(1);
         par::chunks_mut(&mut y, block, |i, y| {

@@ -167,7 +167,7 @@ impl CustomOp3 for ModulationGrad {
             candle_core::bail!("{op}: mismatched operands");
         }
         let add_one = self.0 == Kind::Modulate;
-        let mut out = vec![0f32; n * block + 2 * n * d];
+        let mut out = par::zeros(n * block + 2 * n * d);
         let (g_v, sums) = out.split_at_mut(n * block);
         let (sum_g, sum_gx) = sums.split_at_mut(n * d);
         if d > 0 && block > 0 {

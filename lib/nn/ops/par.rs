@@ -62,6 +62,28 @@ pub fn map_chunks_mut<T: Send, R: Send>(
         .collect()
 }
 
+/// Values per task of [`zeros`] and [`fill`].
+pub const FILL_CHUNK: usize = 1 << 15;
+
+/// `len` zeros, written in parallel: a freshly allocated buffer is usually memory the allocator
+/// kept, which `vec![0.0; len]` would clear on the calling thread alone.
+pub fn zeros(len: usize) -> Vec<f32> {
+    fill(len, |_, part| part.fill(std::mem::MaybeUninit::new(0.0)))
+}
+
+/// A vector of `len` values whose chunks of [`FILL_CHUNK`] values `write(i, chunk)` writes, in
+/// parallel, with no pass that zeroes it first. `write` must write every value of its chunk.
+pub fn fill(
+    len: usize,
+    write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    chunks_mut(&mut out.spare_capacity_mut()[..len], FILL_CHUNK, write);
+    // SAFETY: each chunk was written by `write`, as its contract requires.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `f(i, chunk)` for the i-th chunk of `size` values of `data` (the last may be shorter).
 pub fn chunks_mut<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let parts = Parts::new(data, size);
