@@ -19,11 +19,19 @@ use super::gemm::{biased_rows, matmul_add, Mat};
 use super::pointwise::{FusedGrad, GeluFn, Pointwise, SiluFn};
 use super::{par, slice};
 
-/// Rows of x per parallel task: a fixed size, so results do not depend on the thread count.
-const TILE_ROWS: usize = 128;
+/// Rows of x per parallel task out of `m`: one share per thread, at most 512 rows (larger
+/// tiles multiply in fewer, longer gemm calls; past 512 the operands leave the cache). The split
+/// never changes a result: gemm blocks the sum over the inner dimension by that dimension's
+/// length alone, so every output row is summed in the same order whatever the tile.
+fn tile_rows(m: usize) -> usize {
+    m.div_ceil(par::threads())
+        .next_multiple_of(64)
+        .clamp(64, 512)
+}
 
-/// Output features per parallel task of the weight gradient.
-const TILE_FEATURES: usize = 32;
+/// Output features per parallel task of the weight gradient: a fixed number, since the
+/// feature blocks (unlike the row tiles) change how gemm sums a feature's gradient.
+const TILE_FEATURES: usize = 64;
 
 /// x (M, K) W^T (W: (O, K), PyTorch's layout) + b (O,) as one fused op for f32 on the CPU;
 /// None where it does not apply (the caller composes candle's ops).
@@ -126,9 +134,12 @@ fn product(
     l3: &Layout,
 ) -> Result<Vec<f32>> {
     let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
-    Ok(biased_rows(dense.m, dense.b, TILE_ROWS, |first, dst| {
-        dense.multiply_tile(first, dst)
-    }))
+    Ok(biased_rows(
+        dense.m,
+        dense.b,
+        tile_rows(dense.m),
+        |first, dst| dense.multiply_tile(first, dst),
+    ))
 }
 
 /// The operands of a dense layer's forward: x (M, K), W (O, K), b (O,).
@@ -210,9 +221,10 @@ impl<P: Pointwise> CustomOp3 for LinearAct<P> {
         let (m, o) = (dense.m, dense.b.len());
         let (mut z, mut y) = (par::zeros(m * o), par::zeros(m * o));
         if o > 0 {
-            par::chunks2_mut(&mut z, TILE_ROWS * o, &mut y, TILE_ROWS * o, |t, z, y| {
+            let tile = tile_rows(m);
+            par::chunks2_mut(&mut z, tile * o, &mut y, tile * o, |t, z, y| {
                 z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
-                dense.multiply_tile(t * TILE_ROWS, z);
+                dense.multiply_tile(t * tile, z);
                 for (y, &z) in y.iter_mut().zip(z.iter()) {
                     *y = P::f(z);
                 }
@@ -262,9 +274,10 @@ impl CustomOp2 for InputGrad {
         let (_, k) = l2.shape().dims2()?;
         let mut dx = par::zeros(m * k);
         if k > 0 {
-            par::chunks_mut(&mut dx, TILE_ROWS * k, |t, dst| {
+            let tile = tile_rows(m);
+            par::chunks_mut(&mut dx, tile * k, |t, dst| {
                 let rows = dst.len() / k;
-                let first = t * TILE_ROWS;
+                let first = t * tile;
                 let g_tile = Mat::row_major(&g[first * o..(first + rows) * o], rows, o);
                 matmul_add(dst, g_tile, Mat::row_major(w, o, k));
             });
@@ -322,13 +335,14 @@ impl CustomOp2 for ParamGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::ops::testing::{assert_same_op, probe_grads, var};
+    use crate::nn::ops::testing::{assert_same_op, probe_grads, values, var};
+    use candle_core::Var;
 
     /// Against candle's matmul and broadcast add, over several row tiles and feature blocks:
     /// values and the gradients of x, W and b; no gradient for an input that needs none.
     #[test]
     fn fused_linear_matches_matmul_plus_bias() {
-        let (m, k, o) = (300, 7, 70);
+        let (m, k, o) = (1100, 7, 300);
         let (x, w, b) = (var(6, 0, &[m, k]), var(6, 1, &[o, k]), var(6, 2, &[o]));
         let probe = var(6, 3, &[m, o]);
         let ours = linear(x.as_tensor(), w.as_tensor(), b.as_tensor())
@@ -347,6 +361,31 @@ mod tests {
             .unwrap();
         let g = probe_grads(&y, &probe);
         assert!(g.get(&data).is_none() && g.get(w.as_tensor()).is_some());
+    }
+
+    /// A row's output and its input gradient are the same bits whatever the rows beside it,
+    /// so whatever the row tiles (which follow the batch and the thread count): the first rows
+    /// of a product against the same product on those rows alone.
+    #[test]
+    fn a_row_does_not_depend_on_the_rows_beside_it() {
+        let (m, k, o, rows) = (1100, 33, 300, 37);
+        let (x, w, b) = (var(8, 0, &[m, k]), var(8, 1, &[o, k]), var(8, 2, &[o]));
+        let probe = var(8, 3, &[m, o]);
+        let first_rows = |v: &Var| {
+            let t = v.as_tensor().narrow(0, 0, rows).unwrap();
+            Var::from_tensor(&t.contiguous().unwrap()).unwrap()
+        };
+        let (x_part, probe_part) = (first_rows(&x), first_rows(&probe));
+        let (w, b) = (w.as_tensor(), b.as_tensor());
+        let full = linear(x.as_tensor(), w, b).unwrap().unwrap();
+        let part = linear(x_part.as_tensor(), w, b).unwrap().unwrap();
+        let head = |t: &Tensor| values(&t.narrow(0, 0, rows).unwrap());
+        assert_eq!(head(&full), values(&part));
+        let dx_full = probe_grads(&full, &probe).remove(x.as_tensor()).unwrap();
+        let dx_part = probe_grads(&part, &probe_part)
+            .remove(x_part.as_tensor())
+            .unwrap();
+        assert_eq!(head(&dx_full), values(&dx_part));
     }
 
     /// linear_act against linear then the fused activation, for both activations, over several
