@@ -31,7 +31,7 @@ use super::init::{linear, Linear, Params};
 use super::layers::{
     to_channels_first, to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm,
 };
-use super::ops::{add_sample_bias, Activated};
+use super::ops::Activated;
 use super::{time_column, FieldNet};
 use crate::Result;
 
@@ -173,12 +173,11 @@ impl ResidualLayer {
         t_emb: &Tensor,
         y_emb: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?, None)?;
         let mut cond = self.time_adapter.forward(t_emb)?;
         if let (Some(a), Some(y)) = (&self.label_adapter, y_emb) {
             cond = (cond + a.forward(y)?)?;
         }
-        let h = add_sample_bias(&h, &cond)?;
+        let h = (self.conv1).forward_sample_bias(&self.norm1.forward_silu(x)?, &cond)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?, None)?;
         x + h
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::nn::init::{Init, Params};
-use crate::nn::ops::{add_bias, conv_rows, RowGather};
+use crate::nn::ops::{add_bias, add_sample_bias, conv_rows, RowGather};
 use crate::Result;
 
 /// Gather indices of convolutions, shared by the layers of one network (the index depends only
@@ -186,6 +186,21 @@ impl Conv2d {
     /// x: (N, H, W, C) -> (N, Ho, Wo, O). `view`: the size of the upsampled map when it is not
     /// (2 H, 2 W) (a crop, to meet a skip connection of odd size); ignored without upsampling.
     pub fn forward(&self, x: &Tensor, view: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
+        self.forward_with(x, view, None)
+    }
+
+    /// [`Self::forward`] plus a bias per sample, `cond` (N, O) (the U-Net's conditioning),
+    /// added with the layer's own bias in the fused convolution where it applies.
+    pub fn forward_sample_bias(&self, x: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, None, Some(cond))
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        view: Option<(usize, usize)>,
+        cond: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = x.dims4()?;
         let (o, c_w, k, _) = self.weight.dims4()?;
         if c != c_w {
@@ -212,7 +227,11 @@ impl Conv2d {
             let fused = x.device().is_cpu() && x.dtype() == DType::F32;
             match self.cache.get(key, x.device(), fused)? {
                 Gather::Rows(g) => {
-                    let y = conv_rows(&rows, &self.weight_matrix()?, &self.bias, &g)?;
+                    let bias = match cond {
+                        Some(cond) => cond.broadcast_add(&self.bias)?,
+                        None => self.bias.clone(),
+                    };
+                    let y = conv_rows(&rows, &self.weight_matrix()?, &bias, &g)?;
                     return y.reshape((n, ho, wo, o));
                 }
                 Gather::Tensor(idx) => {
@@ -223,7 +242,12 @@ impl Conv2d {
                 }
             }
         };
-        add_bias(&cols.matmul(&self.weight_matrix()?)?, &self.bias)?.reshape((n, ho, wo, o))
+        let y =
+            add_bias(&cols.matmul(&self.weight_matrix()?)?, &self.bias)?.reshape((n, ho, wo, o))?;
+        match cond {
+            Some(cond) => add_sample_bias(&y, cond),
+            None => Ok(y),
+        }
     }
 
     /// The weights (O, C, k, k) as the (k k C, O) matrix that multiplies the patch rows.

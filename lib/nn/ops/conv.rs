@@ -21,8 +21,10 @@ const TILE_ROWS: usize = 256;
 /// number, so that the result does not depend on the thread count.
 const WEIGHT_PARTS: usize = 16;
 
-/// The convolution of the rows `x` (R, C) by the weights `w` (taps C, O) and bias `b` (O,) over
-/// the patches of `gather`: (M, O). f32 on the CPU (the caller checks).
+/// The convolution of the rows `x` (R, C) by the weights `w` (taps C, O) and bias `b` over the
+/// patches of `gather`: (M, O). `b` is (O,), or (N, O) for one bias per sample of the output's N
+/// equal blocks of rows (the U-Net's conditioning, added without a pass of its own). f32 on the
+/// CPU (the caller checks).
 pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
     let (r, c) = x.dims2()?;
     let (kc, o) = w.dims2()?;
@@ -34,8 +36,17 @@ pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) ->
             gather.source_rows()
         );
     }
-    if b.dims() != [o] {
-        candle_core::bail!("conv rows: bias of shape {:?} for {o} outputs", b.dims());
+    let m = gather.len() / (kc / c);
+    let fits = match *b.dims() {
+        [bo] => bo == o,
+        [n, bo] => bo == o && n > 0 && m % n == 0,
+        _ => false,
+    };
+    if !fits {
+        candle_core::bail!(
+            "conv rows: bias of shape {:?} for {m} output rows of {o}",
+            b.dims()
+        );
     }
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     let op = ConvRows(gather.clone());
@@ -74,7 +85,7 @@ impl CustomOp3 for ConvRows {
         let gather = &self.0;
         let taps = kc / c;
         let m = gather.len() / taps;
-        let y = biased_rows(m, b, TILE_ROWS, |first, dst| {
+        let y = biased_rows(m, o, b, TILE_ROWS, |first, dst| {
             let rows = dst.len() / o;
             let patches = gather.patches(x, c, first * taps, rows * taps);
             let patches = Mat::row_major(&patches, rows, kc);
@@ -87,11 +98,12 @@ impl CustomOp3 for ConvRows {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.detach().contiguous()?;
+        let biases = b.elem_count() / w.dim(1)?;
         let needs_dx = x.track_op();
         let (x, w) = (x.detach(), w.detach());
         let (c, kc) = (x.dim(1)?, w.dim(0)?);
@@ -99,6 +111,7 @@ impl CustomOp3 for ConvRows {
             gather: self.0.clone(),
             c,
             taps: kc / c,
+            biases,
         };
         // No input gradient where the input needs none (the network's first layer).
         let dx = match needs_dx {
@@ -106,16 +119,19 @@ impl CustomOp3 for ConvRows {
             false => None,
         };
         let dwb = x.apply_op2_no_bwd(&g, &ConvParamGrad(grads))?;
-        Ok((dx, Some(dwb.narrow(0, 0, kc)?), Some(dwb.get(kc)?)))
+        let db = dwb.narrow(0, kc, biases)?.reshape(b.shape())?;
+        Ok((dx, Some(dwb.narrow(0, 0, kc)?), Some(db)))
     }
 }
 
-/// What the backward ops of [`conv_rows`] need: the gather, C and the taps per output row.
+/// What the backward ops of [`conv_rows`] need: the gather, C, the taps per output row and the
+/// number of biases (1, or one per sample).
 #[derive(Clone)]
 struct Grads {
     gather: Arc<RowGather>,
     c: usize,
     taps: usize,
+    biases: usize,
 }
 
 /// dx of [`conv_rows`] from dy (M, O) and W (taps C, O): (R, C). Tiles of input rows; each tile
@@ -141,7 +157,9 @@ impl CustomOp2 for ConvInputGrad {
             slice(s2, l2, "conv rows grad")?,
         );
         let (m, o) = l1.shape().dims2()?;
-        let Grads { gather, c, taps } = &self.0;
+        let Grads {
+            gather, c, taps, ..
+        } = &self.0;
         let (c, taps, kc) = (*c, *taps, c * taps);
         let r = gather.source_rows();
         let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
@@ -192,12 +210,18 @@ impl CustomOp2 for ConvParamGrad {
             slice(s2, l2, "conv rows grad")?,
         );
         let (m, o) = l2.shape().dims2()?;
-        let Grads { gather, c, taps } = &self.0;
-        let (c, taps, kc) = (*c, *taps, c * taps);
+        let Grads {
+            gather,
+            c,
+            taps,
+            biases,
+        } = &self.0;
+        let (c, taps, kc, biases) = (*c, *taps, c * taps, *biases);
+        let rows_per_bias = m.div_ceil(biases).max(1);
         let tiles = m.div_ceil(TILE_ROWS);
         let per_part = tiles.div_ceil(WEIGHT_PARTS).max(1);
         let partials = par::map(tiles.div_ceil(per_part), |part| {
-            let mut acc = vec![0f32; (kc + 1) * o];
+            let mut acc = vec![0f32; (kc + biases) * o];
             let (dw, db) = acc.split_at_mut(kc * o);
             for t in part * per_part..((part + 1) * per_part).min(tiles) {
                 let first = t * TILE_ROWS;
@@ -206,21 +230,22 @@ impl CustomOp2 for ConvParamGrad {
                 let g_tile = &g[first * o..(first + rows) * o];
                 let patches_t = Mat::transposed(&patches, rows, kc);
                 matmul_add(dw, patches_t, Mat::row_major(g_tile, rows, o));
-                for row in g_tile.chunks(o) {
-                    for (s, &v) in db.iter_mut().zip(row) {
+                for (r, row) in g_tile.chunks(o).enumerate() {
+                    let group = (first + r) / rows_per_bias;
+                    for (s, &v) in db[group * o..(group + 1) * o].iter_mut().zip(row) {
                         *s += v;
                     }
                 }
             }
             acc
         });
-        let mut out = vec![0f32; (kc + 1) * o];
+        let mut out = vec![0f32; (kc + biases) * o];
         for p in &partials {
             for (s, &v) in out.iter_mut().zip(p) {
                 *s += v;
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((kc + 1, o))))
+        Ok((CpuStorage::F32(out), Shape::from((kc + biases, o))))
     }
 }
 
@@ -296,5 +321,49 @@ mod tests {
             assert_eq!(p.dims(), q.dims());
             assert!(diff(p, q) < 1e-3, "gradient differs by {}", diff(p, q));
         }
+    }
+
+    /// One bias per sample ((N, O), rows split in N equal blocks that tiles straddle) against
+    /// the product plus the bias broadcast over each block: values and the gradients of x, W
+    /// and the biases.
+    #[test]
+    fn per_sample_bias_matches_a_broadcast_add() {
+        let (r, c, taps, o, n) = (120, 3, 4, 5, 4);
+        let m = 1100;
+        let index: Vec<u32> = (0..m * taps).map(|q| ((q * 31) % r) as u32).collect();
+        let gather = Arc::new(RowGather::new(index.clone(), r));
+        let dev = &Device::Cpu;
+        let x = Var::from_vec(values(r * c, 0.37), (r, c), dev).unwrap();
+        let w = Var::from_vec(values(taps * c * o, 0.91), (taps * c, o), dev).unwrap();
+        let b = Var::from_vec(values(n * o, 1.7), (n, o), dev).unwrap();
+        let ours = conv_rows(x.as_tensor(), w.as_tensor(), b.as_tensor(), &gather).unwrap();
+        let ids = Tensor::new(index.as_slice(), dev).unwrap();
+        let patches = x.as_tensor().index_select(&ids, 0).unwrap();
+        let theirs = patches
+            .reshape((m, taps * c))
+            .unwrap()
+            .matmul(w.as_tensor())
+            .unwrap()
+            .reshape((n, m / n, o))
+            .unwrap()
+            .broadcast_add(&b.as_tensor().unsqueeze(1).unwrap())
+            .unwrap()
+            .reshape((m, o))
+            .unwrap();
+        let probe = Tensor::from_vec(values(m * o, 0.13), (m, o), dev).unwrap();
+        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (grads(&ours), grads(&theirs));
+        let diff = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap()
+        };
+        assert!(diff(&ours, &theirs) < 1e-5);
+        for v in [&x, &w, &b] {
+            let (p, q) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+            assert_eq!(p.dims(), q.dims());
+            assert!(diff(p, q) < 1e-3, "gradient differs by {}", diff(p, q));
+        }
+        let wrong = Tensor::zeros((3, o), candle_core::DType::F32, dev).unwrap();
+        assert!(conv_rows(x.as_tensor(), w.as_tensor(), &wrong, &gather).is_err());
     }
 }

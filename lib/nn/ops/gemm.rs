@@ -90,26 +90,33 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
     }
 }
 
-/// An (m, b.len()) row-major output whose rows start as the bias b and then take
+/// An (m, o) row-major output whose rows start as a bias and then take
 /// `add_tile(first_row, rows)`: each tile of `tile_rows` rows filled in parallel, with no pass
-/// that zeroes the buffer first.
+/// that zeroes the buffer first. `b` holds one bias (o values) for every row, or one for each
+/// of `b.len() / o` equal groups of consecutive rows (the samples of a convolution's output).
 pub fn biased_rows(
     m: usize,
+    o: usize,
     b: &[f32],
     tile_rows: usize,
     add_tile: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let o = b.len();
     let mut y = Vec::with_capacity(m * o);
     if o > 0 {
-        par::chunks_mut(y.spare_capacity_mut(), tile_rows * o, |t, dst| {
-            for row in dst.chunks_mut(o) {
-                for (d, &bv) in row.iter_mut().zip(b) {
-                    d.write(bv);
+        let rows_per_bias = m.div_ceil(b.len() / o).max(1);
+        par::chunks_mut(
+            &mut y.spare_capacity_mut()[..m * o],
+            tile_rows * o,
+            |t, dst| {
+                for (r, row) in dst.chunks_mut(o).enumerate() {
+                    let group = (t * tile_rows + r) / rows_per_bias;
+                    for (d, &bv) in row.iter_mut().zip(&b[group * o..(group + 1) * o]) {
+                        d.write(bv);
+                    }
                 }
-            }
-            add_tile(t * tile_rows, assume_init(dst));
-        });
+                add_tile(t * tile_rows, assume_init(dst));
+            },
+        );
     }
     // SAFETY: every chunk of the spare capacity was written above (the bias, then the tile).
     unsafe { y.set_len(m * o) };

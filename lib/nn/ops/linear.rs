@@ -136,6 +136,7 @@ fn product(
     let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
     Ok(biased_rows(
         dense.m,
+        dense.b.len(),
         dense.b,
         tile_rows(dense.m),
         |first, dst| dense.multiply_tile(first, dst),
