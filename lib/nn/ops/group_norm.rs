@@ -117,11 +117,25 @@ impl CustomOp3 for GroupNormOp {
         let size = size.max(1);
         par::chunks_mut(&mut y, size, |i, y| {
             let x = par::chunk(x, size, i);
+            // z = (x - mean) rstd gamma + beta = x scale + shift, per channel of this sample;
+            // the loops zip slices without a branch inside, so that they vectorise.
             let (mean, rstd) = self.per_channel(x, c);
-            for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-                for ch in 0..c {
-                    let z = (xr[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
-                    yr[ch] = if self.silu { SiluFn::f(z) } else { z };
+            let scale: Vec<f32> = rstd.iter().zip(gamma).map(|(r, g)| r * g).collect();
+            let shift: Vec<f32> = (mean.iter().zip(&scale).zip(beta))
+                .map(|((m, a), b)| b - m * a)
+                .collect();
+            let rows = y.chunks_mut(c).zip(x.chunks(c));
+            if self.silu {
+                for (yr, xr) in rows {
+                    for (((y, &x), &a), &b) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
+                        *y = SiluFn::f(x * a + b);
+                    }
+                }
+            } else {
+                for (yr, xr) in rows {
+                    for (((y, &x), &a), &b) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
+                        *y = x * a + b;
+                    }
                 }
             }
         });
