@@ -185,24 +185,13 @@ impl GroupNormGrad {
         // dz = dy (or dy SiLU'(z)). dz gamma is kept in dx for the last pass.
         let mut group_sums = vec![(0f64, 0f64); groups];
         let mut params = vec![0f64; 2 * c];
-        let (mut sum_g, mut sum_gx) = (vec![0f32; c], vec![0f32; c]);
-        let (mut sum_dzx, mut sum_dz) = (vec![0f32; c], vec![0f32; c]);
-        for ((dr, xr), gr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
-            for ch in 0..c {
-                let xhat = (xr[ch] - mean[ch]) * rstd[ch];
-                let dz = if self.op.silu {
-                    gr[ch] * SiluFn::df(xhat * gamma[ch] + beta[ch])
-                } else {
-                    gr[ch]
-                };
-                let g = dz * gamma[ch];
-                dr[ch] = g;
-                sum_g[ch] += g;
-                sum_gx[ch] += g * xhat;
-                sum_dzx[ch] += dz * xhat;
-                sum_dz[ch] += dz;
-            }
+        let mut sums = [vec![0f32; c], vec![0f32; c], vec![0f32; c], vec![0f32; c]];
+        let per_channel = [&mean[..c], &rstd[..c], &gamma[..c], &beta[..c]];
+        match self.op.silu {
+            true => first_pass::<true>(dx, x, dy, per_channel, &mut sums),
+            false => first_pass::<false>(dx, x, dy, per_channel, &mut sums),
         }
+        let [sum_g, sum_gx, sum_dzx, sum_dz] = sums;
         for ch in 0..c {
             group_sums[ch / per].0 += sum_g[ch] as f64;
             group_sums[ch / per].1 += sum_gx[ch] as f64;
@@ -224,6 +213,39 @@ impl GroupNormGrad {
             }
         }
         params
+    }
+}
+
+/// The first pass of [`GroupNormGrad::sample`] over rows of C channels: dz gamma into `dx`, and
+/// per channel the sums of dz gamma, dz gamma x^, dz x^ and dz, with dz = dy (or dy SiLU'(z)).
+/// SILU is a constant and every slice is C long, so the channel loop has no branch and no
+/// bounds check and vectorises.
+fn first_pass<const SILU: bool>(
+    dx: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    [mean, rstd, gamma, beta]: [&[f32]; 4],
+    [sum_g, sum_gx, sum_dzx, sum_dz]: &mut [Vec<f32>; 4],
+) {
+    let c = mean.len();
+    let (sum_g, sum_gx) = (&mut sum_g[..c], &mut sum_gx[..c]);
+    let (sum_dzx, sum_dz) = (&mut sum_dzx[..c], &mut sum_dz[..c]);
+    let (rstd, gamma, beta) = (&rstd[..c], &gamma[..c], &beta[..c]);
+    for ((dr, xr), gr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+        let (dr, xr, gr) = (&mut dr[..c], &xr[..c], &gr[..c]);
+        for ch in 0..c {
+            let xhat = (xr[ch] - mean[ch]) * rstd[ch];
+            let dz = match SILU {
+                true => gr[ch] * SiluFn::df(xhat * gamma[ch] + beta[ch]),
+                false => gr[ch],
+            };
+            let g = dz * gamma[ch];
+            dr[ch] = g;
+            sum_g[ch] += g;
+            sum_gx[ch] += g * xhat;
+            sum_dzx[ch] += dz * xhat;
+            sum_dz[ch] += dz;
+        }
     }
 }
 
