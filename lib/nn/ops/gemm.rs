@@ -1,14 +1,7 @@
 //! Matrix products on slices, by the `gemm` crate that candle's own matrix product uses: for
 //! fused ops that multiply tiles of their operands on the calling thread.
 
-use super::par;
-use std::mem::MaybeUninit;
-
-/// Treats a fully written slice of `MaybeUninit<f32>` as `f32`.
-fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
-    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
+use super::par::{self, assume_init};
 
 /// A matrix operand: `rows` x `cols` values of `data` at row and column strides.
 #[derive(Clone, Copy)]

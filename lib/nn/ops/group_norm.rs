@@ -113,9 +113,8 @@ impl CustomOp3 for GroupNormOp {
                 beta.len()
             );
         }
-        let mut y = par::zeros(x.len());
         let size = size.max(1);
-        par::chunks_mut(&mut y, size, |i, y| {
+        let y = par::fill(x.len(), size, |i, y| {
             let x = par::chunk(x, size, i);
             // z = (x - mean) rstd gamma + beta = x scale + shift, per channel of this sample;
             // the loops zip slices without a branch inside, so that they vectorise.
@@ -128,13 +127,13 @@ impl CustomOp3 for GroupNormOp {
             if self.silu {
                 for (yr, xr) in rows {
                     for (((y, &x), &a), &b) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
-                        *y = SiluFn::f(x * a + b);
+                        y.write(SiluFn::f(x * a + b));
                     }
                 }
             } else {
                 for (yr, xr) in rows {
                     for (((y, &x), &a), &b) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
-                        *y = x * a + b;
+                        y.write(x * a + b);
                     }
                 }
             }

@@ -220,17 +220,19 @@ impl<P: Pointwise> CustomOp3 for LinearAct<P> {
     ) -> Result<(CpuStorage, Shape)> {
         let dense = Dense::of(s1, l1, s2, l2, s3, l3)?;
         let (m, o) = (dense.m, dense.b.len());
-        let (mut z, mut y) = (par::zeros(m * o), par::zeros(m * o));
-        if o > 0 {
-            let tile = tile_rows(m);
-            par::chunks2_mut(&mut z, tile * o, &mut y, tile * o, |t, z, y| {
-                z.chunks_mut(o).for_each(|row| row.copy_from_slice(dense.b));
-                dense.multiply_tile(t * tile, z);
-                for (y, &z) in y.iter_mut().zip(z.iter()) {
-                    *y = P::f(z);
+        let tile = tile_rows(m);
+        let (z, y) = par::fill2(m * o, tile * o, |t, z, y| {
+            for row in z.chunks_mut(o) {
+                for (d, &bv) in row.iter_mut().zip(dense.b) {
+                    d.write(bv);
                 }
-            });
-        }
+            }
+            let z = par::assume_init(z);
+            dense.multiply_tile(t * tile, z);
+            for (y, &z) in y.iter_mut().zip(z.iter()) {
+                y.write(P::f(z));
+            }
+        });
         let shape = Shape::from((m, o));
         // Kept for the backward (set once: a second forward of this op object cannot happen).
         let _ = self

@@ -95,7 +95,7 @@ pub fn exp(x: f32) -> f32 {
 /// f applied to every value, in parallel chunks for long slices, with no pass that zeroes the
 /// output first. Indexed loops over preallocated slices vectorise; `collect` does not.
 fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    par::fill(x.len(), |i, y| {
+    par::fill(x.len(), par::FILL_CHUNK, |i, y| {
         for (y, &x) in y.iter_mut().zip(par::chunk(x, par::FILL_CHUNK, i)) {
             y.write(f(x));
         }
@@ -107,7 +107,7 @@ fn map2(x: &[f32], g: &[f32], op: &str, f: impl Fn(f32, f32) -> f32 + Sync) -> R
     if x.len() != g.len() {
         candle_core::bail!("{op}: {} values against {}", x.len(), g.len());
     }
-    Ok(par::fill(x.len(), |i, out| {
+    Ok(par::fill(x.len(), par::FILL_CHUNK, |i, out| {
         let (x, g) = (
             par::chunk(x, par::FILL_CHUNK, i),
             par::chunk(g, par::FILL_CHUNK, i),

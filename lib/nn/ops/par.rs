@@ -15,6 +15,7 @@
 //! is running it.
 
 use candle_core::utils::barrier_pool;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The number of threads that run a parallel loop.
@@ -62,26 +63,55 @@ pub fn map_chunks_mut<T: Send, R: Send>(
         .collect()
 }
 
-/// Values per task of [`zeros`] and [`fill`].
+/// Values per task of [`zeros`] and of the elementwise loops that use [`fill`].
 pub const FILL_CHUNK: usize = 1 << 15;
 
 /// `len` zeros, written in parallel: a freshly allocated buffer is usually memory the allocator
 /// kept, which `vec![0.0; len]` would clear on the calling thread alone.
 pub fn zeros(len: usize) -> Vec<f32> {
-    fill(len, |_, part| part.fill(std::mem::MaybeUninit::new(0.0)))
+    fill(len, FILL_CHUNK, |_, part| part.fill(MaybeUninit::new(0.0)))
 }
 
-/// A vector of `len` values whose chunks of [`FILL_CHUNK`] values `write(i, chunk)` writes, in
+/// A vector of `len` values whose chunks of `size` values `write(i, chunk)` writes, in
 /// parallel, with no pass that zeroes it first. `write` must write every value of its chunk.
 pub fn fill(
     len: usize,
-    write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+    size: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
-    chunks_mut(&mut out.spare_capacity_mut()[..len], FILL_CHUNK, write);
+    chunks_mut(&mut out.spare_capacity_mut()[..len], size, write);
     // SAFETY: each chunk was written by `write`, as its contract requires.
     unsafe { out.set_len(len) };
     out
+}
+
+/// [`fill`] for two vectors of `len` values at once: `write(i, a_i, b_i)` writes the i-th
+/// chunks of both.
+pub fn fill2(
+    len: usize,
+    size: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut a, mut b) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let (sa, sb) = (
+        &mut a.spare_capacity_mut()[..len],
+        &mut b.spare_capacity_mut()[..len],
+    );
+    chunks2_mut(sa, size, sb, size, write);
+    // SAFETY: each chunk of both was written by `write`, as its contract requires.
+    unsafe {
+        a.set_len(len);
+        b.set_len(len);
+    }
+    (a, b)
+}
+
+/// A chunk that [`fill`]'s `write` has written in full, as f32 (for kernels that read back
+/// what they wrote, such as a product added onto a bias).
+pub fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `f(i, chunk)` for the i-th chunk of `size` values of `data` (the last may be shorter).
