@@ -29,7 +29,7 @@ use super::init::{linear, Init, Linear, Params};
 use super::layers::{
     gelu, self_attention, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
-use super::ops::{gated_residual, modulate, silu, Activated};
+use super::ops::{gated_residual, norm_modulate, silu, Activated};
 
 /// The feed-forward nonlinearity of a [`Dit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,13 +165,6 @@ fn zero_linear(params: &Params, name: &str, d_in: usize, d_out: usize) -> Result
     })
 }
 
-/// `k` modulation vectors (N, 1, D) from Linear(SiLU(c)) (N, k D).
-fn chunks(m: &Tensor, k: usize) -> candle_core::Result<Vec<Tensor>> {
-    let (n, kd) = m.dims2()?;
-    let m = m.reshape((n, k, kd / k))?;
-    (0..k).map(|i| m.narrow(1, i, 1)).collect()
-}
-
 /// Multi-head self-attention with a fused QKV projection.
 #[derive(Clone)]
 pub struct Attention {
@@ -224,12 +217,13 @@ impl DitBlock {
 
     /// z: (N, L, D), c_act = SiLU(c): (N, D) -> (N, L, D).
     pub fn forward(&self, z: &Tensor, c_act: &Tensor) -> candle_core::Result<Tensor> {
-        let m = chunks(&self.modulation.forward(c_act)?, 6)?;
-        let h = modulate(&self.norm.forward(z)?, &m[0], &m[1])?;
-        let z = gated_residual(z, &self.attn.forward(&h)?, &m[2])?;
-        let h = modulate(&self.norm.forward(&z)?, &m[3], &m[4])?;
+        // Six vectors (N, D) side by side: shift, scale, gate of the attention, then of the MLP.
+        let m = self.modulation.forward(c_act)?;
+        let h = norm_modulate(z, &m, 0, self.norm.eps)?;
+        let z = gated_residual(z, &self.attn.forward(&h)?, &m, 2)?;
+        let h = norm_modulate(&z, &m, 3, self.norm.eps)?;
         let ff = self.fc2.forward(&self.activation.after(&self.fc1, &h)?)?;
-        gated_residual(&z, &ff, &m[5])
+        gated_residual(&z, &ff, &m, 5)
     }
 }
 
@@ -323,8 +317,8 @@ impl FieldNet for Dit {
         for block in &self.blocks {
             z = block.forward(&z, &c_act)?;
         }
-        let m = chunks(&self.final_modulation.forward(&c_act)?, 2)?;
-        let z = modulate(&self.norm.forward(&z)?, &m[0], &m[1])?;
+        let m = self.final_modulation.forward(&c_act)?; // shift, scale
+        let z = norm_modulate(&z, &m, 0, self.norm.eps)?;
         let patches = self
             .final_fc2
             .forward(&cfg.activation.after(&self.final_fc1, &z)?)?; // (N, L, p p C)

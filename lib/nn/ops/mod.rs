@@ -17,7 +17,8 @@
 //!   has one writer: no atomics, and the same sums in the same order on every run).
 //! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product);
 //!   [`linear_act`]: the same followed by SiLU or GELU, still one node.
-//! - [`modulate`], [`gated_residual`]: the DiT's per-sample shift, scale and gate.
+//! - [`norm_modulate`], [`gated_residual`]: the DiT's RMSNorm with per-sample shift and scale,
+//!   and its gate, read from the stacked modulation vectors.
 //! - [`attention`]: multi-head self-attention from the fused QKV projection, one node (candle
 //!   runs its batched products one (sample, head) pair at a time on one thread).
 //! - [`conv_rows`]: a convolution as that gather and a matrix product with bias, one graph node
@@ -46,7 +47,7 @@ pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
 pub use linear::{linear, linear_act, Activated};
-pub use modulate::{gated_residual, modulate};
+pub use modulate::{gated_residual, norm_modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};
 

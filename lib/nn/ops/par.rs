@@ -107,6 +107,28 @@ pub fn fill2(
     (a, b)
 }
 
+/// One vector of `len_a + len_b` values, [a; b], whose i-th chunks of a (`size_a` values) and
+/// of b (`size_b`) `write(i, a_i, b_i)` writes in parallel; both parts must have as many
+/// chunks, and `write` must write every value of both.
+pub fn fill_parts(
+    (len_a, size_a): (usize, usize),
+    (len_b, size_b): (usize, usize),
+    write: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let (size_a, size_b) = (size_a.max(1), size_b.max(1));
+    assert_eq!(
+        len_a.div_ceil(size_a),
+        len_b.div_ceil(size_b),
+        "fill_parts: both parts need as many chunks"
+    );
+    let mut out = Vec::with_capacity(len_a + len_b);
+    let (a, b) = out.spare_capacity_mut()[..len_a + len_b].split_at_mut(len_a);
+    chunks2_mut(a, size_a, b, size_b, write);
+    // SAFETY: each chunk of both parts was written by `write`, as its contract requires.
+    unsafe { out.set_len(len_a + len_b) };
+    out
+}
+
 /// A chunk that [`fill`]'s `write` has written in full, as f32 (for kernels that read back
 /// what they wrote, such as a product added onto a bias).
 pub fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {

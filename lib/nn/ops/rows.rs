@@ -83,12 +83,17 @@ pub fn rms_norm(x: &Tensor, eps: f64) -> Result<Option<Tensor>> {
 struct RmsNormOp(f32);
 
 impl RmsNormOp {
-    /// 1 / sqrt(mean(x^2) + eps) of a row.
     #[inline(always)]
     fn inv_rms(&self, x: &[f32]) -> f32 {
-        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-        1.0 / (ms + self.0).sqrt()
+        inv_rms(x, self.0)
     }
+}
+
+/// 1 / sqrt(mean(x^2) + eps) of a row.
+#[inline(always)]
+pub(super) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
 }
 
 impl CustomOp1 for RmsNormOp {
