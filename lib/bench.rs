@@ -15,7 +15,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Instant;
 
 use crate::nn::vae::{Vae, VaeConfig};
@@ -409,19 +409,20 @@ fn pipe() -> Result<(std::io::PipeReader, std::io::PipeWriter)> {
 
 /// `.npy` write and read throughput through a pipe, for an (N, 1, 32, 32) f32 array of about
 /// 64 MB (tiny: 64 KB): encoding + writing while a thread drains the pipe, and reading +
-/// decoding while a thread fills it.
+/// decoding (as every tool reads stdin) while a thread fills it.
 pub fn npy_pipe(s: Settings) -> Result<Vec<Value>> {
     let n = if s.tiny { 16 } else { 16384 };
     let arr = ndarray::ArrayD::from_shape_vec(
         vec![n, 1, 32, 32],
         rng::normal_rows(0, Purpose::Misc, 4, 1, n * 1024),
     )?;
-    let bytes = crate::io::npy::encode(&arr)?;
+    let bytes = std::sync::Arc::new(crate::io::npy::encode(&arr)?);
     let mb = bytes.len() as f64 / 1e6;
     let runs = if s.tiny { 1 } else { s.runs.unwrap_or(5) };
     let warmup = usize::from(!s.tiny);
     let write = time_runs(warmup, runs, || {
         let (mut r, mut w) = pipe()?;
+        crate::io::widen_pipe(&w); // as a tool does to its stdout
         let drain = std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
         w.write_all(&crate::io::npy::encode(&arr)?)?;
         drop(w);
@@ -429,13 +430,12 @@ pub fn npy_pipe(s: Settings) -> Result<Vec<Value>> {
         Ok(())
     })?;
     let read = time_runs(warmup, runs, || {
-        let (mut r, mut w) = pipe()?;
-        let data = bytes.clone();
+        let (r, mut w) = pipe()?;
+        crate::io::widen_pipe(&r); // as a tool does to its stdin
+        let data = std::sync::Arc::clone(&bytes);
         let fill = std::thread::spawn(move || w.write_all(&data));
-        let mut got = Vec::new();
-        r.read_to_end(&mut got)?;
+        crate::io::npy::read_f32_from(r, "-")?;
         fill.join().expect("fill thread")?;
-        crate::io::npy::decode_f32(&got, "pipe")?;
         Ok(())
     })?;
     let config = json!({"shape": [n, 1, 32, 32], "dtype": "f32", "megabytes": mb});
