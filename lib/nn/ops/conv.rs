@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
-use super::gemm::{biased_rows, matmul_add, Mat};
+use super::gemm::{biased_rows, matmul, matmul_add, Mat};
 use super::{par, slice, RowGather};
 
 /// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
@@ -171,9 +171,8 @@ impl CustomOp2 for ConvInputGrad {
                     return;
                 };
                 let (lo, hi) = (lo / taps, hi / taps + 1);
-                let mut dp = vec![0f32; (hi - lo) * kc];
                 let g_rows = Mat::row_major(&g[lo * o..hi * o], hi - lo, o);
-                matmul_add(&mut dp, g_rows, Mat::transposed(w, kc, o));
+                let dp = matmul(g_rows, Mat::transposed(w, kc, o));
                 for (k, row) in dst.chunks_mut(c).enumerate() {
                     for q in gather.readers_of(first + k) {
                         let (mi, tap) = (q / taps - lo, q % taps);

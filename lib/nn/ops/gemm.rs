@@ -66,9 +66,7 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
     }
     let (rows, cols) = (a.rows, b.cols);
     if (2..=NARROW_COLUMNS).contains(&cols) && rows > cols && a.row_stride == 1 {
-        let mut column_major = vec![0f32; rows * cols];
-        // SAFETY: as below; the scratch holds rows x cols values at strides (1, rows).
-        unsafe { gemm_raw(column_major.as_mut_ptr(), 1, rows, a, b, false) };
+        let column_major = product_at(a, b, 1, rows);
         for (i, row) in dst.chunks_mut(cols).enumerate() {
             for (j, d) in row.iter_mut().enumerate() {
                 *d += column_major[j * rows + i];
@@ -79,6 +77,37 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
     // SAFETY: the shapes and strides of both operands were checked against their slices, and
     // dst holds exactly a.rows x b.cols values, written through its exclusive borrow.
     unsafe { gemm_raw(dst.as_mut_ptr(), cols, 1, a, b, true) }
+}
+
+/// a b (a.rows x b.cols, row-major) as a new vector, on the calling thread.
+pub fn matmul(a: Mat, b: Mat) -> Vec<f32> {
+    assert!(a.cols == b.rows);
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul operand out of bounds"
+    );
+    product_at(a, b, b.cols, 1)
+}
+
+/// a b in fresh memory at strides (row_stride, col_stride) that cover a.rows x b.cols values
+/// exactly. gemm writes every value, so no pass zeroes the memory first (and a zeroed block of
+/// a megabyte or more would be a fresh mapping whose every page faults when written: see
+/// `crate::memory`). The operands must be in bounds.
+fn product_at(a: Mat, b: Mat, row_stride: usize, col_stride: usize) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    if a.cols == 0 {
+        return vec![0.0; len];
+    }
+    let mut out = Vec::with_capacity(len);
+    if len > 0 {
+        // SAFETY: out has capacity for the a.rows x b.cols values the strides reach, all of
+        // which gemm writes (it does not read them: accumulate is false); a and b were checked.
+        unsafe {
+            gemm_raw(out.as_mut_ptr(), row_stride, col_stride, a, b, false);
+            out.set_len(len);
+        }
+    }
+    out
 }
 
 /// dst = a b (+ dst where `accumulate`) for dst at the given row and column strides.
@@ -170,6 +199,7 @@ mod tests {
                 let at = |i: usize, p: usize| i * strides.0 + p * strides.1;
                 let mut dst: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
                 matmul_add(&mut dst, left, Mat::row_major(&b, k, cols));
+                let product = matmul(left, Mat::row_major(&b, k, cols));
                 for i in 0..rows {
                     for j in 0..cols {
                         let dot: f32 = (0..k).map(|p| a[at(i, p)] * b[p * cols + j]).sum();
@@ -178,6 +208,11 @@ mod tests {
                         assert!(
                             (got - want).abs() < 1e-4,
                             "({i}, {j}) of {cols}: {got} vs {want}"
+                        );
+                        let got = product[i * cols + j];
+                        assert!(
+                            (got - dot).abs() < 1e-4,
+                            "product ({i}, {j}): {got} vs {dot}"
                         );
                     }
                 }
