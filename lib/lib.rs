@@ -27,6 +27,7 @@ pub mod eval;
 pub mod fields;
 pub mod guidance;
 pub mod io;
+pub mod memory;
 pub mod nn;
 pub mod noise;
 pub mod noising;
@@ -39,6 +40,10 @@ pub mod spec;
 pub mod train;
 
 pub use error::{Result, UsageError};
+
+/// Every tool's allocator: the system's, with large zeroed blocks mapped fresh ([`memory`]).
+#[global_allocator]
+static ALLOCATOR: memory::Allocator = memory::Allocator;
 
 /// The crate version written into every model file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
