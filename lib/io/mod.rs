@@ -3,8 +3,9 @@
 //!
 //! A path of `-` means stdin for an input and stdout for an output. Inputs are read whole into
 //! memory (stdin is not seekable; f32 `.npy` bodies straight into the array), recognised by
-//! their magic bytes ([`sniff`]), and checked before anything is written. Outputs to a path are atomic: a temp file in the same folder,
-//! renamed into place when complete, with the normal file mode.
+//! their magic bytes ([`sniff`]), and checked before anything is written. Outputs to a path
+//! are atomic: a temp file in the same folder, renamed into place when complete, with the
+//! normal file mode.
 
 pub mod model;
 pub mod npy;
@@ -126,7 +127,7 @@ pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
 }
 
 /// The error for an input with no bytes at all.
-pub fn empty_input(path: &str) -> anyhow::Error {
+pub(crate) fn empty_input(path: &str) -> anyhow::Error {
     if path == "-" {
         anyhow::anyhow!("stdin is empty (did the command before it fail?)")
     } else {

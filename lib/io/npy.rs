@@ -3,8 +3,8 @@
 //! The header is parsed here first, so that a wrong dtype, a truncated body or an unexpected
 //! shape is reported with the file's name and what was expected and found. The body of
 //! little-endian f32 in C order (what every tool writes) is read or copied in one pass; other
-//! bodies are decoded by `ndarray-npy`. f32 is the working float; f64 input is accepted and converted
-//! (NumPy's default dtype), labels are i64 (i32/u8 accepted and widened).
+//! bodies are decoded by `ndarray-npy`. f32 is the working float; f64 input is accepted and
+//! converted (NumPy's default dtype), labels are i64 (i32/u8 accepted and widened).
 
 use anyhow::{anyhow, bail, Context};
 use ndarray::{ArrayD, IxDyn};
@@ -177,23 +177,13 @@ fn decode<T: ReadableElement + Clone>(bytes: &[u8], name: &str) -> Result<ArrayD
     Ok(arr.as_standard_layout().into_owned())
 }
 
-/// The body of a C-order little-endian f32 `.npy` in one pass over its bytes (the general
-/// decoder reads element by element): the common case of every pipe between tools.
-fn decode_f32_c_order(bytes: &[u8], header: &Header) -> Result<ArrayD<f32>> {
-    let count: usize = header.shape.iter().product();
-    let body = &bytes[header.data_offset..header.data_offset + 4 * count];
-    let data: Vec<f32> = body
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(ArrayD::from_shape_vec(IxDyn(&header.shape), data)?)
-}
-
 /// Decodes an in-memory `.npy` into f32 (f32 as is, f64 converted).
 pub fn decode_f32(bytes: &[u8], name: &str) -> Result<ArrayD<f32>> {
     let header = parse_header(bytes, name)?;
     match header.descr.as_str() {
-        "<f4" if !header.fortran_order => decode_f32_c_order(bytes, &header),
+        "<f4" if !header.fortran_order => {
+            read_f32_body(&bytes[header.data_offset..], &header, name)
+        }
         "<f4" | "|f4" => decode::<f32>(bytes, name),
         "<f8" | "|f8" => Ok(decode::<f64>(bytes, name)?.mapv(|v| v as f32)),
         _ => bail!(
@@ -260,7 +250,8 @@ pub fn read_f32_from(mut input: impl Read, path: &str) -> Result<ArrayD<f32>> {
     decode_f32(&head, &name)
 }
 
-/// The body after `header` (little-endian f32, C order), read into the array's own memory.
+/// The body after `header` (little-endian f32, C order), read into the array's own memory in
+/// one pass (ndarray-npy's decoder goes value by value): the common case of every pipe.
 fn read_f32_body(mut input: impl Read, header: &Header, name: &str) -> Result<ArrayD<f32>> {
     let count: usize = header.shape.iter().product();
     let mut data = vec![0f32; count];
