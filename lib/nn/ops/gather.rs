@@ -14,6 +14,10 @@ pub struct RowGather {
     /// The outputs that read source row r: `readers[starts[r]..starts[r + 1]]`, ascending.
     starts: Vec<usize>,
     readers: Vec<u32>,
+    /// Maximal runs of the index that copy one block: entries `run_starts[k]..run_starts[k +
+    /// 1]` read consecutive source rows (or are all zero rows). A 3 x 3 patch is three runs of
+    /// three rows away from the border, so a patch costs three copies, not nine.
+    run_starts: Vec<u32>,
 }
 
 /// Output rows per parallel task of a gather or scatter.
@@ -39,11 +43,13 @@ impl RowGather {
                 next[i as usize] += 1;
             }
         }
+        let run_starts = runs(&index, source_rows);
         RowGather {
             index,
             source_rows,
             starts,
             readers,
+            run_starts,
         }
     }
 
@@ -62,16 +68,23 @@ impl RowGather {
     }
 
     /// Output rows `first..first + count` gathered from `x` (source rows of `c` values), zeros
-    /// for the rows past the source.
+    /// for the rows past the source: one copy per run of consecutive source rows.
     pub fn patches(&self, x: &[f32], c: usize, first: usize, count: usize) -> Vec<f32> {
+        let end = first + count;
         let mut out = Vec::with_capacity(count * c);
-        for &i in &self.index[first..first + count] {
-            let i = i as usize;
+        let mut run = self.run_starts.partition_point(|&s| s as usize <= first) - 1;
+        let mut q = first;
+        while q < end {
+            let run_end = (self.run_starts[run + 1] as usize).min(end);
+            let i = self.index[q] as usize;
+            let rows = run_end - q;
             if i < self.source_rows {
-                out.extend_from_slice(&x[i * c..(i + 1) * c]);
+                out.extend_from_slice(&x[i * c..(i + rows) * c]);
             } else {
-                out.resize(out.len() + c, 0.0);
+                out.resize(out.len() + rows * c, 0.0);
             }
+            q = run_end;
+            run += 1;
         }
         out
     }
@@ -96,6 +109,26 @@ impl RowGather {
             })
             .reduce(|(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
     }
+}
+
+/// The starts of the maximal runs of `index` whose entries read consecutive source rows, or
+/// are all past the source (zero rows), with `index.len()` appended.
+fn runs(index: &[u32], source_rows: usize) -> Vec<u32> {
+    let past = |i: u32| i as usize >= source_rows;
+    let mut starts = vec![0u32];
+    for q in 1..index.len() {
+        let (a, b) = (index[q - 1], index[q]);
+        let continues = if past(a) {
+            past(b)
+        } else {
+            !past(b) && b == a + 1
+        };
+        if !continues {
+            starts.push(q as u32);
+        }
+    }
+    starts.push(index.len() as u32);
+    starts
 }
 
 /// x (R, C) -> (M, C) with out[m] = x[index[m]] (zeros past R), f32 on the CPU; the backward
@@ -220,5 +253,32 @@ mod tests {
                 assert!((p - q).abs() < 1e-6, "{ga:?} vs {gb:?}");
             }
         }
+    }
+
+    /// Patches copied by runs equal the entry-by-entry gather for every window, with runs of
+    /// consecutive rows, zero rows, repeats and descents in the index.
+    #[test]
+    fn patches_by_runs_match_the_entry_by_entry_gather() {
+        let (r, c) = (10, 3);
+        let index: Vec<u32> = vec![0, 1, 2, 12, 11, 3, 4, 4, 5, 9, 8, 10, 10, 6, 7, 8, 9];
+        let x: Vec<f32> = (0..r * c).map(|i| i as f32 + 0.5).collect();
+        let gather = RowGather::new(index.clone(), r);
+        for first in 0..=index.len() {
+            for count in 0..=index.len() - first {
+                let expected: Vec<f32> = index[first..first + count]
+                    .iter()
+                    .flat_map(|&i| match (i as usize) < r {
+                        true => x[i as usize * c..(i as usize + 1) * c].to_vec(),
+                        false => vec![0.0; c],
+                    })
+                    .collect();
+                assert_eq!(
+                    gather.patches(&x, c, first, count),
+                    expected,
+                    "{first} {count}"
+                );
+            }
+        }
+        assert_eq!(gather.run_starts, [0, 3, 5, 7, 9, 10, 11, 13, 17]);
     }
 }
