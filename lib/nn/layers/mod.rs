@@ -275,8 +275,8 @@ pub(crate) mod tests {
         let beta = Var::from_tensor(&wobbly(&[12], 6)).unwrap();
         gn.weight = gamma.as_tensor().clone();
         gn.bias = beta.as_tensor().clone();
-        let x = Var::from_tensor(&wobbly(&[3, 5, 4, 12], 7).affine(2.0, 0.7).unwrap()).unwrap();
-        let probe = wobbly(&[3, 5, 4, 12], 8);
+        let x = Var::from_tensor(&wobbly(&[3, 9, 8, 12], 7).affine(2.0, 0.7).unwrap()).unwrap();
+        let probe = wobbly(&[3, 9, 8, 12], 8);
         let run = |y: Tensor| {
             let grads = (y.clone() * &probe)
                 .unwrap()
