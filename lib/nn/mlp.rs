@@ -156,6 +156,22 @@ impl Mlp {
     }
 
     /// The input features [x, t (, sin 2 pi k t, cos 2 pi k t)]: (N, D + 1 + 2K).
+    /// The whole stack as one fused node ([`super::ops::mlp_stack`]) where it applies: SiLU,
+    /// f32 on the CPU.
+    fn fused(&self, h: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.activation != Activation::Silu {
+            return Ok(None);
+        }
+        let mut layers = Vec::with_capacity(self.layers.len() + 1);
+        for layer in self.layers.iter().chain([&self.out]) {
+            match &layer.bias {
+                Some(b) => layers.push((&layer.weight, b)),
+                None => return Ok(None),
+            }
+        }
+        super::ops::mlp_stack(h, &layers, Activated::Silu)
+    }
+
     fn features(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
         match &self.freqs {
             None => Tensor::cat(&[x, t], D::Minus1),
@@ -180,7 +196,11 @@ impl FieldNet for Mlp {
         if y.is_some() {
             super::embed::label_ids(y, x.dim(0)?, 0, x.device())?;
         }
-        let mut h = self.features(x, t)?;
+        let h = self.features(x, t)?;
+        if let Some(y) = self.fused(&h)? {
+            return Ok(y);
+        }
+        let mut h = h;
         for layer in &self.layers {
             h = self.activation.after(layer, &h)?;
         }

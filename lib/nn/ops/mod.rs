@@ -16,7 +16,8 @@
 //!   parallel, the backward over the source rows through the inverse index (each source row
 //!   has one writer: no atomics, and the same sums in the same order on every run).
 //! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product);
-//!   [`linear_act`]: the same followed by SiLU or GELU, still one node.
+//!   [`linear_act`]: the same followed by SiLU or GELU, still one node; [`mlp_stack`]: a whole
+//!   MLP of such layers as one node, each thread carrying a tile of rows through every layer.
 //! - [`norm_modulate`], [`gated_residual`]: the DiT's RMSNorm with per-sample shift and scale,
 //!   and its gate, read from the stacked modulation vectors.
 //! - [`attention`]: multi-head self-attention from the fused QKV projection, one node (candle
@@ -36,6 +37,7 @@ mod gather;
 mod gemm;
 mod group_norm;
 mod linear;
+mod mlp;
 mod modulate;
 pub mod par;
 mod pointwise;
@@ -47,6 +49,7 @@ pub use conv::conv_rows;
 pub use gather::{gather_rows, RowGather};
 pub use group_norm::group_norm;
 pub use linear::{linear, linear_act, Activated};
+pub use mlp::mlp_stack;
 pub use modulate::{gated_residual, norm_modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};
