@@ -318,6 +318,9 @@ mod tests {
     #[test]
     fn gather_convolution_matches_candle_conv2d() {
         check_against_candle(Geometry::SAME3, 2, 3, 4, 5, 6);
+        // More input rows than one tile of the input gradient, which then takes the adjoint
+        // gather (flipped kernel) rather than the scatter of the patch gradients.
+        check_against_candle(Geometry::SAME3, 2, 5, 3, 12, 13);
         check_against_candle(Geometry::DOWN3, 2, 3, 4, 6, 6);
         check_against_candle(Geometry::DOWN3, 1, 2, 3, 7, 5); // odd: 7 -> 4, 5 -> 3
         let patchify = Geometry {

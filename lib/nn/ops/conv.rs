@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
-use super::gemm::{biased_rows, matmul, matmul_add, Mat};
+use super::gemm::{biased_rows, matmul, matmul_add, matmul_into, Mat};
 use super::{par, slice, RowGather};
 
 /// Output rows per tile: a tile's patches (rows x taps C values) stay in the core's cache.
@@ -162,6 +162,16 @@ impl CustomOp2 for ConvInputGrad {
         } = &self.0;
         let (c, taps, kc) = (*c, *taps, c * taps);
         let r = gather.source_rows();
+        if let Some(adjoint) = gather.adjoint(taps) {
+            let flipped = flipped_weights(w, taps, c, o);
+            let flipped = Mat::row_major(&flipped, taps * o, c);
+            let dx = par::fill(r * c, TILE_ROWS * c, |t, dst| {
+                let rows = dst.len() / c;
+                let patches = adjoint.patches(g, o, t * TILE_ROWS * taps, rows * taps);
+                matmul_into(dst, Mat::row_major(&patches, rows, taps * o), flipped);
+            });
+            return Ok((CpuStorage::F32(dx), Shape::from((r, c))));
+        }
         let per_tile = (TILE_ROWS * r / m.max(1)).clamp(8, r.max(8));
         let mut dx = par::zeros(r * c);
         if c > 0 {
@@ -186,6 +196,21 @@ impl CustomOp2 for ConvInputGrad {
         }
         Ok((CpuStorage::F32(dx), Shape::from((r, c))))
     }
+}
+
+/// W (taps C, O) as the weights of the convolution that [`RowGather::adjoint`]'s patches
+/// feed: (taps O, C), row s O + o, column ch holding W[(taps - 1 - s) C + ch, o].
+fn flipped_weights(w: &[f32], taps: usize, c: usize, o: usize) -> Vec<f32> {
+    let mut out = vec![0f32; taps * o * c];
+    for s in 0..taps {
+        let tap = taps - 1 - s;
+        for ch in 0..c {
+            for oo in 0..o {
+                out[(s * o + oo) * c + ch] = w[(tap * c + ch) * o + oo];
+            }
+        }
+    }
+    out
 }
 
 /// (dW; db) of [`conv_rows`] from x (R, C) and dy (M, O): a (taps C + 1, O) tensor, dW = P^T dy

@@ -1,7 +1,7 @@
 //! The im2col gather of the convolutions and its inverse-index scatter-add.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{par, slice};
 
@@ -18,6 +18,9 @@ pub struct RowGather {
     /// 1]` read consecutive source rows (or are all zero rows). A 3 x 3 patch is three runs of
     /// three rows away from the border, so a patch costs three copies, not nine.
     run_starts: Vec<u32>,
+    /// The adjoint gather of patches of some number of taps ([`RowGather::adjoint`]), built on
+    /// first use: (taps, the gather where it serves).
+    adjoint: OnceLock<(usize, Option<Box<RowGather>>)>,
 }
 
 /// Output rows per parallel task of a gather or scatter.
@@ -50,7 +53,47 @@ impl RowGather {
             starts,
             readers,
             run_starts,
+            adjoint: OnceLock::new(),
         }
+    }
+
+    /// For patches of `taps` entries (output row m's taps at `m taps..(m + 1) taps`), the
+    /// gather whose patch of source row r holds, at slot s, the output row that reads r at tap
+    /// `taps - 1 - s` (zero where none does): the patches of the input gradient in the layout
+    /// of a convolution with the kernel flipped, so that dx = (these patches of dy) (the
+    /// flipped weights) is one product with an inner dimension of taps x O. Slots run through
+    /// the taps backwards so that a 3 x 3 patch again reads three runs of three rows. None
+    /// where a source row is read twice at one tap (an upsampling convolution) or where most
+    /// slots would be zero (a strided one: the product would mostly multiply zeros).
+    pub fn adjoint(&self, taps: usize) -> Option<&RowGather> {
+        let (built_for, adjoint) = self
+            .adjoint
+            .get_or_init(|| (taps, self.build_adjoint(taps)));
+        match *built_for == taps {
+            true => adjoint.as_deref(),
+            false => None,
+        }
+    }
+
+    fn build_adjoint(&self, taps: usize) -> Option<Box<RowGather>> {
+        if taps == 0 || self.index.len() % taps != 0 {
+            return None;
+        }
+        let m = self.index.len() / taps;
+        let none = m as u32;
+        let mut index = vec![none; self.source_rows * taps];
+        let mut read = 0usize;
+        for (q, &r) in self.index.iter().enumerate() {
+            if (r as usize) < self.source_rows {
+                let slot = &mut index[r as usize * taps + taps - 1 - q % taps];
+                if *slot != none {
+                    return None;
+                }
+                *slot = (q / taps) as u32;
+                read += 1;
+            }
+        }
+        (4 * read >= 3 * index.len()).then(|| Box::new(RowGather::new(index, m)))
     }
 
     /// The number of output rows.
@@ -280,5 +323,35 @@ mod tests {
             }
         }
         assert_eq!(gather.run_starts, [0, 3, 5, 7, 9, 10, 11, 13, 17]);
+    }
+
+    /// The adjoint of a 1-D "same" convolution's gather (3 taps over 5 rows): source row r's
+    /// slots hold the output rows that read it at taps 2, 1, 0; none where a row is read
+    /// twice at one tap or where most slots would be empty.
+    #[test]
+    fn adjoint_lists_the_readers_of_each_source_row_by_flipped_tap() {
+        let (rows, taps) = (5u32, 3u32);
+        let index: Vec<u32> = (0..rows * taps)
+            .map(|q| match (q / taps + q % taps).checked_sub(1) {
+                Some(r) if r < rows => r,
+                _ => rows,
+            })
+            .collect();
+        let gather = RowGather::new(index, rows as usize);
+        let adjoint = gather
+            .adjoint(3)
+            .expect("a same convolution has an adjoint");
+        let none = 5;
+        #[rustfmt::skip]
+        let want = [none, 0, 1, 0, 1, 2, 1, 2, 3, 2, 3, 4, 3, 4, none];
+        assert_eq!(adjoint.index, want);
+        assert_eq!(adjoint.source_rows(), 5);
+        assert!(gather.adjoint(2).is_none(), "built for 3 taps");
+        // Row 0 read twice at tap 0.
+        let twice = RowGather::new(vec![0, 1, 0, 2], 3);
+        assert!(twice.adjoint(2).is_none());
+        // Every source row read at one tap of two: half the slots empty.
+        let sparse = RowGather::new(vec![0, 4, 1, 4, 2, 4, 3, 4], 4);
+        assert!(sparse.adjoint(2).is_none());
     }
 }

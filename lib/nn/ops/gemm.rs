@@ -1,6 +1,8 @@
 //! Matrix products on slices, by the `gemm` crate that candle's own matrix product uses: for
 //! fused ops that multiply tiles of their operands on the calling thread.
 
+use std::mem::MaybeUninit;
+
 use super::par::{self, assume_init};
 
 /// A matrix operand: `rows` x `cols` values of `data` at row and column strides.
@@ -77,6 +79,26 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
     // SAFETY: the shapes and strides of both operands were checked against their slices, and
     // dst holds exactly a.rows x b.cols values, written through its exclusive borrow.
     unsafe { gemm_raw(dst.as_mut_ptr(), cols, 1, a, b, true) }
+}
+
+/// dst (a.rows x b.cols, row-major) = a b, written without being read (it may be
+/// uninitialised), on the calling thread.
+pub fn matmul_into(dst: &mut [MaybeUninit<f32>], a: Mat, b: Mat) {
+    assert!(a.cols == b.rows && dst.len() == a.rows * b.cols);
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul operand out of bounds"
+    );
+    if dst.is_empty() {
+        return;
+    }
+    if a.cols == 0 {
+        dst.fill(MaybeUninit::new(0.0));
+        return;
+    }
+    // SAFETY: dst holds exactly a.rows x b.cols values, borrowed exclusively, all of which gemm
+    // writes without reading them (accumulate is false); a and b were checked.
+    unsafe { gemm_raw(dst.as_mut_ptr().cast(), b.cols, 1, a, b, false) }
 }
 
 /// a b (a.rows x b.cols, row-major) as a new vector, on the calling thread.
