@@ -149,7 +149,7 @@ mod tests {
         let x = wobbly(&[12, 2], 2);
         let y: Vec<u32> = (0..12).map(|i| i % 4).collect();
         let y = Tensor::new(y.as_slice(), &Device::Cpu).unwrap();
-        every_parameter_moves(&net, &p, &x, Some(&y), 1);
+        every_parameter_moves(&net, &p, &x, Some(&y), 1, &[]);
         loss_falls(&net, &p, &x, Some(&y), 50, 0.2);
     }
 

@@ -437,7 +437,10 @@ mod tests {
             net.forward(&x2, &t, Some(&labels(&[0, 1]))).unwrap(),
         ];
         assert_eq!(max_abs_diff(&at_init[0], &at_init[1]), 0.0);
-        every_parameter_moves(&net, &p, &x, Some(&y), 2);
+        // The keys' bias adds q . b_k to every logit of a query's row, which the softmax
+        // ignores: its gradient is zero in exact arithmetic (rows 16..32 of qkv.bias, width 16).
+        let keys = [("blocks.0.qkv.bias", 16..32), ("blocks.1.qkv.bias", 16..32)];
+        every_parameter_moves(&net, &p, &x, Some(&y), 2, &keys);
         let null = net.forward(&x2, &t, None).unwrap();
         let real = net.forward(&x2, &t, Some(&labels(&[0, 1]))).unwrap();
         assert!(max_abs_diff(&null, &real) > 1e-5);

@@ -420,7 +420,7 @@ mod tests {
         let p = Params::new(4, &Device::Cpu);
         let net = UNet::new(&tiny([1, 8, 8], &[4, 8], 3), &p).unwrap();
         let x = wobbly(&[4, 1, 8, 8], 5);
-        every_parameter_moves(&net, &p, &x, Some(&labels(&[0, 1, 2, 3])), 1);
+        every_parameter_moves(&net, &p, &x, Some(&labels(&[0, 1, 2, 3])), 1, &[]);
     }
 
     #[test]
