@@ -155,7 +155,6 @@ impl Mlp {
         })
     }
 
-    /// The input features [x, t (, sin 2 pi k t, cos 2 pi k t)]: (N, D + 1 + 2K).
     /// The whole stack as one fused node ([`super::ops::mlp_stack`]) where it applies: SiLU,
     /// f32 on the CPU.
     fn fused(&self, h: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -172,6 +171,7 @@ impl Mlp {
         super::ops::mlp_stack(h, &layers, Activated::Silu)
     }
 
+    /// The input features [x, t (, sin 2 pi k t, cos 2 pi k t)]: (N, D + 1 + 2K).
     fn features(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
         match &self.freqs {
             None => Tensor::cat(&[x, t], D::Minus1),

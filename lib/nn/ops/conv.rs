@@ -3,8 +3,10 @@
 //!
 //! With P the patch matrix (M rows of taps x C values, [`RowGather`]), W (taps C, O) and b (O,):
 //! forward y = P W + b; backward dW = P^T dy and db = the column sums of dy, both summed tile by
-//! tile, and dx = scatter(dy W^T), computed per tile of input rows from the output rows that
-//! read them. Building P whole costs a write and a read of the largest tensor of the layer
+//! tile, and dx per tile of input rows: where each input row has at most one reader per tap
+//! (stride 1, no upsampling), as the patches of dy by the adjoint gather times the flipped
+//! weights, one product; else as scatter(dy W^T) from the output rows that read them. Building
+//! P whole costs a write and a read of the largest tensor of the layer
 //! (9 x the input for a 3 x 3 kernel) and, past the allocator's mapping threshold, fresh pages
 //! (page faults and zeroing) at every call; the tiles cost none of that.
 
