@@ -324,7 +324,7 @@ pub fn from_json(
             };
             let mean = k.list("mean")?.unwrap_or_else(|| vec![0.0, 0.0]);
             let std = k.num("std", Some(1.0))?;
-            if !(std > 0.0) {
+            if std.is_nan() || std <= 0.0 {
                 bail!("field gaussian-target: std must be > 0, got {std}");
             }
             let sigma = k.num("sigma", Some(0.0))?;

@@ -125,7 +125,7 @@ mod mapped {
         let Some(slot) = blocks.iter().position(|&(p, _)| p == ptr as usize) else {
             return false;
         };
-        let (p, len) = std::mem::replace(&mut blocks[slot], (0, 0));
+        let (p, len) = std::mem::take(&mut blocks[slot]);
         // SAFETY: (p, len) is a mapping made by `alloc` and not yet unmapped; the caller is
         // done with it (GlobalAlloc::dealloc's contract).
         unsafe { munmap(p as *mut u8, len) };

@@ -68,9 +68,7 @@ pub fn parse(text: &str) -> Result<Box<dyn Dataset>> {
         )?)));
     }
     let spec = Spec::parse(text)?;
-    match spec.name.as_str() {
-        _ => Ok(Box::new(toy::Toy::from_spec(spec)?)),
-    }
+    Ok(Box::new(toy::Toy::from_spec(spec)?))
 }
 
 /// A Gaussian mixture ([`crate::densities::GaussianMixture`]) as a data set labelled by mode.

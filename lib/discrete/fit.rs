@@ -353,6 +353,37 @@ pub fn elbo(
     })
 }
 
+/// `evaluate --model`: the ELBO report of the tokens file `tokens` under the denoiser `model`,
+/// with the file names; reading and checking both (errors name the files).
+pub fn evaluate_file(
+    tokens: &str,
+    model: &str,
+    draws: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Value> {
+    let (net, file) = Denoiser::open(model, device)?;
+    let cfg = &net.config;
+    let arr = super::tokens::read_tokens(tokens, &cfg.vocab, Some(cfg.seq_len), false)?;
+    let name = crate::io::display_name(tokens);
+    if arr.shape()[0] == 0 {
+        bail!("{name} holds no sequences");
+    }
+    let data = TokenData {
+        ids: super::tokens::ids(&arr),
+        n: arr.shape()[0],
+        len: cfg.seq_len,
+        labels: None,
+        name: name.clone(),
+    };
+    let mut report = elbo(&net, &data, draws, seed, 4096, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.name))?
+        .to_json();
+    report["tokens"] = json!(name);
+    report["model"] = json!(file.name);
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,35 +463,4 @@ mod tests {
         );
         assert_eq!(report.n_sequences, 64);
     }
-}
-
-/// `evaluate --model`: the ELBO report of the tokens file `tokens` under the denoiser `model`,
-/// with the file names; reading and checking both (errors name the files).
-pub fn evaluate_file(
-    tokens: &str,
-    model: &str,
-    draws: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<Value> {
-    let (net, file) = Denoiser::open(model, device)?;
-    let cfg = &net.config;
-    let arr = super::tokens::read_tokens(tokens, &cfg.vocab, Some(cfg.seq_len), false)?;
-    let name = crate::io::display_name(tokens);
-    if arr.shape()[0] == 0 {
-        bail!("{name} holds no sequences");
-    }
-    let data = TokenData {
-        ids: super::tokens::ids(&arr),
-        n: arr.shape()[0],
-        len: cfg.seq_len,
-        labels: None,
-        name: name.clone(),
-    };
-    let mut report = elbo(&net, &data, draws, seed, 4096, device)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.name))?
-        .to_json();
-    report["tokens"] = json!(name);
-    report["model"] = json!(file.name);
-    Ok(report)
 }

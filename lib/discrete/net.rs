@@ -106,7 +106,7 @@ impl DenoiserConfig {
                 .and_then(Noise::parse)
                 .ok_or_else(|| anyhow!("{name}: bad noise {}", c["noise"]))?,
         };
-        if cfg.width % cfg.heads != 0 {
+        if !cfg.width.is_multiple_of(cfg.heads) {
             bail!(
                 "{name}: {} heads do not divide the width {}",
                 cfg.heads,

@@ -337,86 +337,6 @@ pub fn pixels_to_images(tokens: &ArrayD<i64>, shape: [usize; 3]) -> Result<Array
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_round_trips_with_padding() {
-        let lines = ["cab", "a", "bead"];
-        let v = Vocab::from_lines(&lines, Unit::Chars);
-        assert_eq!(v.symbols, vec![PAD, "a", "b", "c", "d", "e", MASK]);
-        assert_eq!(v.mask(), 6);
-        let again = Vocab::from_json(&v.to_json(), "v.json").unwrap();
-        assert_eq!(again, v);
-        for line in lines {
-            let ids = v.encode(line, 5).unwrap();
-            assert_eq!(ids.len(), 5);
-            assert_eq!(v.decode(&ids), line);
-        }
-        assert_eq!(v.decode(&[3, 0, 1, 6, 0]), "c a_");
-        assert!(v
-            .encode("abcdeab", 5)
-            .unwrap_err()
-            .to_string()
-            .contains("longer"));
-        assert!(v.encode("x", 5).unwrap_err().to_string().contains("\"x\""));
-        let w = Vocab::from_lines(&["the cat", "a cat"], Unit::Words);
-        assert_eq!(w.decode(&w.encode("a cat", 3).unwrap()), "a cat");
-    }
-
-    #[test]
-    fn bad_vocabularies_and_tokens_are_named() {
-        let v = Vocab::from_lines(&["ab"], Unit::Chars);
-        let mut j = v.to_json();
-        j["mask"] = json!(1);
-        assert!(Vocab::from_json(&j, "v.json")
-            .unwrap_err()
-            .to_string()
-            .contains("last id"));
-        let arr = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0i64, 3]).unwrap();
-        let err = v
-            .check_tokens(&arr, "t.npy", false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("t.npy") && err.contains("token 3") && err.contains("0..=2"),
-            "{err}"
-        );
-        assert!(v.check_tokens(&arr, "t.npy", true).is_ok());
-        let flat = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0i64, 1]).unwrap();
-        assert!(v
-            .check_tokens(&flat, "t.npy", true)
-            .unwrap_err()
-            .to_string()
-            .contains("(N, L)"));
-    }
-
-    #[test]
-    fn holdout_split_is_a_seeded_partition() {
-        let (a, b) = holdout_split(100, 0.1, 4);
-        assert_eq!((a.len(), b.len()), (90, 10));
-        let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert_eq!(holdout_split(100, 0.1, 4), (a, b.clone()));
-        assert_ne!(holdout_split(100, 0.1, 5).1, b);
-    }
-
-    #[test]
-    fn images_binarise_and_come_back() {
-        let im =
-            ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![-1.0f32, 0.5, 0.9, -0.2]).unwrap();
-        let t = binarise(&im, 0.0);
-        assert_eq!(t.as_slice().unwrap(), &[0, 1, 1, 0]);
-        let back = pixels_to_images(&t, [1, 2, 2]).unwrap();
-        assert_eq!(back.as_slice().unwrap(), &[-1.0, 1.0, 1.0, -1.0]);
-        let small = downsample(&im, 2).unwrap();
-        assert_eq!(small.shape(), &[1, 1, 1, 1]);
-        assert!((small.as_slice().unwrap()[0] - 0.05).abs() < 1e-6);
-    }
-}
-
 /// The symbol of a free position in a text prompt.
 pub const FREE: char = '_';
 
@@ -539,4 +459,84 @@ pub fn read_labels(path: &str, n: Option<usize>, max: Option<u32>) -> Result<Vec
         bail!("{name} holds the label {v}: expected labels in 0..={top}");
     }
     Ok(y.iter().map(|&v| v as u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_with_padding() {
+        let lines = ["cab", "a", "bead"];
+        let v = Vocab::from_lines(&lines, Unit::Chars);
+        assert_eq!(v.symbols, vec![PAD, "a", "b", "c", "d", "e", MASK]);
+        assert_eq!(v.mask(), 6);
+        let again = Vocab::from_json(&v.to_json(), "v.json").unwrap();
+        assert_eq!(again, v);
+        for line in lines {
+            let ids = v.encode(line, 5).unwrap();
+            assert_eq!(ids.len(), 5);
+            assert_eq!(v.decode(&ids), line);
+        }
+        assert_eq!(v.decode(&[3, 0, 1, 6, 0]), "c a_");
+        assert!(v
+            .encode("abcdeab", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("longer"));
+        assert!(v.encode("x", 5).unwrap_err().to_string().contains("\"x\""));
+        let w = Vocab::from_lines(&["the cat", "a cat"], Unit::Words);
+        assert_eq!(w.decode(&w.encode("a cat", 3).unwrap()), "a cat");
+    }
+
+    #[test]
+    fn bad_vocabularies_and_tokens_are_named() {
+        let v = Vocab::from_lines(&["ab"], Unit::Chars);
+        let mut j = v.to_json();
+        j["mask"] = json!(1);
+        assert!(Vocab::from_json(&j, "v.json")
+            .unwrap_err()
+            .to_string()
+            .contains("last id"));
+        let arr = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0i64, 3]).unwrap();
+        let err = v
+            .check_tokens(&arr, "t.npy", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.npy") && err.contains("token 3") && err.contains("0..=2"),
+            "{err}"
+        );
+        assert!(v.check_tokens(&arr, "t.npy", true).is_ok());
+        let flat = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0i64, 1]).unwrap();
+        assert!(v
+            .check_tokens(&flat, "t.npy", true)
+            .unwrap_err()
+            .to_string()
+            .contains("(N, L)"));
+    }
+
+    #[test]
+    fn holdout_split_is_a_seeded_partition() {
+        let (a, b) = holdout_split(100, 0.1, 4);
+        assert_eq!((a.len(), b.len()), (90, 10));
+        let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(holdout_split(100, 0.1, 4), (a, b.clone()));
+        assert_ne!(holdout_split(100, 0.1, 5).1, b);
+    }
+
+    #[test]
+    fn images_binarise_and_come_back() {
+        let im =
+            ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![-1.0f32, 0.5, 0.9, -0.2]).unwrap();
+        let t = binarise(&im, 0.0);
+        assert_eq!(t.as_slice().unwrap(), &[0, 1, 1, 0]);
+        let back = pixels_to_images(&t, [1, 2, 2]).unwrap();
+        assert_eq!(back.as_slice().unwrap(), &[-1.0, 1.0, 1.0, -1.0]);
+        let small = downsample(&im, 2).unwrap();
+        assert_eq!(small.shape(), &[1, 1, 1, 1]);
+        assert!((small.as_slice().unwrap()[0] - 0.05).abs() < 1e-6);
+    }
 }

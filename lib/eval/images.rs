@@ -284,8 +284,8 @@ fn centre_crop(images: &ArrayD<f32>, [c, h, w]: [usize; 3]) -> Option<ArrayD<f32
         && s[1] == c
         && s[2] >= h
         && s[3] >= w
-        && (s[2] - h) % 2 == 0
-        && (s[3] - w) % 2 == 0;
+        && (s[2] - h).is_multiple_of(2)
+        && (s[3] - w).is_multiple_of(2);
     if !fits {
         return None;
     }

@@ -1,8 +1,8 @@
 //! Trained models as fields: the ODE of a learned velocity, and the SDE of Theorem 17.
 //!
 //! - ODE (notes eq. 26 trained, Algorithm 1 sampled): dX_t = u_t^theta(X_t) dt.
-//! - SDE (notes Theorem 17): dX_t = [u_t^theta(X_t) + (sigma_t^2 / 2) s_t^theta(X_t)] dt
-//!   + sigma_t dW_t, which has the same marginals p_t for every sigma_t >= 0. The score comes
+//! - SDE (notes Theorem 17): dX_t = [u_t^theta(X_t) + (sigma_t^2 / 2) s_t^theta(X_t)] dt +
+//!   sigma_t dW_t, which has the same marginals p_t for every sigma_t >= 0. The score comes
 //!   from a score model, or from the velocity model itself by the conversion of Proposition 1
 //!   (see [`crate::paths`]), so one flow-matching model samples both ways.
 //! - sigma_t is a constant (`sigma=2`) or a multiple of the path's beta_t (`sigma=2,
@@ -140,7 +140,7 @@ impl Field for LearnedField {
     fn describe(&self) -> String {
         let name = &self.velocity.0.name;
         match (self.sigma, &self.score) {
-            (Sigma::Constant(c), _) if c == 0.0 => format!("learned ODE of {name}"),
+            (Sigma::Constant(0.0), _) => format!("learned ODE of {name}"),
             (sigma, ScoreSource::FromVelocity) => {
                 format!("learned SDE of {name} (sigma {sigma:?}, score from the velocity)")
             }

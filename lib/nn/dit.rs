@@ -140,7 +140,7 @@ impl DitConfig {
                 cfg.patch_size
             ));
         }
-        if cfg.width % cfg.heads != 0 {
+        if !cfg.width.is_multiple_of(cfg.heads) {
             return Err(format!(
                 "{} heads do not divide the width {}",
                 cfg.heads, cfg.width

@@ -31,7 +31,7 @@ pub struct FourierFeatures {
 impl FourierFeatures {
     /// The parameter `name.weights`; `dim` must be even.
     pub fn new(params: &Params, name: &str, dim: usize) -> Result<FourierFeatures> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             anyhow::bail!("Fourier feature dimension must be even and positive, got {dim}");
         }
         Ok(FourierFeatures {

@@ -293,7 +293,7 @@ pub fn linear_no_bias(params: &Params, name: &str, d_in: usize, d_out: usize) ->
 impl Linear {
     /// x: (N, in) or (B, N, in) -> (N, out) or (B, N, out).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = self.fused(x, |rows, w, b| super::ops::linear(rows, w, b))? {
+        if let Some(y) = self.fused(x, super::ops::linear)? {
             return Ok(y);
         }
         let y = match *x.dims() {

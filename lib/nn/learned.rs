@@ -226,6 +226,30 @@ impl LearnedScore {
     }
 }
 
+/// A model's prediction, converted to `want`, at the points `x` (N, D) and one time `t`,
+/// as rows [x, prediction] (N, 2D) when `with_points` (what `render-grid --kind quiver` draws).
+pub fn predict_points(
+    model: &Learned,
+    want: Param,
+    x: &ndarray::Array2<f32>,
+    t: f64,
+    with_points: bool,
+    device: &Device,
+) -> Result<ndarray::Array2<f32>> {
+    let (n, d) = x.dim();
+    let xs = Tensor::from_vec(x.iter().copied().collect::<Vec<f32>>(), (n, d), device)?;
+    let tt = Tensor::new(&[t as f32], device)?;
+    let pred = model.predict_as(want, &xs, &tt)?;
+    let pred = crate::device::from_tensor(&pred)?.into_shape_with_order((n, d))?;
+    if !with_points {
+        return Ok(pred);
+    }
+    Ok(ndarray::concatenate(
+        ndarray::Axis(1),
+        &[x.view(), pred.view()],
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,28 +323,4 @@ mod tests {
         let g = model_file("velocity", Path::LinearInterpolant.to_json(), "gaussian");
         assert!(LearnedScore::load(&g, &Device::Cpu).is_ok());
     }
-}
-
-/// A model's prediction, converted to `want`, at the points `x` (N, D) and one time `t`,
-/// as rows [x, prediction] (N, 2D) when `with_points` (what `render-grid --kind quiver` draws).
-pub fn predict_points(
-    model: &Learned,
-    want: Param,
-    x: &ndarray::Array2<f32>,
-    t: f64,
-    with_points: bool,
-    device: &Device,
-) -> Result<ndarray::Array2<f32>> {
-    let (n, d) = x.dim();
-    let xs = Tensor::from_vec(x.iter().copied().collect::<Vec<f32>>(), (n, d), device)?;
-    let tt = Tensor::new(&[t as f32], device)?;
-    let pred = model.predict_as(want, &xs, &tt)?;
-    let pred = crate::device::from_tensor(&pred)?.into_shape_with_order((n, d))?;
-    if !with_points {
-        return Ok(pred);
-    }
-    Ok(ndarray::concatenate(
-        ndarray::Axis(1),
-        &[x.view(), pred.view()],
-    )?)
 }

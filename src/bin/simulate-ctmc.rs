@@ -66,7 +66,7 @@ fn run(args: Args) -> Result<()> {
     if args.steps == 0 || args.batch == 0 || args.n == Some(0) {
         usage_bail!("--steps, --batch and -n must be at least 1");
     }
-    if !(args.temperature > 0.0 && args.temperature.is_finite()) || !args.guidance.is_finite() {
+    if !(args.temperature > 0.0 && args.temperature.is_finite() && args.guidance.is_finite()) {
         usage_bail!("--temperature must be positive and --guidance finite");
     }
     if [

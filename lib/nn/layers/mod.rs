@@ -37,7 +37,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// The layer `name` (`name.weight`, `name.bias`); `groups` must divide `channels`.
     pub fn new(params: &Params, name: &str, groups: usize, channels: usize) -> Result<GroupNorm> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             anyhow::bail!("{groups} groups do not divide {channels} channels");
         }
         let p = params.pp(name);

@@ -30,7 +30,7 @@ const WEIGHT_PARTS: usize = 16;
 pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
     let (r, c) = x.dims2()?;
     let (kc, o) = w.dims2()?;
-    if r != gather.source_rows() || c == 0 || kc % c != 0 || gather.len() % (kc / c) != 0 {
+    if r != gather.source_rows() || c == 0 || kc % c != 0 || !gather.len().is_multiple_of(kc / c) {
         candle_core::bail!(
             "conv rows: input ({r}, {c}) and weights ({kc}, {o}) do not fit a gather of {} rows \
              from {}",
@@ -41,7 +41,7 @@ pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) ->
     let m = gather.len() / (kc / c);
     let fits = match *b.dims() {
         [bo] => bo == o,
-        [n, bo] => bo == o && n > 0 && m % n == 0,
+        [n, bo] => bo == o && n > 0 && m.is_multiple_of(n),
         _ => false,
     };
     if !fits {

@@ -76,7 +76,7 @@ impl RowGather {
     }
 
     fn build_adjoint(&self, taps: usize) -> Option<Box<RowGather>> {
-        if taps == 0 || self.index.len() % taps != 0 {
+        if taps == 0 || !self.index.len().is_multiple_of(taps) {
             return None;
         }
         let m = self.index.len() / taps;

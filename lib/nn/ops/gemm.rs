@@ -181,8 +181,8 @@ pub fn biased_rows(
     add_tile: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let mut y = Vec::with_capacity(m * o);
-    if o > 0 {
-        let rows_per_bias = m.div_ceil(b.len() / o).max(1);
+    if let Some(biases) = b.len().checked_div(o) {
+        let rows_per_bias = m.div_ceil(biases).max(1);
         par::chunks_mut(
             &mut y.spare_capacity_mut()[..m * o],
             tile_rows * o,

@@ -27,7 +27,7 @@ pub fn group_norm(
         && x.dtype() == DType::F32
         && x.rank() >= 2
         && groups > 0
-        && x.dims()[x.rank() - 1] % groups == 0;
+        && x.dims()[x.rank() - 1].is_multiple_of(groups);
     if !fused {
         return Ok(None);
     }

@@ -123,7 +123,7 @@ pub fn interpolate_pairs(
         }
     }
     let z = Tensor::stack(&rows, 0)?;
-    Ok(from_tensor(&vae.decode(&z)?)?)
+    from_tensor(&vae.decode(&z)?)
 }
 
 /// What a VAE tool reads: images shaped as the VAE's data, or latents shaped as its latents.

@@ -233,7 +233,9 @@ mod tests {
 
     #[test]
     fn shapes_for_28_and_32_pixel_images_and_several_latents() {
-        let cases: [([usize; 3], &[usize], usize, [usize; 3]); 5] = [
+        // (data shape, channels per level, latent channels, latent shape)
+        type Case = ([usize; 3], &'static [usize], usize, [usize; 3]);
+        let cases: [Case; 5] = [
             ([1, 32, 32], &[8, 16, 16], 4, [4, 8, 8]),
             ([1, 28, 28], &[8, 16, 16], 4, [4, 7, 7]),
             ([1, 28, 28], &[8, 16], 2, [2, 14, 14]),
