@@ -45,9 +45,9 @@ pub struct DenoiserFlags {
     /// Hidden width of the MLPs in multiples of D [default: 4]
     #[arg(long)]
     pub mlp_ratio: Option<usize>,
-    /// Optimiser steps (the new total with --resume)
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
+    /// Total optimiser steps [default: 2000, or the checkpoint's when resuming]
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Minibatch size [default: 128]
     #[arg(long)]
     pub batch: Option<usize>,
@@ -67,7 +67,9 @@ pub struct DenoiserFlags {
 pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
     let device = common.setup()?;
     check_flags(flags)?;
-    let loop_opts = flags.run.loop_options(flags.steps, common.quiet);
+    let loop_opts = flags
+        .run
+        .loop_options(flags.steps.unwrap_or(STEPS), common.quiet);
     let ckpt = match &flags.run.resume {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
@@ -98,7 +100,7 @@ pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
     };
     let opts = match &ckpt {
         Some(c) => {
-            let opts = fit::resumed_options(c, Some(flags.steps), loop_opts)?;
+            let opts = fit::resumed_options(c, flags.steps, loop_opts)?;
             check_resumed(flags, common, &opts, &c.name)?;
             opts
         }
@@ -133,17 +135,18 @@ const MLP_RATIO: usize = 4;
 const BATCH: usize = 128;
 const WARMUP: u64 = 100;
 const LABEL_DROPOUT: f64 = 0.1;
+const STEPS: u64 = 2000;
 
 /// Usage errors for flags out of range.
 fn check_flags(flags: &DenoiserFlags) -> Result<()> {
     flags.optim.check()?;
     flags.run.check()?;
     let width = flags.width.unwrap_or(WIDTH);
-    if flags.steps == 0 || flags.batch == Some(0) || width == 0 {
+    if flags.steps == Some(0) || flags.batch == Some(0) || width == 0 {
         usage_bail!("--steps, --batch and --width must be at least 1");
     }
     let heads = flags.heads.unwrap_or(HEADS);
-    if flags.run.resume.is_none() && (heads == 0 || width % heads != 0) {
+    if flags.run.resume.is_none() && (heads == 0 || !width.is_multiple_of(heads)) {
         usage_bail!("--heads {heads} must divide --width {width}");
     }
     if !(0.0..1.0).contains(&flags.label_dropout.unwrap_or(LABEL_DROPOUT)) {
@@ -180,7 +183,7 @@ fn fresh_options(
                 lr: flags.optim.lr.unwrap_or(DEFAULT_LR),
                 warmup: flags.warmup.unwrap_or(WARMUP),
                 decay: flags.decay.unwrap_or(Decay::Cosine),
-                total: flags.steps,
+                total: flags.steps.unwrap_or(STEPS),
             },
             flags.optim.weight_decay.unwrap_or(0.0),
         ),
