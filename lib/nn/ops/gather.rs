@@ -1,9 +1,6 @@
-//! The im2col gather of the convolutions and its inverse-index scatter-add.
+//! The im2col gather of the convolutions, with the inverse index of its scatter-add.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use std::sync::{Arc, OnceLock};
-
-use super::{par, slice};
+use std::sync::OnceLock;
 
 /// A row gather: out[m] = x[index[m]] for a source of `source_rows` rows, a zero row where
 /// index[m] >= source_rows; with the inverse index its backward needs no atomics.
@@ -22,9 +19,6 @@ pub struct RowGather {
     /// first use: (taps, the gather where it serves).
     adjoint: OnceLock<(usize, Option<Box<RowGather>>)>,
 }
-
-/// Output rows per parallel task of a gather or scatter.
-const ROWS_PER_TASK: usize = 256;
 
 impl RowGather {
     /// The gather of `index` (entries >= `source_rows` read zeros) and its inverse.
@@ -174,130 +168,9 @@ fn runs(index: &[u32], source_rows: usize) -> Vec<u32> {
     starts
 }
 
-/// x (R, C) -> (M, C) with out[m] = x[index[m]] (zeros past R), f32 on the CPU; the backward
-/// pass scatter-adds the gradient rows back (see [`RowGather`]).
-pub fn gather_rows(x: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(GatherRows(gather.clone()))
-}
-
-struct GatherRows(Arc<RowGather>);
-
-impl CustomOp1 for GatherRows {
-    fn name(&self) -> &'static str {
-        "flowpipe-gather-rows"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (r, c) = l.shape().dims2()?;
-        if r != self.0.source_rows {
-            candle_core::bail!(
-                "gather rows: {r} source rows, the index expects {}",
-                self.0.source_rows
-            );
-        }
-        let x = slice(s, l, "gather rows")?;
-        let index = &self.0.index;
-        let mut out = par::zeros(index.len() * c);
-        let task = |t: usize, dst: &mut [f32]| {
-            let first = t * ROWS_PER_TASK;
-            for (row, &i) in dst.chunks_mut(c).zip(&index[first..]) {
-                let i = i as usize;
-                if i < r {
-                    row.copy_from_slice(&x[i * c..(i + 1) * c]);
-                }
-            }
-        };
-        if c > 0 {
-            par::chunks_mut(&mut out, ROWS_PER_TASK * c, task);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((index.len(), c))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(grad.apply_op1_no_bwd(&ScatterRows(self.0.clone()))?))
-    }
-}
-
-/// The gather's adjoint: g (M, C) -> (R, C), row r the sum of the g rows that read r.
-struct ScatterRows(Arc<RowGather>);
-
-impl CustomOp1 for ScatterRows {
-    fn name(&self) -> &'static str {
-        "flowpipe-scatter-rows"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, c) = l.shape().dims2()?;
-        let gather = &self.0;
-        if m != gather.len() {
-            candle_core::bail!(
-                "scatter rows: {m} gradient rows, the index has {}",
-                gather.len()
-            );
-        }
-        let g = slice(s, l, "scatter rows")?;
-        let r = gather.source_rows;
-        let mut out = par::zeros(r * c);
-        let task = |t: usize, dst: &mut [f32]| {
-            for (k, row) in dst.chunks_mut(c).enumerate() {
-                let src = t * ROWS_PER_TASK + k;
-                for &reader in &gather.readers[gather.starts[src]..gather.starts[src + 1]] {
-                    let reader = reader as usize;
-                    for (o, &v) in row.iter_mut().zip(&g[reader * c..(reader + 1) * c]) {
-                        *o += v;
-                    }
-                }
-            }
-        };
-        if c > 0 {
-            par::chunks_mut(&mut out, ROWS_PER_TASK * c, task);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((r, c))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
-    use candle_core::{Device, Var};
-    /// The gather and its backward against candle's index_select / index_add on a source
-    /// read 0, 1 or many times, with zero rows.
-    #[test]
-    fn gather_rows_and_its_gradient_match_index_select() {
-        let (r, c) = (7, 5);
-        let index: Vec<u32> = vec![3, 0, 7, 3, 6, 3, 1, 7, 0, 6, 5, 2, 3];
-        let vals: Vec<f32> = (0..r * c).map(|i| (i as f32 * 0.37).sin()).collect();
-        let x = Var::from_vec(vals.clone(), (r, c), &Device::Cpu).unwrap();
-        let weights: Vec<f32> = (0..index.len() * c)
-            .map(|i| (i as f32 * 0.11).cos())
-            .collect();
-        let w = Tensor::from_vec(weights, (index.len(), c), &Device::Cpu).unwrap();
-        let gather = Arc::new(RowGather::new(index.clone(), r));
-        let ours = gather_rows(x.as_tensor(), &gather).unwrap();
-        // candle: a zero row appended at index r.
-        let zero = Tensor::zeros((1, c), DType::F32, &Device::Cpu).unwrap();
-        let ids = Tensor::new(index.as_slice(), &Device::Cpu).unwrap();
-        let theirs = Tensor::cat(&[x.as_tensor(), &zero], 0)
-            .unwrap()
-            .index_select(&ids, 0)
-            .unwrap();
-        let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-            (ours.to_vec2().unwrap(), theirs.to_vec2().unwrap());
-        assert_eq!(a, b);
-        let grad_of = |y: &Tensor| {
-            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap()
-        };
-        let (ga, gb) = (grad_of(&ours), grad_of(&theirs));
-        for (ra, rb) in ga.iter().zip(&gb) {
-            for (p, q) in ra.iter().zip(rb) {
-                assert!((p - q).abs() < 1e-6, "{ga:?} vs {gb:?}");
-            }
-        }
-    }
-
     /// Patches copied by runs equal the entry-by-entry gather for every window, with runs of
     /// consecutive rows, zero rows, repeats and descents in the index.
     #[test]

@@ -10,10 +10,10 @@
 //!   per sample (the U-Net's conditioning added to every pixel).
 //! - [`gelu`], [`group_norm`] (optionally followed by SiLU), [`softmax_last_dim`], [`rms_norm`]: the same idea for the other
 //!   activations and normalisations of the U-Net, the DiT and the VAE.
-//! - [`gather_rows`]: out[m] = x[index[m]] (or a zero row), the "im2col" gather of the
-//!   convolutions. candle's index_select and its backward, index_add, copy one row at a time
-//!   on one thread, and the backward first builds a zero tensor and copies it; here both run in
-//!   parallel, the backward over the source rows through the inverse index (each source row
+//! - [`RowGather`]: out[m] = x[index[m]] (or a zero row), the "im2col" gather of the
+//!   convolutions, with its inverse index. candle's index_select and its backward, index_add,
+//!   copy one row at a time on one thread; here patches are copied by runs of consecutive rows,
+//!   and the scatter-add runs over the source rows through the inverse index (each source row
 //!   has one writer: no atomics, and the same sums in the same order on every run).
 //! - [`linear`]: the dense layer x W^T + b as one node (bias folded into the product);
 //!   [`linear_act`]: the same followed by SiLU or GELU, still one node; [`mlp_stack`]: a whole
@@ -46,7 +46,7 @@ mod rows;
 pub use attention::attention;
 pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
-pub use gather::{gather_rows, RowGather};
+pub use gather::RowGather;
 pub use group_norm::group_norm;
 pub use linear::{linear, linear_act, Activated};
 pub use mlp::mlp_stack;
