@@ -30,7 +30,11 @@ const WEIGHT_PARTS: usize = 16;
 pub fn conv_rows(x: &Tensor, w: &Tensor, b: &Tensor, gather: &Arc<RowGather>) -> Result<Tensor> {
     let (r, c) = x.dims2()?;
     let (kc, o) = w.dims2()?;
-    if r != gather.source_rows() || c == 0 || kc % c != 0 || !gather.len().is_multiple_of(kc / c) {
+    if r != gather.source_rows()
+        || c == 0
+        || !kc.is_multiple_of(c)
+        || !gather.len().is_multiple_of(kc / c)
+    {
         candle_core::bail!(
             "conv rows: input ({r}, {c}) and weights ({kc}, {o}) do not fit a gather of {} rows \
              from {}",
