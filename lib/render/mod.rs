@@ -17,6 +17,7 @@
 pub mod font;
 pub mod grid;
 pub mod plot;
+pub mod records;
 
 pub use grid::{image_grid, GridOptions, ValueRange};
 pub use plot::{Bounds, Labels, PlotOptions};

@@ -251,3 +251,63 @@ fn bad_flags_exit_2() {
     }
     assert!(!std::path::Path::new(&out).exists());
 }
+
+const PLOT: &str = bin!("render-plot");
+
+/// render-plot: a training log and a metric table become one panel per --y key, side by side;
+/// missing keys, bad JSON and a wrong label count fail with one line and no output.
+#[test]
+fn render_plot_draws_logs_and_tables_and_refuses_bad_input() {
+    let d = tmp();
+    let log = path(&d, "loss.jsonl");
+    let text: String = (0..60)
+        .map(|s| {
+            format!(
+                "{{\"step\": {}, \"loss\": {}}}\n",
+                10 * s,
+                100.0 / (1.0 + s as f64)
+            )
+        })
+        .collect::<String>()
+        + "{\"done\": true}\n";
+    std::fs::write(&log, text).unwrap();
+    let out = path(&d, "loss.png");
+    ok(
+        PLOT,
+        &[
+            &log, "--log-y", "--smooth", "5", "--size", "300x200", "-o", &out,
+        ],
+        b"",
+    );
+    let img = drawn(&out);
+    assert_eq!(img.dimensions(), (300, 200));
+
+    // Two metrics of a table from stdin: two panels side by side, one line per sampler.
+    let table = r#"[{"w": 1, "fid": 30, "acc": 0.6, "s": "euler"}, {"w": 3, "fid": 20, "acc": 0.9, "s": "euler"},
+                    {"w": 1, "fid": 25, "acc": 0.7, "s": "heun"}, {"w": 3, "fid": 15, "acc": 0.95, "s": "heun"}]"#;
+    let png_bytes = ok(
+        PLOT,
+        &[
+            "--x", "w", "--y", "fid,acc", "--series", "s", "--size", "300x200", "--title", "t",
+        ],
+        table.as_bytes(),
+    );
+    let img = png(&png_bytes);
+    assert_eq!(img.width(), 600);
+    assert!(img.height() > 200, "the title band sits above the panels");
+
+    let o = run(PLOT, &[&log, "--y", "accuracy", "-o", &out], b"");
+    fails(&o, 1, &["loss.jsonl", "\"accuracy\""]);
+    let bad = path(&d, "bad.jsonl");
+    std::fs::write(&bad, "{\"step\": 1, \"loss\": 2}\n{oops\n").unwrap();
+    let fresh = path(&d, "fresh.png");
+    let o = run(PLOT, &[&bad, "-o", &fresh], b"");
+    fails(&o, 1, &["bad.jsonl, line 2"]);
+    let o = run(
+        PLOT,
+        &[&log, &log, "--labels", "only-one", "-o", &fresh],
+        b"",
+    );
+    fails(&o, 2, &["--labels"]);
+    assert!(!std::path::Path::new(&fresh).exists());
+}

@@ -65,6 +65,8 @@ pub(super) struct Axes<'s> {
     pub(super) y: (f64, f64),
     pub(super) x_desc: Option<&'s str>,
     pub(super) y_desc: Option<&'s str>,
+    /// How the vertical tick labels are written (None: plotters' default).
+    pub(super) y_format: Option<&'s dyn Fn(&f64) -> String>,
 }
 
 impl<'s> Axes<'s> {
@@ -74,6 +76,7 @@ impl<'s> Axes<'s> {
             y: r.y,
             x_desc: None,
             y_desc: None,
+            y_format: None,
         }
     }
 }
@@ -86,7 +89,22 @@ pub(super) fn panel(
     axes: Axes,
     body: impl FnOnce(&mut Chart, &Root) -> Result<()>,
 ) -> Result<RgbImage> {
+    panel_with_area(size, title, axes, body).map(|(img, _)| img)
+}
+
+/// The pixel columns and rows of a panel's plotting area: (x range, y range), y downwards.
+pub(super) type PixelArea = (std::ops::Range<i32>, std::ops::Range<i32>);
+
+/// [`panel`], also returning where the plotting area lies in the picture (for tests that read
+/// pixels back at the positions the axes promise).
+pub(super) fn panel_with_area(
+    size: (u32, u32),
+    title: Option<&str>,
+    axes: Axes,
+    body: impl FnOnce(&mut Chart, &Root) -> Result<()>,
+) -> Result<(RgbImage, PixelArea)> {
     let (w, h) = size;
+    let area;
     let mut buf = vec![255u8; w as usize * h as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -126,11 +144,17 @@ pub(super) fn panel(
         } else {
             mesh.x_labels(0).y_labels(0);
         }
+        if let Some(f) = axes.y_format {
+            mesh.y_label_formatter(f);
+        }
         mesh.draw().map_err(plot_err)?;
+        area = chart.plotting_area().get_pixel_range();
         body(&mut chart, &root)?;
         root.present().map_err(plot_err)?;
     }
-    RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("plot buffer has the wrong size"))
+    let img =
+        RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("plot buffer has the wrong size"))?;
+    Ok((img, area))
 }
 
 /// Fills the chart's plotting area with `grid` (H, W), row 0 at the top, coloured by viridis

@@ -1,4 +1,4 @@
-//! Plot panels: point clouds, histograms, trajectories and vector fields, drawn with plotters
+//! Plot panels: point clouds, histograms, trajectories, vector fields and line plots, drawn with plotters
 //! (axes, ticks, labels) on an in-memory RGB buffer.
 //!
 //! What each panel shows, as formulas:
@@ -23,12 +23,14 @@
 
 mod canvas;
 mod geometry;
+mod lines;
 mod points;
 mod quiver;
 mod traj;
 
 pub use canvas::{class_colour, viridis};
 pub use geometry::{auto_range, clip_polyline, clip_segment, histogram, histogram2d, Rect};
+pub use lines::{lines, moving_average, LineOptions, Series, MARKERS_UP_TO};
 pub use points::{hist1d, hist2d, scatter};
 pub use quiver::quiver;
 pub use traj::{times, traj1d, traj2d};
