@@ -48,12 +48,14 @@ mod gaussian;
 mod interpolant;
 mod param;
 mod schedule;
+mod time;
 
 pub use config::Path;
 pub use gaussian::GaussianPath;
 pub use interpolant::LinearInterpolant;
 pub use param::Param;
 pub use schedule::{time_values, Alpha, Beta, Coefs, MIN_DIVISOR};
+pub use time::{TimeDensity, MODE_MAX};
 
 /// Random tensors, times and comparisons for the tests of every part.
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
 use crate::nn::{self, Params};
-use crate::paths::{GaussianPath, Param, Path};
+use crate::paths::{GaussianPath, Param, Path, TimeDensity};
 use crate::{usage_bail, Result};
 
 /// Default hidden widths of the MLP.
@@ -93,6 +93,11 @@ pub struct FitFlags {
     pub time_features: Option<usize>,
     #[command(flatten)]
     pub optim: OptimFlags,
+    /// Density of the training times t: `uniform`, `logit-normal[:M,S]` (sigmoid of N(M, S^2);
+    /// M = 0, S = 1 without arguments) or `mode:S` (S in [-1, 1.75]; see flowpipe::paths::time)
+    /// [default: uniform]
+    #[arg(long, value_name = "DENSITY")]
+    pub time_density: Option<TimeDensity>,
     /// Steps of linear learning-rate warm-up [default: 0]
     #[arg(long, value_name = "STEPS")]
     pub warmup: Option<u64>,
@@ -148,6 +153,7 @@ struct Plan {
     seed: u64,
     ema: Option<f64>,
     label_dropout: f64,
+    time: TimeDensity,
 }
 
 /// Trains the model `spec` describes with `flags`; the shared body of both tools.
@@ -236,6 +242,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         device: device.clone(),
         labels,
         label_dropout: plan.label_dropout,
+        time: plan.time,
     };
     loss.validate()?;
     let opts = flags
@@ -368,6 +375,7 @@ fn fresh_plan(
             Some(_) => f.label_dropout.unwrap_or(DEFAULT_LABEL_DROPOUT),
             None => 0.0,
         },
+        time: f.time_density.unwrap_or(TimeDensity::Uniform),
     })
 }
 
@@ -399,6 +407,7 @@ fn model_config(
         "source": source.map(about),
         "labels": labels.map(|l| json!({"file": l.name, "fingerprint": l.fingerprint()})),
         "label_dropout": plan.label_dropout,
+        "time_density": plan.time.name(),
     });
     c
 }
@@ -445,6 +454,13 @@ fn resumed_plan(
             .ok_or_else(|| bad("train.seed"))?,
         ema: m["ema"].as_f64(),
         label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
+        // Checkpoints from before the flag trained with uniform times.
+        time: match m["train"]["time_density"].as_str() {
+            None => TimeDensity::Uniform,
+            Some(t) => t
+                .parse()
+                .map_err(|e| anyhow!("{name}: train.time_density: {e}"))?,
+        },
     };
     let s = &plan.opt.schedule;
     for (flag, key, given, _) in arch::given(f) {
@@ -481,6 +497,12 @@ fn resumed_plan(
     checkpoint::same("--warmup", &f.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &f.decay, &s.decay, name)?;
     checkpoint::same("--batch", &f.batch, &plan.batch, name)?;
+    checkpoint::same(
+        "--time-density",
+        &f.time_density.map(|t| t.name()),
+        &plan.time.name(),
+        name,
+    )?;
     checkpoint::same(
         "--param",
         &spec.param.map(Param::name),

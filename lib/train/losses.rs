@@ -33,7 +33,7 @@ use rand::Rng;
 
 use crate::io::npy::{expect_finite, shape_str};
 use crate::nn::FieldNet;
-use crate::paths::{LinearInterpolant, Param, Path};
+use crate::paths::{LinearInterpolant, Param, Path, TimeDensity};
 use crate::rng::{self, Purpose};
 use crate::Result;
 
@@ -185,6 +185,8 @@ pub struct ConditionalLoss {
     pub labels: Option<Labels>,
     /// eta, the probability that a label is replaced by the null label.
     pub label_dropout: f64,
+    /// The density of the training times.
+    pub time: TimeDensity,
 }
 
 impl ConditionalLoss {
@@ -234,12 +236,8 @@ impl ConditionalLoss {
         };
         let x0 = Tensor::from_vec(x0, shape.as_slice(), &self.device)?;
         let mut t32 = vec![0f32; b];
-        rng::fill_uniform(
-            &mut rng::stream(self.seed, Purpose::Time, step),
-            &mut t32,
-            0.0,
-            1.0,
-        );
+        self.time
+            .fill(&mut rng::stream(self.seed, Purpose::Time, step), &mut t32);
         let ts: Vec<f64> = t32.iter().map(|&t| t as f64).collect();
         let t = Tensor::from_vec(t32, (b, 1), &self.device)?;
         let (x, target) = match &self.path {
@@ -312,6 +310,7 @@ mod tests {
             device: Device::Cpu,
             labels: None,
             label_dropout: 0.0,
+            time: TimeDensity::Uniform,
         }
     }
 
