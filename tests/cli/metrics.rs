@@ -165,6 +165,39 @@ fn classifier_learns_and_metrics_behave() {
     ]);
     assert_eq!(v["floor"]["classifier_fid"]["n_samples"], 50, "{v}");
     assert_eq!(v["classifier_fid"]["n_reference"], 120, "{v}");
+
+    // A perfect autoencoder (the identity) reconstructs the held-out images exactly: its
+    // reconstruction FID is the floor's, bit for bit, and the ratio is 1. Noisy
+    // reconstructions are further from the reference than the floor.
+    let floor = |samples: &str| {
+        evaluate(&[
+            samples,
+            "--classifier",
+            model.as_str(),
+            "--reference",
+            tx.as_str(),
+            "--max-reference",
+            "120",
+            "--heldout",
+            few.as_str(),
+            "--kid-subsets",
+            "5",
+        ])
+    };
+    let v = floor(&few);
+    let fid = v["classifier_fid"]["value"].as_f64().unwrap();
+    assert!(fid > 0.0, "{v}");
+    assert_eq!(
+        Some(fid),
+        v["floor"]["classifier_fid"]["value"].as_f64(),
+        "{v}"
+    );
+    assert_eq!(v["fid_over_floor"].as_f64(), Some(1.0), "{v}");
+    let blurred = path(&dir, "blurred.npy");
+    let few_arr = npy::read_f32(&few).unwrap();
+    npy::write(&blurred, &noisy(&few_arr, 0.8, 9)).unwrap();
+    let v = floor(&blurred);
+    assert!(v["fid_over_floor"].as_f64().unwrap() > 1.0, "{v}");
 }
 
 #[test]
