@@ -93,6 +93,10 @@ fn read_labelled(images: &str, labels: &str, what: &str) -> Result<Labelled> {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
+    io::check_output_opt(&args.log, false)?;
+    if let Some(p) = &args.checkpoint {
+        io::check_output(&checkpoint::path_for(p, 0), true)?;
+    }
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         usage_bail!("--lr must be positive, got {}", args.lr);
     }

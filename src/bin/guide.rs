@@ -60,7 +60,8 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.setup()?;
+    let device = args.common.setup_text()?;
+    io::check_output_opt(&args.labels_out, true)?;
     if !args.scale.is_finite() {
         usage_bail!("--scale must be a finite number, got {}", args.scale);
     }
@@ -98,10 +99,13 @@ fn run(args: Args) -> Result<()> {
         "sigma": args.sigma,
         "labels": labels.clone(),
     });
+    let mut outputs = io::Outputs::new();
     if let Some(p) = &args.labels_out {
-        npy::write(p, &ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels)?)?;
+        let l = ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels)?;
+        outputs.add(p, &npy::encode(&l)?, true)?;
     }
-    io::write_json(&args.common.output, &spec)
+    outputs.add(&args.common.output, &io::json_bytes(&spec)?, false)?;
+    outputs.commit()
 }
 
 fn main() -> ExitCode {

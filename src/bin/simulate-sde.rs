@@ -84,6 +84,8 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     check_flags(&args)?;
+    flowpipe::io::check_output_opt(&args.trajectory, true)?;
+    flowpipe::io::check_output_opt(&args.log, false)?;
     let opts = FieldOptions {
         density: args.density.clone(),
     };
@@ -135,10 +137,12 @@ fn run(args: Args) -> Result<()> {
         Some(&progress),
     )?;
     progress.finish();
+    let mut outputs = flowpipe::io::Outputs::new();
     if let (Some(path), Some(traj)) = (&args.trajectory, &traj) {
-        npy::write(path, traj)?;
+        outputs.add(path, &npy::encode(traj)?, true)?;
     }
-    npy::write(&args.common.output, &x1)?;
+    outputs.add(&args.common.output, &npy::encode(&x1)?, true)?;
+    outputs.commit()?;
     let line = json!({
         "tool": "simulate-sde", "field": field.describe(), "solver": method.name(), "n": n,
         "t0": grid[0], "t1": grid[grid.len() - 1], "grid_intervals": grid.len() - 1,
