@@ -93,6 +93,7 @@ fn read_labelled(images: &str, labels: &str, what: &str) -> Result<Labelled> {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
+    flowpipe::train::check_num_classes("--classes", args.classes)?;
     io::check_output_opt(&args.log, false)?;
     if let Some(p) = &args.checkpoint {
         io::check_output(&checkpoint::path_for(p, 0), true)?;
