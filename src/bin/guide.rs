@@ -79,7 +79,12 @@ fn run(args: Args) -> Result<()> {
             guidance::check_labels(&l, classes, &io::display_name(path))?;
             l
         }
-        (None, Some(k)) => guidance::each_class(classes, k, args.unguided_row),
+        (None, Some(k)) => {
+            let rows = classes + usize::from(args.unguided_row);
+            let what = format!("--each {k} (for {rows} rows of labels)");
+            flowpipe::memory::check_fits(what, &[rows as u128, k as u128, 8])?;
+            guidance::each_class(classes, k, args.unguided_row)
+        }
         (None, None) => usage_bail!("give --labels or --each"),
     };
     let name = model.name.clone();

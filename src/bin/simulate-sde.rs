@@ -98,6 +98,15 @@ fn run(args: Args) -> Result<()> {
         ),
     };
     fields::check_states(field.as_ref(), &x0, &name)?;
+    if let Some(steps) = args.steps {
+        let what = format!("--steps {steps}");
+        flowpipe::memory::check_fits(&what, &[steps as u128 + 1, 8])?;
+        if args.trajectory.is_some() {
+            let saved = (steps / args.save_every) as u128 + 2;
+            let what = format!("--trajectory of {} samples with {what}", x0.shape()[0]);
+            flowpipe::memory::check_fits(what, &[saved, x0.len() as u128, 4])?;
+        }
+    }
     let grid = time_grid(&args)?;
     let stochastic = solvers::is_stochastic(field.as_ref(), &grid);
     let method = args.solver.resolve(stochastic, &field.describe())?;
