@@ -11,6 +11,8 @@
 pub mod model;
 pub mod npy;
 pub mod output;
+#[cfg(test)]
+mod proptests;
 
 pub use output::{check_output, check_output_opt, Outputs};
 
