@@ -179,6 +179,34 @@ fn unwritable_outputs_fail_before_training() {
     assert_eq!(files(d.path()), [Path::new(&data)]);
 }
 
+#[test]
+fn a_terminal_as_stdout_is_refused_before_training() {
+    // `script` gives the command a terminal; without it there is nothing to check here.
+    if Command::new("script").arg("--version").output().is_err() {
+        return;
+    }
+    let d = tmp();
+    let data = path(&d, "x.npy");
+    ok(NOISE, &["-n", "64", "-o", &data], b"");
+    let cmd = format!("{FIT} --data {data} --steps 2000000 --hidden 8");
+    let started = Instant::now();
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("fit-velocity: error: refusing to write binary data to a terminal"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it trained first"
+    );
+}
+
 // 4. All outputs of a run appear together or not at all.
 
 #[test]
