@@ -256,6 +256,96 @@ fn a_failed_write_leaves_no_secondary_output() {
     assert_eq!(files(d.path()).len(), 2);
 }
 
+#[test]
+fn a_failed_run_leaves_no_grid_nor_labels() {
+    let d = tmp();
+    let (img, x, y) = (path(&d, "img.npy"), path(&d, "x.npy"), path(&d, "y.npy"));
+    ok(NOISE, &["-n", "8", "--shape", "1,8,8", "-o", &img], b"");
+    ok(NOISE, &["-n", "8", "-o", &x], b"");
+    let labels =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[8]), vec![0i64, 1, 0, 1, 0, 1, 0, 1]);
+    flowpipe::io::npy::write(&y, &labels.unwrap()).unwrap();
+    let before = files(d.path());
+    // fit-vae: the reconstruction grids wait for the model, and go when it cannot be written.
+    let grid = path(&d, "g-{step}.png");
+    let vae = [
+        "--data",
+        &img,
+        "--channels",
+        "8,8",
+        "--latent-channels",
+        "2",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--scale-samples",
+        "8",
+        "--threads",
+        "1",
+        "-q",
+        "--recon-grid",
+        &grid,
+    ];
+    let mut args = vae.to_vec();
+    args.extend(["-o", "/dev/full"]);
+    fails(&run(bin!("fit-vae"), &args, b""), 1, &["/dev/full"]);
+    assert_eq!(files(d.path()), before);
+    let model = path(&d, "vae.st");
+    let mut args = vae.to_vec();
+    args.extend(["-o", &model]);
+    ok(bin!("fit-vae"), &args, b"");
+    assert_eq!(
+        files(d.path()).len(),
+        before.len() + 3,
+        "{:?}",
+        files(d.path())
+    );
+    // guide: --labels-out goes with the spec.
+    let m = path(&d, "cond.st");
+    let fit = [
+        "--data", &x, "--labels", &y, "--steps", "2", "--hidden", "8", "--batch", "4",
+    ];
+    let mut args = fit.to_vec();
+    args.extend(["-q", "-o", &m]);
+    ok(FIT, &args, b"");
+    let out = path(&d, "l.npy");
+    let args = [
+        "--model",
+        &m,
+        "--scale",
+        "2",
+        "--each",
+        "2",
+        "--labels-out",
+        &out,
+        "-o",
+        "/dev/full",
+    ];
+    fails(&run(bin!("guide"), &args, b""), 1, &["/dev/full"]);
+    assert!(!Path::new(&out).exists());
+    // ... and its --each is bounded by memory (item 7).
+    let args = [
+        "--model",
+        &m,
+        "--scale",
+        "2",
+        "--each",
+        "100000000000",
+        "-o",
+        &path(&d, "g.json"),
+    ];
+    let err = fails(
+        &run(bin!("guide"), &args, b""),
+        2,
+        &["--each 100000000000", "of memory"],
+    );
+    one_line(&err);
+    assert!(temps(d.path()).is_empty());
+}
+
 // 5. A signal during a write leaves no temp file.
 
 #[test]
