@@ -32,7 +32,9 @@ all: latent
 
 # Tools are built once; every pipeline stage depends on this stamp.
 TOOLS := $(BIN)/.built
-$(TOOLS): Cargo.toml Cargo.lock $(wildcard lib/*.rs lib/*/*.rs src/bin/*.rs)
+# Every source file at any depth (lib/nn/ops/..., lib/render/plot/...) and the build flags.
+TOOL_SOURCES := $(shell find lib src -name '*.rs') $(wildcard .cargo/config.toml)
+$(TOOLS): Cargo.toml Cargo.lock $(TOOL_SOURCES)
 ifeq ($(BIN),target/release)
 	$(CARGO) build --release --locked --bins
 	@touch $@

@@ -35,8 +35,22 @@ pub struct Common {
 }
 
 impl Common {
-    /// Applies `--threads` and opens `--device`. Call once, first thing in `run`.
+    /// Applies `--threads`, checks that `-o` can take binary data (its folder exists and is
+    /// writable; stdout is not a terminal), and opens `--device`. Call once, first thing in
+    /// `run`, so that no work is done for an output that cannot be written.
     pub fn setup(&self) -> Result<candle_core::Device> {
+        crate::io::check_output(&self.output, true)?;
+        self.setup_inner()
+    }
+
+    /// [`Common::setup`] for a tool whose `-o` is text (JSON, a report), which may go to a
+    /// terminal.
+    pub fn setup_text(&self) -> Result<candle_core::Device> {
+        crate::io::check_output(&self.output, false)?;
+        self.setup_inner()
+    }
+
+    fn setup_inner(&self) -> Result<candle_core::Device> {
         if let Some(n) = self.threads {
             if n == 0 {
                 crate::usage_bail!("--threads must be at least 1");

@@ -31,10 +31,14 @@ pub struct Allocator;
 
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        #[cfg(test)]
+        largest::note(layout.size());
         System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        #[cfg(test)]
+        largest::note(layout.size());
         if layout.size() >= MIN_MAPPED && layout.align() <= 4096 {
             if let Some(p) = mapped::alloc(layout.size()) {
                 return p;
@@ -51,6 +55,8 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        #[cfg(test)]
+        largest::note(new_size);
         if layout.size() >= MIN_MAPPED && mapped::contains(ptr) {
             // SAFETY: the caller's contract (non-zero size, align of `layout`).
             let new = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()));
@@ -185,5 +191,98 @@ mod tests {
         let v = vec![0f32; 1000];
         assert!(!mapped::contains(v.as_ptr() as *mut u8));
         assert!(v.iter().all(|&x| x == 0.0));
+    }
+}
+
+/// The largest single allocation the current thread has asked for since [`largest::reset`]:
+/// the property tests' measure of "never allocates more than the input can justify".
+#[cfg(test)]
+pub(crate) mod largest {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    pub(crate) fn reset() {
+        let _ = LARGEST.try_with(|l| l.set(0));
+    }
+
+    pub(crate) fn get() -> usize {
+        LARGEST.try_with(Cell::get).unwrap_or(0)
+    }
+}
+
+/// The machine's physical memory in bytes, where the system says.
+pub fn physical() -> Option<u128> {
+    // SAFETY: sysconf only reads system configuration values.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && size > 0).then(|| pages as u128 * size as u128)
+}
+
+/// A byte count as people read it: `8.0 TB`, `512.0 MB`.
+pub fn human(bytes: u128) -> String {
+    let units = ["bytes", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// Refuses, before allocating, a buffer of the product of `factors` bytes (e.g. `[n, dim, 4]`)
+/// that cannot fit this machine's memory: a usage error (exit 2) whose message starts with
+/// `what`, the flag and value that asked for it, e.g. `--each 100000000000 needs 8.0 TB for
+/// the labels, more than this machine's 16.0 GB of memory`.
+pub fn check_fits(what: impl std::fmt::Display, factors: &[u128]) -> crate::Result<()> {
+    let need = factors.iter().try_fold(1u128, |a, &b| a.checked_mul(b));
+    let total = physical().unwrap_or(u128::MAX);
+    match need {
+        Some(n) if n <= total => Ok(()),
+        Some(n) => crate::usage_bail!(
+            "{what} needs {}, more than this machine's {} of memory",
+            human(n),
+            human(total)
+        ),
+        None => crate::usage_bail!("{what} needs more memory than a computer can address"),
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_beyond_memory_are_refused_with_the_flag() {
+        assert!(check_fits("-n 10", &[10, 4]).is_ok());
+        let err = check_fits("-n 1000000000000000", &[1_000_000_000_000_000, 4]).unwrap_err();
+        assert!(crate::error::is_usage(&err));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("-n 1000000000000000 needs 4.0 PB, more than this machine's "),
+            "{msg}"
+        );
+        let err = check_fits("--x0 n=3", &[u128::MAX, 2]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--x0 n=3 needs more memory than a computer can address"
+        );
+        assert_eq!(human(999), "999 bytes");
+        assert_eq!(human(16_000_000_000), "16.0 GB");
     }
 }

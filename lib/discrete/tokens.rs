@@ -454,7 +454,8 @@ pub fn read_labels(path: &str, n: Option<usize>, max: Option<u32>) -> Result<Vec
     let y = crate::io::npy::read_i64(path)?;
     let pattern = n.map_or("N".to_string(), |n| n.to_string());
     crate::io::npy::expect_shape(y.shape(), &pattern, "one label per sequence", &name)?;
-    let top = max.map_or(i32::MAX as i64, i64::from);
+    crate::train::check_labels(y.iter().filter(|&&v| v >= 0), &name)?;
+    let top = max.map_or(crate::train::MAX_CLASSES as i64 - 1, i64::from);
     if let Some(v) = y.iter().find(|&&v| v < 0 || v > top) {
         bail!("{name} holds the label {v}: expected labels in 0..={top}");
     }

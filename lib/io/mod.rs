@@ -3,12 +3,18 @@
 //!
 //! A path of `-` means stdin for an input and stdout for an output. Inputs are read whole into
 //! memory (stdin is not seekable; f32 `.npy` bodies straight into the array), recognised by
-//! their magic bytes ([`sniff`]), and checked before anything is written. Outputs to a path
-//! are atomic: a temp file in the same folder, renamed into place when complete, with the
-//! normal file mode.
+//! their magic bytes ([`sniff`]), and checked before anything is written. Outputs are checked
+//! before the work and written by [`output`]: regular files atomically (a synced temp file in
+//! the same folder, renamed into place when complete), devices and FIFOs through, the outputs
+//! of one run together ([`Outputs`]).
 
 pub mod model;
 pub mod npy;
+pub mod output;
+#[cfg(test)]
+mod proptests;
+
+pub use output::{check_output, check_output_opt, Outputs};
 
 use anyhow::{bail, Context};
 use std::io::{IsTerminal, Read, Write};
@@ -135,7 +141,8 @@ pub(crate) fn empty_input(path: &str) -> anyhow::Error {
     }
 }
 
-/// Writes `bytes` to `path` atomically, or to stdout when `path` is `-`.
+/// Writes `bytes` to `path` atomically (written through for a device or FIFO), or to stdout
+/// when `path` is `-`.
 ///
 /// Binary data is never written to a terminal. A closed downstream pipe surfaces as a
 /// broken-pipe error, which the shared `main` treats as success.
@@ -143,7 +150,7 @@ pub fn write_bytes(path: &str, bytes: &[u8], binary: bool) -> Result<()> {
     if path == "-" {
         let stdout = std::io::stdout();
         if binary && stdout.is_terminal() {
-            bail!("refusing to write binary data to a terminal: redirect stdout or use -o FILE");
+            bail!(output::TERMINAL);
         }
         widen_pipe(&stdout);
         let mut lock = stdout.lock();
@@ -155,36 +162,18 @@ pub fn write_bytes(path: &str, bytes: &[u8], binary: bool) -> Result<()> {
 }
 
 /// Creates `path` atomically: `fill` writes into a temp file in the same folder, which is
-/// renamed over `path` only when `fill` succeeds. The file gets mode 0644 (temp files are 0600).
+/// synced and renamed over `path` only when `fill` succeeds. The file gets mode 0644, or the
+/// mode of the file it replaces; a symlink's target is replaced, and a device or FIFO is
+/// written through ([`output`]).
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let shown = path.display();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".flowpipe-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temp file in {} for {shown}", dir.display()))?;
-    {
-        let mut buffered = std::io::BufWriter::new(tmp.as_file_mut());
-        fill(&mut buffered).with_context(|| format!("writing {shown}"))?;
-        buffered
-            .flush()
-            .with_context(|| format!("writing {shown}"))?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("setting the mode of {shown}"))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {shown}"))?;
-    Ok(())
+    output::write_one(path, fill)
+}
+
+/// A JSON document as written: pretty, with a final newline.
+pub fn json_bytes(value: &serde_json::Value) -> Result<Vec<u8>> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    Ok(text.into_bytes())
 }
 
 /// Reads a JSON document from a file (or stdin), naming the file in errors.
@@ -196,9 +185,7 @@ pub fn read_json(path: &str) -> Result<serde_json::Value> {
 
 /// Writes a JSON document (pretty, with a final newline) to a file or stdout.
 pub fn write_json(path: &str, value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    write_bytes(path, text.as_bytes(), false)
+    write_bytes(path, &json_bytes(value)?, false)
 }
 
 #[cfg(test)]

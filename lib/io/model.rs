@@ -133,6 +133,7 @@ pub fn decode(bytes: &[u8], name: &str, device: &Device) -> Result<ModelFile> {
         })?;
     let config: Value = serde_json::from_str(text)
         .with_context(|| format!("{name}: the model config is not valid JSON"))?;
+    check_finite(bytes, name)?;
     let tensors = candle_core::safetensors::load_buffer(bytes, device)
         .map_err(|e| anyhow!("{name}: cannot load tensors: {e}"))?;
     Ok(ModelFile {
@@ -140,6 +141,36 @@ pub fn decode(bytes: &[u8], name: &str, device: &Device) -> Result<ModelFile> {
         tensors,
         name: name.to_string(),
     })
+}
+
+/// Fails when a float tensor holds a NaN or an infinity, naming the tensor: a broken model is
+/// refused when it is loaded, not blamed for whatever fails later.
+fn check_finite(bytes: &[u8], name: &str) -> Result<()> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow!("{name}: bad safetensors file: {e}"))?;
+    let mut names = st.names();
+    names.sort();
+    for key in names {
+        let view = st.tensor(key)?;
+        let data = view.data();
+        let bad = match view.dtype() {
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .enumerate()
+                .find(|(_, v)| !v.is_finite()),
+            safetensors::Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .enumerate()
+                .find(|(_, v)| !v.is_finite()),
+            _ => None,
+        };
+        if let Some((i, v)) = bad {
+            bail!("{name}: the tensor '{key}' holds a non-finite value ({v}) at flat index {i}");
+        }
+    }
+    Ok(())
 }
 
 /// Loads a model file from a path (or stdin).

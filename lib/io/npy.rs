@@ -35,18 +35,34 @@ impl Header {
     pub fn dtype_name(&self) -> String {
         dtype_name(&self.descr)
     }
+
+    /// The number of elements the shape declares (checked not to overflow when parsed).
+    pub fn count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The body's size in bytes, when the dtype has a known item size.
+    pub fn data_len(&self) -> Option<usize> {
+        self.count().checked_mul(self.item_size()?)
+    }
 }
 
-/// Maps a NumPy descriptor to the name NumPy users know.
+/// Maps a NumPy descriptor to the name NumPy users know, with the byte order when it is not
+/// the little-endian order every tool reads: `float32`, `big-endian float32`.
 pub fn dtype_name(descr: &str) -> String {
     let kind = descr.get(1..2).unwrap_or("");
     let size: usize = descr.get(2..).and_then(|s| s.parse().ok()).unwrap_or(0);
-    match kind {
-        "f" => format!("float{}", size * 8),
-        "i" => format!("int{}", size * 8),
-        "u" => format!("uint{}", size * 8),
+    let name = match kind {
+        "f" => format!("float{}", size.saturating_mul(8)),
+        "i" => format!("int{}", size.saturating_mul(8)),
+        "u" => format!("uint{}", size.saturating_mul(8)),
         "b" => "bool".to_string(),
-        _ => descr.to_string(),
+        _ => return descr.to_string(),
+    };
+    if descr.starts_with('>') && size > 1 {
+        format!("big-endian {name}")
+    } else {
+        name
     }
 }
 
@@ -69,8 +85,7 @@ pub fn shape_str(shape: &[usize]) -> String {
 /// the body is complete.
 pub fn parse_header(bytes: &[u8], name: &str) -> Result<Header> {
     let header = parse_header_only(bytes, name)?;
-    if let Some(item) = header.item_size() {
-        let want = header.shape.iter().product::<usize>() * item;
+    if let Some(want) = header.data_len() {
         let have = bytes.len() - header.data_offset;
         if have < want {
             return Err(truncated(name, &header, want, have));
@@ -145,12 +160,33 @@ fn parse_header_only(bytes: &[u8], name: &str) -> Result<Header> {
         .map(|s| s.parse::<usize>())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| anyhow!("{name}: bad shape {shape_text} in the .npy header"))?;
-    Ok(Header {
+    let header = Header {
         descr,
         fortran_order,
         shape,
         data_offset: end,
-    })
+    };
+    // The bytes of the body, and (ndarray's rule, which would panic) the product of the
+    // non-zero axes, must fit an isize.
+    let product = |skip_zeros: bool| {
+        header
+            .shape
+            .iter()
+            .filter(|&&d| d > 0 || !skip_zeros)
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize)
+    };
+    let bytes = product(false)
+        .and_then(|n| n.checked_mul(header.item_size().unwrap_or(1)))
+        .filter(|&b| b <= isize::MAX as usize);
+    let nonzero = product(true);
+    if bytes.is_none() || nonzero.is_none() {
+        bail!(
+            "{name}: the .npy header's shape {} has more elements than memory can hold",
+            shape_str(&header.shape)
+        );
+    }
+    Ok(header)
 }
 
 /// Finds the raw text of `key`'s value in the header's Python dict literal.
@@ -182,7 +218,8 @@ pub fn decode_f32(bytes: &[u8], name: &str) -> Result<ArrayD<f32>> {
     let header = parse_header(bytes, name)?;
     match header.descr.as_str() {
         "<f4" if !header.fortran_order => {
-            read_f32_body(&bytes[header.data_offset..], &header, name)
+            let body = &bytes[header.data_offset..];
+            read_f32_body(body, &header, name, Some(body.len() as u64))
         }
         "<f4" | "|f4" => decode::<f32>(bytes, name),
         "<f8" | "|f8" => Ok(decode::<f64>(bytes, name)?.mapv(|v| v as f32)),
@@ -216,15 +253,28 @@ pub fn decode_u8(bytes: &[u8], name: &str) -> Result<ArrayD<u8>> {
     }
 }
 
-/// Reads an f32 array from a path or stdin (`-`).
+/// Reads an f32 array from a path or stdin (`-`). A file's declared size is checked against
+/// its length before the body is allocated; stdin's buffer grows as its bytes arrive.
 pub fn read_f32(path: &str) -> Result<ArrayD<f32>> {
-    read_f32_from(open_input(path)?, path)
+    let len = match path {
+        "-" => None,
+        _ => std::fs::metadata(path)
+            .ok()
+            .map(|m| m.len())
+            .filter(|&n| n > 0),
+    };
+    read_f32_sized(open_input(path)?, path, len)
 }
 
 /// Reads an f32 array from `input` (the file `path`, or stdin for `-`). The body of the common
 /// case, little-endian f32 in C order, is read straight into the array's memory: no byte
 /// buffer, no second pass over 4 bytes a value. Every other case is read whole and decoded.
-pub fn read_f32_from(mut input: impl Read, path: &str) -> Result<ArrayD<f32>> {
+pub fn read_f32_from(input: impl Read, path: &str) -> Result<ArrayD<f32>> {
+    read_f32_sized(input, path, None)
+}
+
+/// [`read_f32_from`] of an input whose length in bytes is `len` when known (a regular file).
+fn read_f32_sized(mut input: impl Read, path: &str, len: Option<u64>) -> Result<ArrayD<f32>> {
     let name = display_name(path);
     let reading = || format!("reading {name}");
     let mut head = Vec::with_capacity(256);
@@ -235,33 +285,62 @@ pub fn read_f32_from(mut input: impl Read, path: &str) -> Result<ArrayD<f32>> {
     if head.is_empty() {
         return Err(empty_input(path));
     }
-    if let Some(len) = prefix_len(&head) {
-        let rest = (len - head.len()) as u64;
+    if let Some(prefix) = prefix_len(&head) {
+        let rest = prefix.saturating_sub(head.len()) as u64;
         (&mut input)
             .take(rest)
             .read_to_end(&mut head)
             .with_context(reading)?;
         let header = parse_header_only(&head, &name)?;
         if header.descr == "<f4" && !header.fortran_order {
-            return read_f32_body(input, &header, &name);
+            let body = len.map(|n| n.saturating_sub(head.len() as u64));
+            return read_f32_body(input, &header, &name, body);
         }
     }
     input.read_to_end(&mut head).with_context(reading)?;
     decode_f32(&head, &name)
 }
 
+/// Values a body of unknown length (stdin) is first read into; the buffer doubles from there
+/// as bytes arrive, so a header that claims more than the input holds allocates little.
+const FIRST_READ: usize = 1 << 21;
+
 /// The body after `header` (little-endian f32, C order), read into the array's own memory in
 /// one pass (ndarray-npy's decoder goes value by value): the common case of every pipe.
-fn read_f32_body(mut input: impl Read, header: &Header, name: &str) -> Result<ArrayD<f32>> {
-    let count: usize = header.shape.iter().product();
-    let mut data = vec![0f32; count];
-    // SAFETY: the bytes of an f32 slice are plain bytes, and every bit pattern is an f32.
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), 4 * count) };
+/// `available` is the body's length in bytes when known: a shorter one fails before any
+/// allocation.
+fn read_f32_body(
+    mut input: impl Read,
+    header: &Header,
+    name: &str,
+    available: Option<u64>,
+) -> Result<ArrayD<f32>> {
+    let count = header.count();
+    let want = 4 * count; // checked not to overflow when the header was parsed
+    if let Some(have) = available {
+        if have < want as u64 {
+            return Err(truncated(name, header, want, have as usize));
+        }
+    }
+    let mut data = vec![
+        0f32;
+        if available.is_some() {
+            count
+        } else {
+            count.min(FIRST_READ)
+        }
+    ];
     let mut have = 0;
-    while have < bytes.len() {
+    while have < want {
+        if have == 4 * data.len() {
+            data.resize(count.min(2 * data.len()), 0.0);
+        }
+        // SAFETY: the bytes of an f32 slice are plain bytes, and every bit pattern is an f32.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), 4 * data.len())
+        };
         match input.read(&mut bytes[have..]) {
-            Ok(0) => return Err(truncated(name, header, bytes.len(), have)),
+            Ok(0) => return Err(truncated(name, header, want, have)),
             Ok(n) => have += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).with_context(|| format!("reading {name}")),
@@ -427,6 +506,83 @@ mod tests {
         assert!(err.to_string().starts_with("stdin is empty"), "{err}");
         let err = read_f32_from(Cursor::new(b"{\"a\": 1}"), "f.json").unwrap_err();
         assert_eq!(err.to_string(), "f.json is not a .npy file (found JSON)");
+    }
+
+    /// A version-1 `.npy` with the given descriptor and shape text, and `body` data bytes.
+    pub(crate) fn forged(descr: &str, shape: &str, body: usize) -> Vec<u8> {
+        let mut dict =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(dict.as_bytes());
+        bytes.resize(bytes.len() + body, 0);
+        bytes
+    }
+
+    #[test]
+    fn huge_declared_shapes_fail_before_allocating() {
+        // 4 TB declared, 8 bytes present: on stdin, as a file, and in memory.
+        let bytes = forged("<f4", "(1000000, 1000000)", 8);
+        let want = "shape (1000000, 1000000) of float32 needs 4000000000000 data bytes, found 8";
+        let err = read_f32_from(Cursor::new(bytes.clone()), "-").unwrap_err();
+        assert_eq!(err.to_string(), format!("stdin is truncated: {want}"));
+        let err = decode_f32(&bytes, "x.npy").unwrap_err();
+        assert_eq!(err.to_string(), format!("x.npy is truncated: {want}"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, &bytes).unwrap();
+        let p = path.to_str().unwrap();
+        let err = read_f32(p).unwrap_err();
+        assert_eq!(err.to_string(), format!("{p} is truncated: {want}"));
+        for descr in ["<f8", "<i8"] {
+            let b = forged(descr, "(1000000, 1000000)", 8);
+            assert!(decode_f32(&b, "y").is_err() && decode_i64(&b, "y").is_err());
+        }
+    }
+
+    #[test]
+    fn overflowing_shapes_are_named() {
+        for shape in [
+            "(18446744073709551615, 2)",
+            "(4294967296, 4294967296)",
+            "(4611686018427387904,)",
+        ] {
+            let bytes = forged("<f4", shape, 0);
+            let err = read_f32_from(Cursor::new(bytes.clone()), "-").unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("stdin: the .npy header's shape (")
+                    && err
+                        .to_string()
+                        .ends_with("has more elements than memory can hold"),
+                "{err}"
+            );
+            let err = decode_i64(&forged("<i8", shape, 0), "l.npy").unwrap_err();
+            assert!(
+                err.to_string().starts_with("l.npy: the .npy header"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn big_endian_data_names_its_byte_order() {
+        let err = decode_f32(&forged(">f4", "(2,)", 8), "b.npy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "b.npy: expected float32 (or float64) data, found big-endian float32"
+        );
+        let err = read_f32_from(Cursor::new(forged(">f4", "(2,)", 8)), "-").unwrap_err();
+        assert!(
+            err.to_string().contains("found big-endian float32"),
+            "{err}"
+        );
+        assert_eq!(dtype_name("<f4"), "float32");
+        assert_eq!(dtype_name("|u1"), "uint8");
     }
 
     /// A reader that hands out at most 5 bytes a call.

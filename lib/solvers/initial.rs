@@ -17,6 +17,10 @@ pub fn initial_states(spec_text: &str) -> Result<ArrayD<f32>> {
         let arr = match kind {
             "zeros" | "const" => {
                 let dim = k.count("dim", Some(1), 1)? as usize;
+                crate::memory::check_fits(
+                    format!("n={n}, dim={dim}"),
+                    &[n as u128, dim as u128, 4],
+                )?;
                 let v = if kind == "const" {
                     k.num("value", None)?
                 } else {
@@ -26,6 +30,7 @@ pub fn initial_states(spec_text: &str) -> Result<ArrayD<f32>> {
             }
             "linspace" => {
                 let (a, b) = (k.num("from", None)?, k.num("to", None)?);
+                crate::memory::check_fits(format!("n={n}"), &[n as u128, 4])?;
                 let v: Vec<f32> = (0..n)
                     .map(|i| {
                         let s = if n == 1 {

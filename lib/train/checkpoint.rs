@@ -107,9 +107,78 @@ pub fn model_config(ckpt: &ModelFile) -> Result<&Value> {
     }
     Ok(m)
 }
+/// A flag's value as a user writes it on the command line: `16,16`, `cosine`, `0.001`.
+pub trait FlagValue {
+    fn flag_text(&self) -> String;
+}
+
+macro_rules! display_flag {
+    ($($t:ty),*) => {$(
+        impl FlagValue for $t {
+            fn flag_text(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+display_flag!(usize, u64, u32, f64, bool, str, String);
+
+macro_rules! value_enum_flag {
+    ($($t:ty),*) => {$(
+        impl FlagValue for $t {
+            fn flag_text(&self) -> String {
+                clap::ValueEnum::to_possible_value(self)
+                    .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+            }
+        }
+    )*};
+}
+value_enum_flag!(
+    super::optim::Decay,
+    crate::nn::vae::LogvarMode,
+    crate::nn::vae::DecoderVariance,
+    crate::discrete::paths::Noise,
+    crate::discrete::schedule::Kappa
+);
+
+impl<T: FlagValue + ?Sized> FlagValue for &T {
+    fn flag_text(&self) -> String {
+        (**self).flag_text()
+    }
+}
+
+impl<T: FlagValue> FlagValue for Option<T> {
+    fn flag_text(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "none".to_string(), T::flag_text)
+    }
+}
+
+impl<T: FlagValue> FlagValue for Vec<T> {
+    fn flag_text(&self) -> String {
+        self.iter().map(T::flag_text).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl FlagValue for Value {
+    fn flag_text(&self) -> String {
+        match self {
+            Value::String(s) => s.clone(),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| v.flag_text())
+                .collect::<Vec<_>>()
+                .join(","),
+            Value::Null => "none".to_string(),
+            v => v.to_string(),
+        }
+    }
+}
+
 /// A usage error when a flag was given with a value other than the checkpoint's: a resumed
-/// run keeps its settings, and a contradicting flag is a mistake, not a wish.
-pub fn same<T: PartialEq + std::fmt::Debug>(
+/// run keeps its settings, and a contradicting flag is a mistake, not a wish. Both values are
+/// shown as a user writes them: `--hidden 16,16 differs from the checkpoint's 8,8`.
+pub fn same<T: PartialEq + FlagValue>(
     flag: &str,
     given: &Option<T>,
     saved: &T,
@@ -117,8 +186,61 @@ pub fn same<T: PartialEq + std::fmt::Debug>(
 ) -> Result<()> {
     match given {
         Some(g) if g != saved => crate::usage_bail!(
-            "{flag} {g:?} differs from the checkpoint's {saved:?} in {name}: a resumed run keeps its settings (only --steps may change)"
+            "{flag} {} differs from the checkpoint's {} in {name}: a resumed run keeps its settings (only --steps may change)",
+            g.flag_text(),
+            saved.flag_text()
         ),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_flags_are_shown_as_written() {
+        let err = same(
+            "--hidden",
+            &Some(vec![16usize, 16]),
+            &vec![8, 8],
+            "c.safetensors",
+        );
+        let msg = err.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("--hidden 16,16 differs from the checkpoint's 8,8 in c.safetensors"),
+            "{msg}"
+        );
+        let msg = same(
+            "--decay",
+            &Some(super::super::optim::Decay::Cosine),
+            &super::super::optim::Decay::Constant,
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with("--decay cosine differs from the checkpoint's constant"),
+            "{msg}"
+        );
+        let msg = same("--ema", &Some(Some(0.99)), &None, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("--ema 0.99 differs from the checkpoint's none"),
+            "{msg}"
+        );
+        let msg = same(
+            "--hidden",
+            &Some(serde_json::json!([16, 16])),
+            &serde_json::json!([8, 8]),
+            "c",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with("--hidden 16,16 differs from the checkpoint's 8,8"),
+            "{msg}"
+        );
     }
 }

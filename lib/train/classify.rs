@@ -42,6 +42,7 @@ impl Labelled {
                 shape_str(labels.shape())
             );
         }
+        super::check_labels(labels.iter().filter(|&&v| v >= 0), labels_name)?;
         let labels = labels
             .iter()
             .map(|&v| match u32::try_from(v) {

@@ -300,6 +300,7 @@ fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     if f.grid_cols == 0 || f.grid_steps == 0 {
         usage_bail!("--grid-cols and --grid-steps must be at least 1");
     }
+    crate::io::check_output_opt(&f.sample_grid, true)?;
     if f.sample_grid.is_some() && spec.source.is_some() {
         usage_bail!("--sample-grid samples from N(0, I) noise; it does not go with --source");
     }

@@ -64,7 +64,8 @@ impl OptimFlags {
 /// Where a run reports and saves, and the checkpoint it continues.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunFlags {
-    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
+    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr); written as
+    /// training goes and kept when the run fails, like the checkpoints (it shows how it failed)
     #[arg(long, value_name = "PATH")]
     pub log: Option<String>,
     /// Steps between log lines
@@ -83,10 +84,15 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    /// Usage errors for values out of range.
+    /// Usage errors for values out of range, then (exit 1) a `--log` or `--checkpoint`
+    /// location that cannot be written: found before the first step, not after the last.
     pub fn check(&self) -> Result<()> {
         if self.log_every == 0 || self.checkpoint_every == 0 {
             usage_bail!("--log-every and --checkpoint-every must be at least 1");
+        }
+        crate::io::check_output_opt(&self.log, false)?;
+        if let Some(p) = &self.checkpoint {
+            crate::io::check_output(&checkpoint::path_for(p, 0), true)?;
         }
         Ok(())
     }

@@ -128,6 +128,8 @@ impl Labels {
         if let Some(bad) = arr.iter().find(|&&y| y < 0) {
             bail!("labels must be >= 0, found {bad} in {name}");
         }
+        super::check_num_classes("--num-classes", num_classes)?;
+        super::check_labels(arr.iter(), name)?;
         let num_classes = match num_classes {
             Some(k) if max >= k as i64 => bail!(
                 "label {max} in {name} is out of range for --num-classes {k} (labels 0..{})",

@@ -22,6 +22,35 @@ pub mod vae;
 
 use candle_core::Tensor;
 
+/// The most classes a conditional model may have. Every trainer sizes a label embedding (and
+/// the samplers a table) by the largest label, so one label of 10^9 in a file would ask for
+/// tens of gigabytes: labels are refused beyond this bound, with the file named.
+pub const MAX_CLASSES: usize = 65_536;
+
+/// Fails unless every label in `labels` (read from `name`) is in 0..MAX_CLASSES.
+pub fn check_labels<'a>(labels: impl IntoIterator<Item = &'a i64>, name: &str) -> Result<()> {
+    if let Some(bad) = labels
+        .into_iter()
+        .find(|&&y| !(0..MAX_CLASSES as i64).contains(&y))
+    {
+        anyhow::bail!(
+            "{name} holds the label {bad}: labels must be class numbers in 0..{}",
+            MAX_CLASSES - 1
+        );
+    }
+    Ok(())
+}
+
+/// A usage error (exit 2) when a class-count flag asks for more than [`MAX_CLASSES`].
+pub fn check_num_classes(flag: &str, k: Option<usize>) -> Result<()> {
+    match k {
+        Some(k) if k > MAX_CLASSES => {
+            crate::usage_bail!("{flag} {k} is more than the {MAX_CLASSES} classes a model may have")
+        }
+        _ => Ok(()),
+    }
+}
+
 use crate::nn::Params;
 use crate::Result;
 

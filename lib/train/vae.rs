@@ -109,7 +109,8 @@ pub struct VaeFlags {
     #[command(flatten)]
     pub run: RunFlags,
     /// PNG of the first 8 training images (top row) over their reconstructions D(mu(x)),
-    /// written every --checkpoint-every steps and at the end; `{step}` is replaced by the step
+    /// drawn every --checkpoint-every steps and at the end; `{step}` is replaced by the step.
+    /// Written with the model when the run succeeds (the outputs of a run appear together)
     #[arg(long, value_name = "PATH")]
     pub recon_grid: Option<String>,
 }
@@ -222,9 +223,15 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
     let opts = flags
         .run
         .loop_options(plan.opt.schedule.total, common.quiet);
+    // The grids are staged and appear with the model: all outputs of a run or none.
+    let staged = std::cell::RefCell::new(crate::io::Outputs::new());
     let grid = |step: u64, vae: &Vae| -> Result<()> {
         match &flags.recon_grid {
-            Some(p) => write_recon_grid(&checkpoint::path_for(p, step), vae, &first, &device),
+            Some(p) => staged.borrow_mut().add(
+                &checkpoint::path_for(p, step),
+                &recon_grid_png(vae, &first, &device)?,
+                true,
+            ),
             None => Ok(()),
         }
     };
@@ -260,7 +267,10 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
     final_config["scale_factor"] = json!(1.0 / std);
     final_config["latent_std"] = json!(std);
     final_config["train"]["recon_mse"] = json!(stats.recon_mse);
-    checkpoint::save_model(&common.output, &final_config, &state)?;
+    let mut outputs = staged.into_inner();
+    let model_bytes = crate::io::model::encode(&final_config, &state.model_tensors())?;
+    outputs.add(&common.output, &model_bytes, true)?;
+    outputs.commit()?;
     if summary.steps > 0 {
         common.say(format!(
             "{} steps in {:.1} s ({:.2} ms/step), final loss {:.2} nats/image; reconstruction MSE {:.4} (mean image {:.4}), KL {:.1}, latent std {:.3}",
@@ -286,13 +296,8 @@ fn first_images(data: &Dataset, n: usize) -> Result<ArrayD<f32>> {
     npy::from_vec(&shape, data.gather(&idx))
 }
 
-/// Writes `images` (top row) over their reconstructions D(mu(x)) as a PNG at `path`.
-pub fn write_recon_grid(
-    path: &str,
-    vae: &Vae,
-    images: &ArrayD<f32>,
-    device: &Device,
-) -> Result<()> {
+/// `images` (top row) over their reconstructions D(mu(x)) as PNG bytes.
+pub fn recon_grid_png(vae: &Vae, images: &ArrayD<f32>, device: &Device) -> Result<Vec<u8>> {
     let n = images.shape()[0];
     let unscaled = ArrayD::clone(images);
     let z = vae::encode_all(vae, &unscaled, EVAL_BATCH, vae::Encoding::Mean, device)?;
@@ -303,7 +308,7 @@ pub fn write_recon_grid(
         upscale: 2,
         ..GridOptions::default()
     };
-    crate::render::write_png(path, &image_grid(&both, &opts)?)
+    crate::render::png_bytes(&image_grid(&both, &opts)?)
 }
 
 /// Usage errors (exit 2): values no run can use.
@@ -318,6 +323,9 @@ fn check_flags(f: &VaeFlags) -> Result<()> {
     };
     f.optim.check()?;
     f.run.check()?;
+    if let Some(p) = &f.recon_grid {
+        crate::io::check_output(&checkpoint::path_for(p, 0), true)?;
+    }
     positive("--decoder-std", f.decoder_std)?;
     if let Some(b) = f.beta {
         if !(b >= 0.0 && b.is_finite()) {

@@ -102,6 +102,8 @@ fn run(args: Args) -> Result<()> {
         } => {
             common.setup()?;
             let d = densities::from_spec(&density.spec)?;
+            let what = format!("-n {n} ({}-D samples)", d.dim());
+            flowpipe::memory::check_fits(what, &[n as u128, d.dim() as u128, 8 + 4])?;
             let x = d.sample(n, common.seed, first).mapv(|v| v as f32);
             npy::write(&common.output, &x.into_dyn())
         }
@@ -145,6 +147,9 @@ fn run(args: Args) -> Result<()> {
                     d.dim()
                 );
             }
+            // The grid's points (2 f64 each), the log-densities (f64) and the output (f32).
+            let what = format!("--resolution {w},{h}");
+            flowpipe::memory::check_fits(what, &[w as u128, h as u128, 16 + 8 + 4])?;
             let logp = d.log_density(densities::grid_points(b, h, w).view())?;
             let values: Vec<f32> = logp
                 .iter()

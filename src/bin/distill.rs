@@ -82,6 +82,7 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     check_flags(&args)?;
+    flowpipe::io::check_output_opt(&args.log, false)?;
     let teacher = model::load(&args.teacher, &device)?;
     let bank = BankOptions {
         trajectories: args.trajectories,

@@ -60,7 +60,12 @@ fn run(args: Args) -> Result<()> {
         (Some(_), Some(_)) => usage_bail!("give points or --grid, not both"),
         (None, None) => usage_bail!("give points (a .npy, or - for stdin) or --grid"),
         (None, Some(g)) => match g[..] {
-            [x0, x1, y0, y1] if x0 < x1 && y0 < y1 && args.resolution > 0 => {
+            _ if args.resolution == 0 => usage_bail!("--resolution must be at least 1"),
+            [x0, x1, y0, y1] if x0 < x1 && y0 < y1 => {
+                let r = args.resolution as u128;
+                // The grid's points in f64, then in f32, then the output rows.
+                let what = format!("--resolution {}", args.resolution);
+                flowpipe::memory::check_fits(what, &[r, r, 2 * (8 + 4 + 4)])?;
                 densities::grid_points([x0, x1, y0, y1], args.resolution, args.resolution)
                     .mapv(|v| v as f32)
             }

@@ -35,7 +35,7 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.setup()?;
+    let device = args.common.setup_text()?;
     if args.batch == 0 {
         usage_bail!("--batch must be at least 1");
     }

@@ -82,7 +82,7 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.setup()?;
+    let device = args.common.setup_text()?;
     if let Some(m) = &args.model {
         if args.draws == 0 {
             usage_bail!("--draws must be at least 1");

@@ -93,6 +93,11 @@ fn read_labelled(images: &str, labels: &str, what: &str) -> Result<Labelled> {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
+    flowpipe::train::check_num_classes("--classes", args.classes)?;
+    io::check_output_opt(&args.log, false)?;
+    if let Some(p) = &args.checkpoint {
+        io::check_output(&checkpoint::path_for(p, 0), true)?;
+    }
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         usage_bail!("--lr must be positive, got {}", args.lr);
     }

@@ -60,7 +60,8 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.setup()?;
+    let device = args.common.setup_text()?;
+    io::check_output_opt(&args.labels_out, true)?;
     if !args.scale.is_finite() {
         usage_bail!("--scale must be a finite number, got {}", args.scale);
     }
@@ -78,7 +79,12 @@ fn run(args: Args) -> Result<()> {
             guidance::check_labels(&l, classes, &io::display_name(path))?;
             l
         }
-        (None, Some(k)) => guidance::each_class(classes, k, args.unguided_row),
+        (None, Some(k)) => {
+            let rows = classes + usize::from(args.unguided_row);
+            let what = format!("--each {k} (for {rows} rows of labels)");
+            flowpipe::memory::check_fits(what, &[rows as u128, k as u128, 8])?;
+            guidance::each_class(classes, k, args.unguided_row)
+        }
         (None, None) => usage_bail!("give --labels or --each"),
     };
     let name = model.name.clone();
@@ -98,10 +104,13 @@ fn run(args: Args) -> Result<()> {
         "sigma": args.sigma,
         "labels": labels.clone(),
     });
+    let mut outputs = io::Outputs::new();
     if let Some(p) = &args.labels_out {
-        npy::write(p, &ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels)?)?;
+        let l = ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels)?;
+        outputs.add(p, &npy::encode(&l)?, true)?;
     }
-    io::write_json(&args.common.output, &spec)
+    outputs.add(&args.common.output, &io::json_bytes(&spec)?, false)?;
+    outputs.commit()
 }
 
 fn main() -> ExitCode {

@@ -101,6 +101,8 @@ fn normalize(args: &Args) -> Result<Normalize> {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
+    io::check_output_opt(&args.labels_out, true)?;
+    io::check_output_opt(&args.stats_out, false)?;
     let norm = normalize(&args)?;
     if args.split.is_some() && args.dataset.is_none() {
         usage_bail!("--split goes with --dataset");
@@ -153,13 +155,15 @@ fn run(args: Args) -> Result<()> {
     });
     let images = npy::encode(&x)?;
     let labels = npy::encode(&import::labels_array(&data.labels))?;
+    let mut outputs = io::Outputs::new();
     if let Some(p) = &args.stats_out {
-        io::write_json(p, &stats)?;
+        outputs.add(p, &io::json_bytes(&stats)?, false)?;
     }
     if let Some(p) = &args.labels_out {
-        io::write_bytes(p, &labels, true)?;
+        outputs.add(p, &labels, true)?;
     }
-    io::write_bytes(&args.common.output, &images, true)?;
+    outputs.add(&args.common.output, &images, true)?;
+    outputs.commit()?;
     args.common.say(format!(
         "import-data: {shape} images from {source}; x = (v - {:.4}) / {:.4}, black = {}",
         affine.mean,

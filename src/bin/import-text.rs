@@ -60,6 +60,8 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
+    io::check_output_opt(&args.vocab_out, false)?;
+    io::check_output_opt(&args.holdout_out, true)?;
     if let Some(f) = args.holdout {
         if !(0.0..1.0).contains(&f) {
             usage_bail!("--holdout must be in [0, 1), got {f}");
@@ -152,13 +154,15 @@ fn run(args: Args) -> Result<()> {
         held.len(),
         vocab.data_symbols()
     ));
+    let mut outputs = io::Outputs::new();
     if let Some(v) = &args.vocab_out {
-        io::write_json(v, &vocab.to_json())?;
+        outputs.add(v, &io::json_bytes(&vocab.to_json())?, false)?;
     }
     if let Some(h) = &args.holdout_out {
-        npy::write(h, &pick(&held))?;
+        outputs.add(h, &npy::encode(&pick(&held))?, true)?;
     }
-    npy::write(&args.common.output, &pick(&train))
+    outputs.add(&args.common.output, &npy::encode(&pick(&train))?, true)?;
+    outputs.commit()
 }
 
 fn main() -> ExitCode {

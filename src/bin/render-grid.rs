@@ -135,6 +135,19 @@ fn run(args: Args) -> Result<()> {
     check_flags(&args)?;
     let inputs = args.inputs.iter().map(|p| render::read_input(p));
     let inputs = inputs.collect::<Result<Vec<_>>>()?;
+    for input in &inputs {
+        // Every cell of an image grid is upscaled: the figure holds at least their pixels.
+        if let render::Input::Array { data, .. } = input {
+            if let [n, _, h, w] = data.shape() {
+                let k = args.upscale as u128;
+                let what = format!("--upscale {} of {n} images {h}x{w}", args.upscale);
+                flowpipe::memory::check_fits(
+                    what,
+                    &[*n as u128, *h as u128 * k, *w as u128 * k, 3],
+                )?;
+            }
+        }
+    }
     let labels = args.labels.as_deref().map(Labels::read).transpose()?;
     let background = args
         .background

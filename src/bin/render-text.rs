@@ -34,7 +34,7 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    args.common.setup()?;
+    args.common.setup_text()?;
     if args.input == "-" && args.vocab == "-" {
         usage_bail!("the tokens and --vocab cannot both be stdin");
     }

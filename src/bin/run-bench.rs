@@ -42,7 +42,7 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.setup()?;
+    let device = args.common.setup_text()?;
     if let Some(f) = args.only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
         usage_bail!("unknown figure '{f}'; figures: {}", FIGURES.join(", "));
     }

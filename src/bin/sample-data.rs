@@ -41,6 +41,7 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
+    flowpipe::io::check_output_opt(&args.labels, true)?;
     let dataset = data::parse(&args.dataset)?;
     if let Some(path) = &args.labels {
         if !dataset.has_labels() {
@@ -57,10 +58,16 @@ fn run(args: Args) -> Result<()> {
         dataset.describe()
     ));
     let samples = data::sample(dataset.as_ref(), args.n, args.common.seed, args.first);
+    let mut outputs = flowpipe::io::Outputs::new();
     if let (Some(path), Some(labels)) = (&args.labels, samples.labels) {
-        npy::write(path, &labels.into_dyn())?;
+        outputs.add(path, &npy::encode(&labels.into_dyn())?, true)?;
     }
-    npy::write(&args.common.output, &samples.points.into_dyn())
+    outputs.add(
+        &args.common.output,
+        &npy::encode(&samples.points.into_dyn())?,
+        true,
+    )?;
+    outputs.commit()
 }
 
 fn main() -> ExitCode {

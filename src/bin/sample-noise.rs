@@ -71,6 +71,11 @@ fn run(args: Args) -> Result<()> {
             ),
         },
     };
+    let mut factors = vec![args.n as u128, 4];
+    factors.extend(args.shape.iter().map(|&d| d as u128));
+    let shape = args.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+    let what = format!("-n {} --shape {}", args.n, shape.join(","));
+    flowpipe::memory::check_fits(what, &factors)?;
     let x = noise::sample(&noise, args.n, &args.shape, args.common.seed, args.first)?;
     npy::write(&args.common.output, &x)
 }

@@ -27,7 +27,7 @@ struct Args {
     /// Data z, an (N, ...) .npy; `-` reads stdin
     #[arg(default_value = "-")]
     input: String,
-    /// Use the first N samples [default: all]
+    /// Use the first N samples (at most as many as the data holds) [default: all]
     #[arg(short = 'n', long)]
     n: Option<usize>,
     /// Times in [0, 1], comma separated
@@ -60,7 +60,11 @@ fn run(args: Args) -> Result<()> {
         );
     }
     npy::expect_finite(&z, &name)?;
-    let n = args.n.unwrap_or(z.shape()[0]).min(z.shape()[0]);
+    let have = z.shape()[0];
+    let n = args.n.unwrap_or(have);
+    if n > have {
+        anyhow::bail!("-n {n} asks for more samples than the {have} in {name}");
+    }
     let z = z.slice_axis(Axis(0), Slice::from(0..n)).to_owned();
     let x = noising::along_path(&path, &z, &args.times, args.common.seed, 0)?;
     npy::write(&args.common.output, &x)

@@ -98,12 +98,14 @@ fn run(args: Args) -> Result<()> {
     let labels: Option<Vec<u32>> = match (&args.labels, args.each) {
         (Some(p), _) => Some(tokens::read_labels(p, None, Some(null))?),
         (None, Some(0)) => usage_bail!("--each must be at least 1"),
-        (None, Some(k)) => Some(
+        (None, Some(k)) => Some({
+            let what = format!("--each {k} (for {} classes)", cfg.num_classes);
+            flowpipe::memory::check_fits(what, &[cfg.num_classes as u128, k as u128, 8])?;
             guidance::each_class(cfg.num_classes, k, false)
                 .into_iter()
                 .map(|c| c as u32)
-                .collect(),
-        ),
+                .collect()
+        }),
         (None, None) => None,
     };
     let n = args
@@ -116,6 +118,9 @@ fn run(args: Args) -> Result<()> {
             usage_bail!("-n {n} but {} labels", y.len());
         }
     }
+    // The token rows (i64 in the output, u32 while sampling) and the logits of one batch.
+    let what = format!("-n {n} (sequences of length {})", cfg.seq_len);
+    flowpipe::memory::check_fits(what, &[n as u128, cfg.seq_len as u128, 8 + 4])?;
     let how = DenoiserPosterior {
         labels: labels.as_deref(),
         guidance: args.guidance,

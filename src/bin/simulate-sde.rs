@@ -84,6 +84,8 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     check_flags(&args)?;
+    flowpipe::io::check_output_opt(&args.trajectory, true)?;
+    flowpipe::io::check_output_opt(&args.log, false)?;
     let opts = FieldOptions {
         density: args.density.clone(),
     };
@@ -96,6 +98,15 @@ fn run(args: Args) -> Result<()> {
         ),
     };
     fields::check_states(field.as_ref(), &x0, &name)?;
+    if let Some(steps) = args.steps {
+        let what = format!("--steps {steps}");
+        flowpipe::memory::check_fits(&what, &[steps as u128 + 1, 8])?;
+        if args.trajectory.is_some() {
+            let saved = (steps / args.save_every) as u128 + 2;
+            let what = format!("--trajectory of {} samples with {what}", x0.shape()[0]);
+            flowpipe::memory::check_fits(what, &[saved, x0.len() as u128, 4])?;
+        }
+    }
     let grid = time_grid(&args)?;
     let stochastic = solvers::is_stochastic(field.as_ref(), &grid);
     let method = args.solver.resolve(stochastic, &field.describe())?;
@@ -135,10 +146,12 @@ fn run(args: Args) -> Result<()> {
         Some(&progress),
     )?;
     progress.finish();
+    let mut outputs = flowpipe::io::Outputs::new();
     if let (Some(path), Some(traj)) = (&args.trajectory, &traj) {
-        npy::write(path, traj)?;
+        outputs.add(path, &npy::encode(traj)?, true)?;
     }
-    npy::write(&args.common.output, &x1)?;
+    outputs.add(&args.common.output, &npy::encode(&x1)?, true)?;
+    outputs.commit()?;
     let line = json!({
         "tool": "simulate-sde", "field": field.describe(), "solver": method.name(), "n": n,
         "t0": grid[0], "t1": grid[grid.len() - 1], "grid_intervals": grid.len() - 1,

@@ -6,6 +6,7 @@ mod common;
 mod discrete;
 mod distill;
 mod foundation;
+mod hardening;
 mod images;
 mod import;
 mod interop;

@@ -258,7 +258,7 @@ fn resumed_training_is_bit_identical() {
         ],
         b"",
     );
-    fails(&r, 2, &["--beta 0.5 differs from the checkpoint's 1.0"]);
+    fails(&r, 2, &["--beta 0.5 differs from the checkpoint's 1 in"]);
 }
 
 /// An uncompressed IDX file: magic, dimensions (big-endian u32), then the bytes.

@@ -109,7 +109,8 @@ impl CustomOp3 for Linear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let z = product(s1, l1, s2, l2, s3, l3)?;
-        let shape = Shape::from((l1.dims()[0], z.len() / l1.dims()[0].max(1)));
+        // (M, O), O from W: z.len() / M would make an empty batch (0, 0).
+        let shape = Shape::from((l1.dims()[0], l2.dims()[0]));
         Ok((CpuStorage::F32(z), shape))
     }
 

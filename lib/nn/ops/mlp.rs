@@ -276,6 +276,12 @@ impl<P: Pointwise> CustomOp2 for MlpStack<P> {
         let (m, k) = x.dims2()?;
         let o = *self.widths.last().expect("one width");
         let input_grad = x.track_op();
+        if m == 0 {
+            // No rows, no tiles: zero gradients of the right shapes.
+            let dp = Tensor::zeros(pv.len(), DType::F32, &Device::Cpu)?;
+            let dx = input_grad.then(|| Tensor::zeros((0, k), DType::F32, &Device::Cpu));
+            return Ok((dx.transpose()?, Some(dp)));
+        }
         let results = par::map(kept.len(), |t| {
             let first = t * TILE_ROWS;
             let rows = TILE_ROWS.min(m - first);

@@ -67,9 +67,21 @@ fn sigmoid(x: f32) -> f32 {
 /// value, a quarter of a training step). e^x = 2^n e^r with n = round(x / ln 2) and
 /// |r| <= ln 2 / 2, e^r by its Taylor polynomial of degree 7 (remainder < r^8 / 8! ~ 5e-8);
 /// ln 2 split in two parts so that r is exact. Relative error below 3e-7 over the f32 range;
-/// inputs are clamped to [-87, 88] (results below 1.7e-38 are flushed towards 0).
+/// inputs are clamped to [-87, 88] (results below 1.7e-38 are flushed towards 0). NaN gives
+/// NaN (the clamp alone would turn it into e^-87).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    let y = exp_clamped(x);
+    // A select, which vectorises like the rest.
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn exp_clamped(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // 1.5 * 2^23: adding it rounds to an integer, which lands in the low mantissa bits.
@@ -270,5 +282,109 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-200.0) < 1e-37 && exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn nan_propagates_through_exp_erf_and_softmax() {
+        assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan() && sigmoid(f32::NAN).is_nan());
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::new(&[[0f32, f32::NAN, 1.0], [0.0, 1.0, 2.0]], &dev).unwrap();
+        let y = softmax_last_dim(&x)
+            .unwrap()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(y[0].iter().all(|v| v.is_nan()), "{y:?}");
+        let sum: f32 = y[1].iter().sum();
+        assert!(y[1].iter().all(|v| v.is_finite()) && (sum - 1.0).abs() < 1e-6);
+        for f in [silu, gelu] {
+            let v = f(&x).unwrap().to_vec2::<f32>().unwrap();
+            assert!(
+                v[0][1].is_nan() && v[1].iter().all(|v| v.is_finite()),
+                "{v:?}"
+            );
+        }
+        let v = rms_norm(&x, 1e-6)
+            .unwrap()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(v[0].iter().all(|v| v.is_nan()), "{v:?}");
+        let qkv =
+            candle_core::Tensor::new(&[[[f32::NAN, 0.0, 0.0], [0.0, 0.0, 1.0]]], &dev).unwrap();
+        let a = attention(&qkv, 1)
+            .unwrap()
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert!(a[0][0][0].is_nan(), "{a:?}");
+    }
+
+    /// Every fused op takes a batch of no rows: an empty result of the right shape, and an
+    /// empty gradient.
+    #[test]
+    fn empty_tensors_pass_through_every_fused_op() {
+        use candle_core::{Tensor, Var};
+        let dev = candle_core::Device::Cpu;
+        let var = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| 0.1 * i as f32 - 0.2).collect();
+            Var::from_tensor(&Tensor::from_vec(v, shape, &dev).unwrap()).unwrap()
+        };
+        let check = |name: &str, y: Tensor, want: &[usize], x: &Var| {
+            assert_eq!(y.dims(), want, "{name}");
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            if let Some(g) = grads.get(x.as_tensor()) {
+                assert_eq!(g.dims(), x.dims(), "{name} gradient");
+            }
+        };
+        let x = var(&[0, 4]);
+        let (w, b) = (var(&[3, 4]), var(&[3]));
+        check("silu", silu(&x).unwrap(), &[0, 4], &x);
+        check("gelu", gelu(&x).unwrap(), &[0, 4], &x);
+        check("add_bias", add_bias(&x, &var(&[4])).unwrap(), &[0, 4], &x);
+        let y = softmax_last_dim(&x).unwrap().unwrap();
+        check("softmax", y, &[0, 4], &x);
+        check(
+            "rms_norm",
+            rms_norm(&x, 1e-6).unwrap().unwrap(),
+            &[0, 4],
+            &x,
+        );
+        check("linear", linear(&x, &w, &b).unwrap().unwrap(), &[0, 3], &x);
+        for act in [Activated::Silu, Activated::Gelu] {
+            let y = linear_act(&x, &w, &b, act).unwrap().unwrap();
+            check("linear_act", y, &[0, 3], &x);
+        }
+        let (w2, b2) = (var(&[2, 3]), var(&[2]));
+        let layers = [
+            (w.as_tensor(), b.as_tensor()),
+            (w2.as_tensor(), b2.as_tensor()),
+        ];
+        let y = mlp_stack(&x, &layers, Activated::Silu).unwrap().unwrap();
+        check("mlp_stack", y, &[0, 2], &x);
+        let img = var(&[0, 2, 2, 4]);
+        let (gamma, beta) = (var(&[4]), var(&[4]));
+        for act in [false, true] {
+            let y = group_norm(&img, &gamma, &beta, 2, 1e-5, act)
+                .unwrap()
+                .unwrap();
+            check("group_norm", y, &[0, 2, 2, 4], &img);
+        }
+        let y = add_sample_bias(&img, &var(&[0, 4])).unwrap();
+        check("add_sample_bias", y, &[0, 2, 2, 4], &img);
+        let tokens = var(&[0, 3, 4]);
+        let m = var(&[0, 12]);
+        let y = norm_modulate(&tokens, &m, 0, 1e-6).unwrap();
+        check("norm_modulate", y, &[0, 3, 4], &tokens);
+        let y = gated_residual(&tokens, &tokens, &m, 2).unwrap();
+        check("gated_residual", y, &[0, 3, 4], &tokens);
+        let qkv = var(&[0, 3, 6]);
+        let y = attention(&qkv, 2).unwrap().unwrap();
+        check("attention", y, &[0, 3, 2], &qkv);
+        let rows = var(&[0, 2]);
+        let gather = std::sync::Arc::new(RowGather::new(Vec::new(), 0));
+        let y = conv_rows(&rows, &var(&[2, 3]), &var(&[3]), &gather).unwrap();
+        check("conv_rows", y, &[0, 3], &rows);
     }
 }
