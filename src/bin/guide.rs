@@ -52,6 +52,10 @@ struct Args {
     /// Diffusion coefficient of SDE sampling (0: the ODE)
     #[arg(long, default_value_t = 0.0)]
     sigma: f64,
+    /// Guide only for t in [A, B] (the conditional model, w = 1, elsewhere; Kynkäänniemi et al.
+    /// 2024) [default: 0,1, every time]
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    interval: Option<Vec<f64>>,
     /// Also write the labels, an (N,) int64 .npy
     #[arg(long, value_name = "PATH")]
     labels_out: Option<String>,
@@ -71,6 +75,11 @@ fn run(args: Args) -> Result<()> {
     if args.each == Some(0) {
         usage_bail!("--each must be at least 1");
     }
+    let interval = match args.interval.as_deref() {
+        None => None,
+        Some(&[a, b]) => Some((a, b)),
+        Some(v) => usage_bail!("--interval takes two times A,B, got {} numbers", v.len()),
+    };
     let model = guidance::load_conditional(&args.model, &device)?;
     let classes = model.num_classes();
     let labels = match (&args.labels, args.each) {
@@ -89,21 +98,29 @@ fn run(args: Args) -> Result<()> {
     };
     let name = model.name.clone();
     // Builds the field once so that what simulate-sde will refuse is refused here.
-    GuidedField::new(Arc::new(model), &labels, args.scale, args.sigma)
+    let field = GuidedField::new(Arc::new(model), &labels, args.scale, args.sigma)
         .map_err(|e| anyhow::anyhow!("guiding {name}: {e:#}"))?;
+    if let Some((a, b)) = interval {
+        field
+            .with_interval(a, b)
+            .map_err(|e| anyhow::Error::new(flowpipe::UsageError(format!("--interval: {e}"))))?;
+    }
     args.common.explain(format!(
         "{} labels over {classes} classes (null label {classes}), w = {}, sigma = {}",
         labels.len(),
         args.scale,
         args.sigma
     ));
-    let spec = json!({
+    let mut spec = json!({
         "field": "guided",
         "model": args.model,
         "scale": args.scale,
         "sigma": args.sigma,
         "labels": labels.clone(),
     });
+    if let Some((a, b)) = interval {
+        spec["interval"] = json!([a, b]);
+    }
     let mut outputs = io::Outputs::new();
     if let Some(p) = &args.labels_out {
         let l = ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels)?;
