@@ -7,41 +7,45 @@
 #   make latent           everything below
 #   make latent-vae       the VAE stages only (fit, reconstruction grid, loss curve, latents,
 #                         interpolation figure, VAE metrics): runs on its own
+#   make latent-guidance  the guidance trade-off (FID and accuracy against w): guidance.png/.json
 #   out/latent/grid.png           generated images, a row per class
 #   out/latent/recon.png          8 training images over their VAE reconstructions
 #   out/latent/interpolation.png  decoded straight lines between pairs of test latents
+#   out/latent/vae-loss.png, flow-loss.png   the loss curves, drawn
 #   out/latent/vae-loss.jsonl, out/latent/flow-loss.jsonl   loss curves (--log)
 #   out/latent/vae-metrics.json   VAE reconstruction MSE, mean-image MSE, KL, latent std (test set)
-#   out/latent/metrics.json       {"vae": the VAE metrics, "samples": evaluate's classifier-FID,
-#                                 KID, guided accuracy and class histogram of LAT_EVAL_PER_CLASS
-#                                 fresh samples of every class (centre-cropped to 28x28) against
-#                                 the training images, with the real test images as the floor}
+#   out/latent/metrics.json       all at n = LAT_EVAL_N (100 per class by default): how it was
+#                                 sampled (guidance, solver, steps, NFE); "reconstruction": the
+#                                 VAE's reconstructions of the first LAT_EVAL_N test images;
+#                                 "samples": LAT_EVAL_PER_CLASS fresh guided samples of every
+#                                 class (centre-cropped to 28x28); each with classifier-FID, KID,
+#                                 guided accuracy, class histogram against the training images,
+#                                 "floor" (the same held-out test images as real samples) and
+#                                 "fid_over_floor"; "vae": the VAE metrics.
+# QUALITY=long: more of everything for better images (about an hour on 2 cores; README's table).
 # SMALL=1: tiny sizes (seconds; used by the smoke test); FULL=1: the lab's sizes (GPU).
-# Measured 2026-11-25 at the default sizes on two idle AMD EPYC cores (release build; every
-# stage's wall time, CPU time and peak memory land in $(OUT)/stages.jsonl): fit-vae 401 s (480
-# steps, peak 3.7 GB), encode-vae 48 s, fit-velocity 373 s (1500 DiT steps), sampling, decoding
-# and metrics about 75 s: 15 minutes, plus fit-classifier (once, shared with lab 3) 113 s
-# and the data import (seconds). Result: every class clearly recognisable (grid.png); the
-# classifier gives 93.8% of 500 samples guided at w = 3 the class asked for (88.8% of real test
-# images); classifier-FID 117 against 16 for 500 real test images; VAE test MSE 0.024 against
-# 0.263 for the mean image. (600 VAE and 2000 DiT steps gave 97.4% and FID 96, ~26 minutes.)
+# What each setting costs and gives is measured in the README's table (with machine, date and
+# commit); every run appends each stage's wall time, CPU time and peak memory to
+# $(OUT)/stages.jsonl (`make bench` prints them).
 
 LAT := $(OUT)/latent
 LAT_SEED := 7
 LAT_CLASSES := 10
-LAT_GUIDANCE := 3
 LAT_PAD := 32
 LAT_LATENT := 4,8,8
+QUALITY ?= default
 # The first LAT_TRAIN_N training images (and their labels), padded to 32x32 (the lab's way;
-# 28x28 would work too, giving 4x7x7 latents); the test set for the VAE's metrics and figures
-# (the first LAT_TEST_N test images).
+# 28x28 would work too, giving 4x7x7 latents). The first LAT_EVAL_N test images are the
+# held-out set: padded (LAT_TEST) for the VAE's metrics, reconstructions and figures, and at
+# 28x28 with their labels (LAT_HELDOUT*) as the floor of every FID.
 LAT_TRAIN := $(LAT)/train-images.npy
 LAT_LABELS := $(LAT)/train-labels.npy
 LAT_TEST := $(LAT)/test-images.npy
+LAT_HELDOUT := $(LAT)/heldout-images.npy
+LAT_HELDOUT_LABELS := $(LAT)/heldout-labels.npy
 
 ifneq ($(SMALL),)
 LAT_TRAIN_N := 512
-LAT_TEST_N := 64
 LAT_VAE_FLAGS := --channels 8,16,16 --latent-channels 4 --blocks 1 --scale-samples 256
 LAT_VAE_STEPS := 10
 LAT_VAE_BATCH := 16
@@ -52,48 +56,72 @@ LAT_PER_CLASS := 2
 LAT_SIM_STEPS := 5
 LAT_PAIRS := 0:1
 LAT_EVAL_PER_CLASS := 2
+LAT_GUIDANCE := 3
+LAT_SOLVER := heun
 else ifneq ($(FULL),)
 # The lab's sizes: a wider VAE with attention, the lab's 128 x 4 x 4 latents would be
 # --channels 64,128,128,128 --latent-channels 128; we keep 4 x 8 x 8 for the patch-1 DiT.
 LAT_TRAIN_N := 60000
-LAT_TEST_N := 10000
-LAT_VAE_FLAGS := --channels 64,128,128 --latent-channels 4 --blocks 2 --attention --ema 0.999
+LAT_VAE_FLAGS := --channels 64,128,128 --latent-channels 4 --blocks 2 --attention --ema 0.999 --beta 0.1
 LAT_VAE_STEPS := 20000
 LAT_VAE_BATCH := 128
-LAT_FLOW_FLAGS := --width 256 --depth 8 --heads 8 --ema 0.9999
+LAT_FLOW_FLAGS := --width 256 --depth 8 --heads 8 --ema 0.9999 --time-density logit-normal
 LAT_FLOW_STEPS := 50000
 LAT_FLOW_BATCH := 256
 LAT_PER_CLASS := 10
-LAT_SIM_STEPS := 100
+LAT_SIM_STEPS := 50
 LAT_PAIRS := 0:1,2:3,4:5,6:7,8:9
 LAT_EVAL_PER_CLASS := 100
-else
-# Measured on two idle cores: 0.8 s per VAE step at batch 32 with channels 16,32,64 and 0.25 s
-# per DiT step at batch 64; 20,000 images encode in 48 s.
-LAT_TRAIN_N := 20000
-LAT_TEST_N := 2000
-LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000
-LAT_VAE_STEPS := 480
+LAT_GUIDANCE := 2
+LAT_SOLVER := heun
+else ifeq ($(QUALITY),long)
+LAT_TRAIN_N := 60000
+LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000 --beta 0.1
+LAT_VAE_STEPS := 3000
 LAT_VAE_BATCH := 32
-LAT_FLOW_FLAGS := --width 64 --depth 3 --heads 4
-LAT_FLOW_STEPS := 1500
+LAT_FLOW_FLAGS := --width 64 --depth 4 --heads 4 --ema 0.9995 --time-density logit-normal
+LAT_FLOW_STEPS := 15000
 LAT_FLOW_BATCH := 64
 LAT_PER_CLASS := 8
-LAT_SIM_STEPS := 50
+LAT_SIM_STEPS := 25
 LAT_PAIRS := 0:1,2:3,4:5,6:7
-LAT_EVAL_PER_CLASS := 50
+LAT_EVAL_PER_CLASS := 100
+LAT_GUIDANCE := 3
+LAT_SOLVER := heun
+else
+LAT_TRAIN_N := 60000
+LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000 --beta 0.1
+LAT_VAE_STEPS := 1500
+LAT_VAE_BATCH := 32
+LAT_FLOW_FLAGS := --width 64 --depth 4 --heads 4 --ema 0.999 --time-density logit-normal
+LAT_FLOW_STEPS := 5000
+LAT_FLOW_BATCH := 64
+LAT_PER_CLASS := 8
+LAT_SIM_STEPS := 25
+LAT_PAIRS := 0:1,2:3,4:5,6:7
+LAT_EVAL_PER_CLASS := 100
+LAT_GUIDANCE := 3
+LAT_SOLVER := heun
 endif
+# Guidance applies for t in LAT_INTERVAL only (Kynkäänniemi et al. 2024; guide --interval): the
+# conditional model alone near the noise end keeps the samples of a class diverse.
+LAT_INTERVAL ?= 0.4,1
 LAT_FLOW_LR := 1e-3
 LAT_VAE_LR := 2e-3
 LAT_INTERP_STEPS := 10
 LAT_N := $(shell echo $$(( $(LAT_CLASSES) * $(LAT_PER_CLASS) )))
+LAT_EVAL_N := $(shell echo $$(( $(LAT_CLASSES) * $(LAT_EVAL_PER_CLASS) )))
+# Network evaluations per sample: Heun takes two per step (one on the last), Euler one; CFG
+# evaluates the conditional and the unconditional branch of each as one doubled batch.
+LAT_NFE := $(if $(filter heun,$(LAT_SOLVER)),$(shell echo $$(( 2 * $(LAT_SIM_STEPS) ))),$(LAT_SIM_STEPS))
 
 .PHONY: latent latent-vae
-latent: $(LAT)/grid.png $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/metrics.json
+latent: $(LAT)/grid.png $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/vae-loss.png $(LAT)/flow-loss.png $(LAT)/metrics.json
 	@echo "latent diffusion: the outputs are in $(LAT)/"
-	@echo "  grid.png (generated, a row per class)  recon.png  interpolation.png"
+	@echo "  grid.png (generated, a row per class)  recon.png  interpolation.png  vae-loss.png  flow-loss.png"
 	@echo "  metrics.json  vae-loss.jsonl  flow-loss.jsonl  vae.safetensors  flow.safetensors"
-latent-vae: $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/vae-metrics.json $(LAT)/latents.npy
+latent-vae: $(LAT)/recon.png $(LAT)/interpolation.png $(LAT)/vae-metrics.json $(LAT)/latents.npy \
+	$(LAT)/vae-loss.png $(LAT)/recon-metrics.json
 
 $(LAT):
 	mkdir -p $@
@@ -103,7 +131,11 @@ $(LAT_TRAIN) $(LAT_LABELS) &: $(TOOLS) | fashion-mnist-installed $(LAT)
 		-o $(LAT_TRAIN) --labels-out $(LAT_LABELS)
 
 $(LAT_TEST): $(TOOLS) | fashion-mnist-installed $(LAT)
-	$(call stage_time,latent/import-test) import-data --dataset fashion-mnist --split test --pad $(LAT_PAD) --limit $(LAT_TEST_N) -q -o $@
+	$(call stage_time,latent/import-test) import-data --dataset fashion-mnist --split test --pad $(LAT_PAD) --limit $(LAT_EVAL_N) -q -o $@
+
+$(LAT_HELDOUT) $(LAT_HELDOUT_LABELS) &: $(TOOLS) | fashion-mnist-installed $(LAT)
+	import-data --dataset fashion-mnist --split test --limit $(LAT_EVAL_N) -q \
+		-o $(LAT_HELDOUT) --labels-out $(LAT_HELDOUT_LABELS)
 
 # The VAE, its reconstruction grid and its loss curve come out of one run.
 $(LAT)/vae.safetensors $(LAT)/recon.png $(LAT)/vae-loss.jsonl &: $(LAT_TRAIN) $(TOOLS) | $(LAT)
@@ -134,39 +166,92 @@ $(LAT)/flow.safetensors $(LAT)/flow-loss.jsonl &: $(LAT)/latents.npy $(LAT_LABEL
 		--lr $(LAT_FLOW_LR) --decay cosine --seed $(LAT_SEED) \
 		--log $(LAT)/flow-loss.jsonl --log-every 50 -q -o $(LAT)/flow.safetensors
 
+# The loss curves, beside their models.
+$(LAT)/%-loss.png: $(LAT)/%-loss.jsonl $(TOOLS)
+	render-plot $< --x step --y loss --smooth 5 \
+		--title "$(if $(filter vae,$*),VAE: negative ELBO (nats per image),Flow matching loss) against the step" -o $@
+
 # Classifier-free guidance at scale w for LAT_PER_CLASS samples of every class, class by class.
 $(LAT)/guided.json: $(LAT)/flow.safetensors $(TOOLS)
-	guide --model $< --each $(LAT_PER_CLASS) --scale $(LAT_GUIDANCE) -o $@
+	guide --model $< --each $(LAT_PER_CLASS) --scale $(LAT_GUIDANCE) --interval $(LAT_INTERVAL) -o $@
 
 $(LAT)/samples-latent.npy: $(LAT)/guided.json $(TOOLS)
 	sample-noise -n $(LAT_N) --shape $(LAT_LATENT) --seed $(LAT_SEED) \
-		| $(call stage_time,latent/simulate-sde) simulate-sde --field $(LAT)/guided.json --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q -o $@
+		| $(call stage_time,latent/simulate-sde) simulate-sde --field $(LAT)/guided.json --solver $(LAT_SOLVER) --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q -o $@
 
 $(LAT)/samples.npy: $(LAT)/samples-latent.npy $(LAT)/vae.safetensors $(TOOLS)
 	$(call stage_time,latent/decode-vae) decode-vae $< --model $(LAT)/vae.safetensors -q -o $@
 
 $(LAT)/grid.png: $(LAT)/samples.npy $(TOOLS)
 	render-grid $< --cols $(LAT_PER_CLASS) --range -1,1 --upscale 2 \
-		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE), a row per class" -o $@
+		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE) on t in [$(LAT_INTERVAL)], a row per class" -o $@
 
 # Metrics: fresh noise (another seed than the grid), each class LAT_EVAL_PER_CLASS times.
 $(LAT)/eval-guided.json $(LAT)/eval-labels.npy &: $(LAT)/flow.safetensors $(TOOLS)
-	guide --model $< --each $(LAT_EVAL_PER_CLASS) --scale $(LAT_GUIDANCE) \
+	guide --model $< --each $(LAT_EVAL_PER_CLASS) --scale $(LAT_GUIDANCE) --interval $(LAT_INTERVAL) \
 		--labels-out $(LAT)/eval-labels.npy -o $(LAT)/eval-guided.json
 
 $(LAT)/eval-samples.npy: $(LAT)/eval-guided.json $(LAT)/vae.safetensors $(TOOLS)
-	sample-noise -n $$(( $(LAT_CLASSES) * $(LAT_EVAL_PER_CLASS) )) --shape $(LAT_LATENT) \
+	sample-noise -n $(LAT_EVAL_N) --shape $(LAT_LATENT) \
 		--seed $$(( $(LAT_SEED) + 100 )) \
-		| $(call stage_time,latent/simulate-sde-eval) simulate-sde --field $< --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
+		| $(call stage_time,latent/simulate-sde-eval) simulate-sde --field $< --solver $(LAT_SOLVER) --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
 		| decode-vae - --model $(LAT)/vae.safetensors -q -o $@
 
 $(LAT)/eval-metrics.json: $(LAT)/eval-samples.npy $(LAT)/eval-labels.npy $(CLASSIFIER) \
-		$(FASHION_TRAIN_IMAGES) $(FASHION_TEST_IMAGES) $(FASHION_TEST_LABELS) $(TOOLS)
+		$(FASHION_TRAIN_IMAGES) $(LAT_HELDOUT) $(LAT_HELDOUT_LABELS) $(TOOLS)
 	$(call stage_time,latent/evaluate) evaluate $< --labels $(LAT)/eval-labels.npy --classifier $(CLASSIFIER) \
-		--reference $(FASHION_TRAIN_IMAGES) --heldout $(FASHION_TEST_IMAGES) \
-		--heldout-labels $(FASHION_TEST_LABELS) --kid-subsets $(KID_SUBSETS) -o $@
+		--reference $(FASHION_TRAIN_IMAGES) --heldout $(LAT_HELDOUT) \
+		--heldout-labels $(LAT_HELDOUT_LABELS) --kid-subsets $(KID_SUBSETS) -o $@
 
-$(LAT)/metrics.json: $(LAT)/vae-metrics.json $(LAT)/eval-metrics.json
-	{ echo '{"guidance": $(LAT_GUIDANCE), "sampling_steps": $(LAT_SIM_STEPS),'; \
-	  echo '"samples_per_class": $(LAT_EVAL_PER_CLASS), "vae":'; cat $(LAT)/vae-metrics.json; \
+# The VAE alone: its reconstructions D(mu(x)) of the held-out images, scored against the same
+# reference with those very images as the floor (a perfect autoencoder scores the floor).
+$(LAT)/recon-test.npy: $(LAT_TEST) $(LAT)/vae.safetensors $(TOOLS)
+	encode-vae $(LAT_TEST) --model $(LAT)/vae.safetensors --mean -q \
+		| decode-vae - --model $(LAT)/vae.safetensors -q -o $@
+
+$(LAT)/recon-metrics.json: $(LAT)/recon-test.npy $(CLASSIFIER) $(FASHION_TRAIN_IMAGES) \
+		$(LAT_HELDOUT) $(LAT_HELDOUT_LABELS) $(TOOLS)
+	$(call stage_time,latent/evaluate-recon) evaluate $< --labels $(LAT_HELDOUT_LABELS) --classifier $(CLASSIFIER) \
+		--reference $(FASHION_TRAIN_IMAGES) --heldout $(LAT_HELDOUT) \
+		--heldout-labels $(LAT_HELDOUT_LABELS) --kid-subsets $(KID_SUBSETS) -o $@
+
+# One report: how it was sampled, the VAE's reconstructions and the guided samples, each with
+# its classifier-FID, KID and accuracy and the floor of the same held-out images.
+$(LAT)/metrics.json: $(LAT)/vae-metrics.json $(LAT)/recon-metrics.json $(LAT)/eval-metrics.json
+	{ echo '{"n": $(LAT_EVAL_N), "guidance": $(LAT_GUIDANCE), "guidance_interval": [$(LAT_INTERVAL)],'; \
+	  echo '"sampler": {"solver": "$(LAT_SOLVER)",'; \
+	  echo '"steps": $(LAT_SIM_STEPS), "nfe_per_sample": $(LAT_NFE)}, "quality": "$(QUALITY)",'; \
+	  echo '"vae":'; cat $(LAT)/vae-metrics.json; \
+	  echo ', "reconstruction":'; cat $(LAT)/recon-metrics.json; \
 	  echo ', "samples":'; cat $(LAT)/eval-metrics.json; echo '}'; } > $@.tmp && mv $@.tmp $@
+
+# The guidance trade-off: the same LAT_EVAL_N fresh samples at each scale in LAT_SWEEP_WS,
+# classifier-FID and guided accuracy against w, as JSON and a line plot.
+#   make latent-guidance   $(LAT)/guidance.json: [{"guidance": w, "solver", "steps",
+#                          "evaluate": evaluate's report}, ...]; $(LAT)/guidance.png
+LAT_SWEEP_WS ?= 1 1.5 2 3 5
+.PHONY: latent-guidance
+latent-guidance: $(LAT)/guidance.png
+
+$(LAT)/sweep/w%.json: $(LAT)/flow.safetensors $(LAT)/vae.safetensors $(CLASSIFIER) \
+		$(FASHION_TRAIN_IMAGES) $(LAT_HELDOUT) $(LAT_HELDOUT_LABELS) $(TOOLS)
+	@mkdir -p $(@D)
+	guide --model $(LAT)/flow.safetensors --each $(LAT_EVAL_PER_CLASS) --scale $* --interval $(LAT_INTERVAL) \
+		--labels-out $(@D)/labels-w$*.npy -o $(@D)/guided-w$*.json
+	sample-noise -n $(LAT_EVAL_N) --shape $(LAT_LATENT) --seed $$(( $(LAT_SEED) + 100 )) \
+		| simulate-sde --field $(@D)/guided-w$*.json --solver $(LAT_SOLVER) --steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
+		| decode-vae - --model $(LAT)/vae.safetensors -q -o $(@D)/samples-w$*.npy
+	evaluate $(@D)/samples-w$*.npy --labels $(@D)/labels-w$*.npy --classifier $(CLASSIFIER) \
+		--reference $(FASHION_TRAIN_IMAGES) --heldout $(LAT_HELDOUT) \
+		--heldout-labels $(LAT_HELDOUT_LABELS) --kid-subsets $(KID_SUBSETS) -o $(@D)/eval-w$*.json
+	{ echo '{"guidance": $*, "interval": [$(LAT_INTERVAL)], "solver": "$(LAT_SOLVER)", "steps": $(LAT_SIM_STEPS), "evaluate":'; \
+	  cat $(@D)/eval-w$*.json; echo '}'; } > $@.tmp && mv $@.tmp $@
+
+$(LAT)/guidance.json: $(foreach w,$(LAT_SWEEP_WS),$(LAT)/sweep/w$(w).json)
+	{ echo '['; sep=; for f in $^; do echo "$$sep"; cat $$f; sep=,; done; echo ']'; } > $@.tmp && mv $@.tmp $@
+
+$(LAT)/guidance.png: $(LAT)/guidance.json $(TOOLS)
+	render-plot $< --x guidance \
+		--y "evaluate.classifier_fid.value=samples+evaluate.floor.classifier_fid.value=real test images,evaluate.guided_accuracy.value=samples+evaluate.floor.guided_accuracy.value=real test images" \
+		--y-labels "classifier-FID;guided accuracy" --x-label "guidance scale w" \
+		--title "Classifier-free guidance on t in [$(LAT_INTERVAL)]: quality against class fidelity ($(LAT_EVAL_N) samples, $(LAT_SOLVER), $(LAT_SIM_STEPS) steps)" -o $@

@@ -325,11 +325,38 @@ fn make_latent_and_lab3_run_every_stage() {
     assert_eq!(npy_f32(&read("samples.npy")).shape(), &[20, 1, 32, 32]);
     let all = json(&read("metrics.json"));
     assert_eq!(all["vae"]["n"], 6);
+    // The report names its n (10 classes x 2 in SMALL), how it sampled, and scores the
+    // samples and the VAE's reconstructions of the held-out images against one floor.
+    assert_eq!(all["n"], 20, "{all}");
+    assert!(
+        all["guidance"].is_number() && all["sampler"]["solver"].is_string(),
+        "{all}"
+    );
+    assert!(
+        all["sampler"]["nfe_per_sample"].as_u64().unwrap()
+            >= all["sampler"]["steps"].as_u64().unwrap()
+    );
     let samples = &all["samples"];
     assert_eq!(samples["classifier_fid"]["n_samples"], 20, "{samples}");
     let accuracy = samples["guided_accuracy"]["value"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&accuracy), "{samples}");
-    assert!(samples["floor"]["classifier_fid"]["value"].is_number());
+    assert!(samples["kid"]["value"].is_number(), "{samples}");
+    let recon = &all["reconstruction"];
+    assert_eq!(recon["classifier_fid"]["n_samples"], 6, "{recon}");
+    let floor = samples["floor"]["classifier_fid"]["value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        recon["floor"]["classifier_fid"]["value"].as_f64(),
+        Some(floor)
+    );
+    for part in [samples, recon] {
+        let ratio = part["fid_over_floor"].as_f64().unwrap();
+        let fid = part["classifier_fid"]["value"].as_f64().unwrap();
+        assert!((ratio * floor - fid).abs() <= 1e-9 * fid.max(1.0), "{part}");
+    }
+    assert!(read("vae-loss.png").starts_with(b"\x89PNG"));
+    assert!(read("flow-loss.png").starts_with(b"\x89PNG"));
 
     let lab3 = out.path().join("lab3");
     for w in [1, 3, 5] {
