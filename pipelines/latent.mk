@@ -22,7 +22,7 @@
 #                                 guided accuracy, class histogram against the training images,
 #                                 "floor" (the same held-out test images as real samples) and
 #                                 "fid_over_floor"; "vae": the VAE metrics.
-# QUALITY=long: more of everything for better images (about an hour on 2 cores; README's table).
+# QUALITY=long: longer training for better images (README's table says what it costs and gives).
 # SMALL=1: tiny sizes (seconds; used by the smoke test); FULL=1: the lab's sizes (GPU).
 # What each setting costs and gives is measured in the README's table (with machine, date and
 # commit); every run appends each stage's wall time, CPU time and peak memory to
@@ -77,10 +77,10 @@ LAT_SOLVER := heun
 else ifeq ($(QUALITY),long)
 LAT_TRAIN_N := 60000
 LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000 --beta 0.1
-LAT_VAE_STEPS := 3000
+LAT_VAE_STEPS := 1500
 LAT_VAE_BATCH := 32
-LAT_FLOW_FLAGS := --width 64 --depth 4 --heads 4 --ema 0.9995 --time-density logit-normal
-LAT_FLOW_STEPS := 15000
+LAT_FLOW_FLAGS := --width 64 --depth 4 --heads 4 --ema 0.999 --time-density logit-normal
+LAT_FLOW_STEPS := 5000
 LAT_FLOW_BATCH := 64
 LAT_PER_CLASS := 8
 LAT_SIM_STEPS := 25
@@ -91,10 +91,10 @@ LAT_SOLVER := heun
 else
 LAT_TRAIN_N := 60000
 LAT_VAE_FLAGS := --channels 16,32,64 --latent-channels 4 --blocks 1 --scale-samples 5000 --beta 0.1
-LAT_VAE_STEPS := 1500
+LAT_VAE_STEPS := 1200
 LAT_VAE_BATCH := 32
 LAT_FLOW_FLAGS := --width 64 --depth 4 --heads 4 --ema 0.999 --time-density logit-normal
-LAT_FLOW_STEPS := 5000
+LAT_FLOW_STEPS := 3200
 LAT_FLOW_BATCH := 64
 LAT_PER_CLASS := 8
 LAT_SIM_STEPS := 25
@@ -111,8 +111,8 @@ LAT_VAE_LR := 2e-3
 LAT_INTERP_STEPS := 10
 LAT_N := $(shell echo $$(( $(LAT_CLASSES) * $(LAT_PER_CLASS) )))
 LAT_EVAL_N := $(shell echo $$(( $(LAT_CLASSES) * $(LAT_EVAL_PER_CLASS) )))
-# Network evaluations per sample: Heun takes two per step (one on the last), Euler one; CFG
-# evaluates the conditional and the unconditional branch of each as one doubled batch.
+# Network evaluations per sample: Heun takes two per step, Euler one; inside the guidance
+# interval each is one call on a doubled batch (the conditional and the unconditional branch).
 LAT_NFE := $(if $(filter heun,$(LAT_SOLVER)),$(shell echo $$(( 2 * $(LAT_SIM_STEPS) ))),$(LAT_SIM_STEPS))
 
 .PHONY: latent latent-vae
@@ -184,7 +184,7 @@ $(LAT)/samples.npy: $(LAT)/samples-latent.npy $(LAT)/vae.safetensors $(TOOLS)
 
 $(LAT)/grid.png: $(LAT)/samples.npy $(TOOLS)
 	render-grid $< --cols $(LAT_PER_CLASS) --range -1,1 --upscale 2 \
-		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE) on t in [$(LAT_INTERVAL)], a row per class" -o $@
+		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE)" -o $@
 
 # Metrics: fresh noise (another seed than the grid), each class LAT_EVAL_PER_CLASS times.
 $(LAT)/eval-guided.json $(LAT)/eval-labels.npy &: $(LAT)/flow.safetensors $(TOOLS)
