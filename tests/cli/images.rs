@@ -198,6 +198,51 @@ fn guided_classes_look_like_their_class() {
             "sample {i} of class {class}: top minus bottom {top}"
         );
     }
+
+    // --interval goes into the spec; guiding on [0.5, 1] only changes the samples, and on the
+    // empty-looking [1, 1] (the last instant alone, never a step's start) they are the
+    // conditional model's (w = 1) to rounding.
+    let sample = |args: &[&str]| {
+        let spec = path(&dir, "gi.json");
+        let mut a = vec!["--model", m.as_str(), "--each", "4", "-o", spec.as_str()];
+        a.extend_from_slice(args);
+        ok1(GUIDE, &a);
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let x = npy_f32(&ok1(SIM, &[&x0, "--field", &spec, "--steps", "10", "-q"]));
+        (text, x)
+    };
+    let (text, half) = sample(&["--scale", "3", "--interval", "0.5,1"]);
+    let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(spec["interval"], serde_json::json!([0.5, 1.0]), "{text}");
+    let (_, conditional) = sample(&["--scale", "1"]);
+    let (_, last_only) = sample(&["--scale", "3", "--interval", "1,1"]);
+    let max_diff = |a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>| {
+        a.iter()
+            .zip(b.iter())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(max_diff(&last_only, &conditional) < 1e-5);
+    assert!(
+        max_diff(&half, &x) > 1e-3,
+        "guiding on half the times changes the samples"
+    );
+    assert!(max_diff(&half, &conditional) > 1e-3);
+    let o = run(
+        GUIDE,
+        &[
+            "--model",
+            &m,
+            "--each",
+            "1",
+            "--scale",
+            "2",
+            "--interval",
+            "0.8,0.2",
+        ],
+        b"",
+    );
+    fails(&o, 2, &["--interval", "[0.8, 0.2]"]);
 }
 
 #[test]
