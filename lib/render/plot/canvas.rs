@@ -67,6 +67,8 @@ pub(super) struct Axes<'s> {
     pub(super) y_desc: Option<&'s str>,
     /// How the vertical tick labels are written (None: plotters' default).
     pub(super) y_format: Option<&'s dyn Fn(&f64) -> String>,
+    /// How the horizontal tick labels are written (None: plotters' default).
+    pub(super) x_format: Option<&'s dyn Fn(&f64) -> String>,
 }
 
 impl<'s> Axes<'s> {
@@ -77,6 +79,7 @@ impl<'s> Axes<'s> {
             x_desc: None,
             y_desc: None,
             y_format: None,
+            x_format: None,
         }
     }
 }
@@ -146,6 +149,9 @@ pub(super) fn panel_with_area(
         }
         if let Some(f) = axes.y_format {
             mesh.y_label_formatter(f);
+        }
+        if let Some(f) = axes.x_format {
+            mesh.x_label_formatter(f);
         }
         mesh.draw().map_err(plot_err)?;
         area = chart.plotting_area().get_pixel_range();

@@ -93,6 +93,21 @@ fn log_tick(v: &f64) -> String {
     }
 }
 
+/// A tick label in few characters: integers without a decimal point (500, not 500.0), other
+/// values to 3 significant digits.
+fn compact_tick(v: &f64) -> String {
+    let v = *v;
+    if v == 0.0 {
+        return "0".into();
+    }
+    if (v - v.round()).abs() <= 1e-9 * v.abs().max(1.0) {
+        return format!("{}", v.round());
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0);
+    let scale = 10f64.powi(digits);
+    format!("{}", (v * scale).round() / scale)
+}
+
 /// Draws `series` as one panel; see the module docs.
 pub fn lines(series: &[Series], title: Option<&str>, opts: &LineOptions) -> Result<RgbImage> {
     lines_with_area(series, title, opts).map(|(img, _)| img)
@@ -122,13 +137,15 @@ fn lines_with_area(
         x: auto_range(all().map(|p| p.0)),
         y: auto_range(all().map(|p| p.1)),
     };
-    let fmt = log_tick;
+    let (log, plain) = (log_tick, compact_tick);
+    let y_format: &dyn Fn(&f64) -> String = if opts.log_y { &log } else { &plain };
     let axes = Axes {
         x: r.x,
         y: r.y,
         x_desc: opts.x_desc.as_deref(),
         y_desc: opts.y_desc.as_deref(),
-        y_format: opts.log_y.then_some(&fmt as &dyn Fn(&f64) -> String),
+        y_format: Some(y_format),
+        x_format: Some(&plain),
     };
     let smooth = opts.smooth > 1;
     panel_with_area(opts.size, title, axes, |chart, root| {
@@ -309,5 +326,11 @@ mod tests {
         assert_eq!(log_tick(&3.5), "3160");
         assert_eq!(log_tick(&-0.5), "0.316");
         assert_eq!(log_tick(&-4.0), "1.00e-4");
+        assert_eq!(compact_tick(&500.0), "500");
+        assert_eq!(compact_tick(&0.0), "0");
+        assert_eq!(compact_tick(&-0.0), "0");
+        assert_eq!(compact_tick(&2.5), "2.5");
+        assert_eq!(compact_tick(&0.123456), "0.123");
+        assert_eq!(compact_tick(&-1234.5678), "-1235");
     }
 }

@@ -55,6 +55,7 @@ pub fn hist1d(values: &[f32], title: Option<&str>, opts: &PlotOptions) -> Result
         x_desc: None,
         y_desc: Some("density"),
         y_format: None,
+        x_format: None,
     };
     panel(opts.size, title, axes, |chart, _| {
         let bar = RGBColor(31, 119, 180).filled();

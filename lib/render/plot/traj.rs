@@ -44,6 +44,7 @@ pub fn traj1d(
         x_desc: Some("t"),
         y_desc: Some("x"),
         y_format: None,
+        x_format: None,
     };
     panel(opts.size, title, axes, |chart, _| {
         for (i, line) in shown.outer_iter().enumerate() {
