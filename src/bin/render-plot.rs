@@ -71,17 +71,18 @@ fn run(args: Args) -> Result<()> {
     if args.y.is_empty() || args.y.iter().any(|k| k.is_empty()) {
         usage_bail!("--y must name at least one key, got {:?}", args.y.join(","));
     }
-    let labels: Vec<String> = match &args.labels {
-        Some(l) => l.split(';').map(str::to_string).collect(),
-        None => args.inputs.iter().map(|p| io::display_name(p)).collect(),
-    };
-    if labels.len() != args.inputs.len() {
-        usage_bail!(
-            "--labels has {} names for {} inputs",
-            labels.len(),
-            args.inputs.len()
-        );
-    }
+    let labels = names(
+        "--labels",
+        args.labels.as_deref(),
+        args.inputs.iter().map(|p| io::display_name(p)).collect(),
+        "inputs",
+    )?;
+    let y_labels = names(
+        "--y-labels",
+        args.y_labels.as_deref(),
+        args.y.clone(),
+        "panels",
+    )?;
     let mut files = Vec::new();
     for path in &args.inputs {
         let name = io::display_name(path);
@@ -89,17 +90,6 @@ fn run(args: Args) -> Result<()> {
         let text = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{name} is not UTF-8 text (expected JSON records)"))?;
         files.push((name.clone(), records::parse_records(&text, &name)?));
-    }
-    let y_labels: Vec<String> = match &args.y_labels {
-        Some(l) => l.split(';').map(str::to_string).collect(),
-        None => args.y.clone(),
-    };
-    if y_labels.len() != args.y.len() {
-        usage_bail!(
-            "--y-labels has {} descriptions for {} panels",
-            y_labels.len(),
-            args.y.len()
-        );
     }
     let mut panels = Vec::new();
     for (panel, y_label) in args.y.iter().zip(y_labels) {
@@ -133,6 +123,23 @@ fn run(args: Args) -> Result<()> {
     }
     let figure = render::titled(render::tile(&panels, panels.len()), args.title.as_deref())?;
     render::write_png(&args.common.output, &figure)
+}
+
+/// The `;`-separated names of a flag, one per item (`what`, for the message), or `defaults`.
+fn names(
+    flag: &str,
+    given: Option<&str>,
+    defaults: Vec<String>,
+    what: &str,
+) -> Result<Vec<String>> {
+    let Some(text) = given else {
+        return Ok(defaults);
+    };
+    let v: Vec<String> = text.split(';').map(str::to_string).collect();
+    if v.len() != defaults.len() {
+        usage_bail!("{flag} has {} names for {} {what}", v.len(), defaults.len());
+    }
+    Ok(v)
 }
 
 fn main() -> ExitCode {
