@@ -237,7 +237,8 @@ fn flowpipe_run(exe: &str, args: &[&str]) -> std::process::Output {
     run(exe, args, b"")
 }
 
-/// `make discrete SMALL=1` on a 300-word stand-in list: every stage runs and reports.
+/// `make discrete SMALL=1` on a 300-word stand-in list: every stage runs and
+/// reports, and the sweep has one consistent record per (temperature, steps).
 #[test]
 fn make_discrete_small_runs_every_stage() {
     let d = tmp();
@@ -272,9 +273,32 @@ fn make_discrete_small_runs_every_stage() {
             .is_finite(),
         "{m}"
     );
-    for k in ["fraction_novel_real_words", "fraction_training_words"] {
-        let f = m[k].as_f64().unwrap();
+    let fraction = |m: &serde_json::Value, k: &str| {
+        let f = m[k].as_f64().unwrap_or_else(|| panic!("no {k}: {m}"));
         assert!((0.0..=1.0).contains(&f), "{k}: {m}");
+        f
+    };
+    let real_is_novel_plus_training = |m: &serde_json::Value| {
+        let (real, novel) = (fraction(m, "fraction_real_words"), fraction(m, "fraction_novel_real_words"));
+        let training = fraction(m, "fraction_training_words");
+        assert!((real - novel - training).abs() < 2e-4, "{m}");
+    };
+    real_is_novel_plus_training(&m);
+    assert_eq!(m["sampling"]["steps"], 10, "{m}");
+    let sweep = std::fs::read_to_string(ds.join("sweep.jsonl")).unwrap();
+    let records: Vec<_> = sweep.lines().map(|l| json(l.as_bytes())).collect();
+    let points: Vec<_> = records
+        .iter()
+        .map(|r| (r["temperature"].as_f64().unwrap(), r["steps"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(points, [(0.5, 2), (0.5, 5), (1.0, 2), (1.0, 5)], "{sweep}");
+    for r in &records {
+        real_is_novel_plus_training(r);
+        assert_eq!(r["n_samples"], 50, "{r}");
+    }
+    for f in ["sweep.png", "words-loss.png"] {
+        let png = std::fs::read(ds.join(f)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{f} is not a PNG");
     }
     // Capitals and apostrophes were filtered out of the word list.
     let words = std::fs::read_to_string(ds.join("words.txt")).unwrap();
