@@ -93,7 +93,7 @@ LAT_VAE_STEPS := 1500
 LAT_FLOW_STEPS := 5000
 else
 LAT_VAE_STEPS := 1200
-LAT_FLOW_STEPS := 3200
+LAT_FLOW_STEPS := 4400
 endif
 endif
 # Guidance applies for t in LAT_INTERVAL only (Kynkäänniemi et al. 2024; guide --interval): the
