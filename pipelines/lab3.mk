@@ -23,7 +23,8 @@
 # interrupted run with `fit-velocity ... --resume out/lab3/unet.ckpt.safetensors`.
 
 L3 := $(OUT)/lab3
-LAB3_SEED := 3
+LAB3_SEED ?= 3
+L3_STEPS ?= 4000
 ARCH ?= unet
 L3_WS := 1 3 5
 L3_CLASSES := 10
@@ -54,10 +55,11 @@ L3_DATA := $(FASHION_TRAIN_IMAGES)
 L3_SHAPE := 1,28,28
 L3_UNET := --channels 16,32,64 --blocks 1
 L3_DIT := --patch 4 --width 64 --depth 4 --heads 4
-L3_TRAIN := --batch 64 --steps 800 --lr 2e-3 --warmup 50 --weight-decay 1e-4 --ema 0.99
-L3_CKPT_EVERY := 200
+L3_TRAIN := --batch 64 --steps $(L3_STEPS) --lr 2e-3 --warmup 100 --decay cosine --weight-decay 1e-4 \
+	--ema 0.999 --time-density logit-normal
+L3_CKPT_EVERY := 1000
 L3_K := 8
-L3_EVAL_PER_CLASS := 20
+L3_EVAL_PER_CLASS := 100
 L3_SAMPLE_STEPS := 25
 endif
 
@@ -67,7 +69,7 @@ L3_MODEL := $(L3)/$(ARCH).safetensors
 L3_GRIDS := $(foreach w,$(L3_WS),$(L3)/$(ARCH)-w$(w).png)
 
 .PHONY: lab3
-lab3: $(L3)/noising.png $(L3_GRIDS) $(L3)/metrics.json
+lab3: $(L3)/noising.png $(L3_GRIDS) $(L3)/$(ARCH)-loss.png $(L3)/metrics.json
 	@echo "lab3: figures and metrics.json in $(L3)/"
 
 $(L3):
@@ -80,6 +82,10 @@ $(L3_MODEL): $(L3_DATA) $(FASHION_TRAIN_LABELS) $(TOOLS) | $(L3)
 		--log $(L3)/$(ARCH)-loss.jsonl --log-every 50 \
 		--checkpoint $(L3)/$(ARCH).ckpt.safetensors --checkpoint-every $(L3_CKPT_EVERY) \
 		--sample-grid $(L3)/$(ARCH)-training.png $(L3_GRID) -o $@
+
+$(L3)/$(ARCH)-loss.png: $(L3_MODEL) $(TOOLS)
+	render-plot $(L3)/$(ARCH)-loss.jsonl --y loss --log-y --smooth 9 --labels "$(ARCH)" \
+		--y-labels "conditional flow matching loss" --title "Lab 3: training loss ($(ARCH))" -o $@
 
 # The first ten training images noised along the path: a row per image, t = 0 (noise) .. 1.
 $(L3)/noising.png: $(L3_DATA) $(TOOLS) | $(L3)
