@@ -71,6 +71,22 @@ pub trait Field {
     }
 }
 
+/// The drift of the SDE of notes Theorem 17, u_t(x) + sigma_t²/2 s_t(x), which keeps the
+/// marginals p_t of the flow u for every sigma_t >= 0: `u` (N, ...) the velocity at x, `score`
+/// giving s_t(x) like it, evaluated only when sigma > 0 (the drift is u itself at sigma = 0).
+/// The one place this drift is formed ([`GaussianTarget`], [`LearnedField`] and the guided
+/// field call it).
+pub fn sde_drift(
+    u: &Tensor,
+    sigma: f64,
+    score: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if sigma == 0.0 {
+        return Ok(u.clone());
+    }
+    u + score()?.affine(sigma * sigma / 2.0, 0.0)?
+}
+
 /// dX = mu dt + sigma dW.
 #[derive(Clone, Copy, Debug)]
 pub struct Brownian {

@@ -39,7 +39,7 @@ use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::fields::Field;
+use crate::fields::{sde_drift, Field};
 use crate::io::{model, npy};
 use crate::nn::{Learned, Weights};
 use crate::paths::{GaussianPath, Param};
@@ -233,15 +233,8 @@ impl GuidedField {
             let tt = Tensor::full(t, (n, 1), x.device())?.to_dtype(x.dtype())?;
             return self.model.velocity(x, &tt, &y);
         }
-        let null = self.model.num_classes() as u32;
-        let mut y = self.labels().to_vec();
-        y.extend(std::iter::repeat_n(null, n));
-        let y = Tensor::from_vec(y, 2 * n, x.device())?;
-        let xx = Tensor::cat(&[x, x], 0)?;
-        let tt = Tensor::full(t, (2 * n, 1), x.device())?.to_dtype(x.dtype())?;
-        let both = self.model.velocity(&xx, &tt, &y)?;
-        let (cond, uncond) = (both.narrow(0, 0, n)?, both.narrow(0, n, n)?);
-        Ok(((uncond * (1.0 - self.scale))? + (cond * self.scale)?)?)
+        let y = Tensor::from_vec(self.labels().to_vec(), n, x.device())?;
+        guided_velocity(self.model.as_ref(), x, t, &y, self.scale)
     }
 
     /// s~_t(x), the guided score: the conversion of the guided velocity (module doc).
@@ -258,23 +251,21 @@ impl GuidedField {
         let ts = vec![t; x.dim(0)?];
         Ok(path.convert_at(Param::Velocity, Param::Score, u, x, &ts)?)
     }
+}
 
-    /// The SDE drift u~ + sigma²/2 s~ (u~ when sigma = 0).
-    fn guided_drift(&self, x: &Tensor, t: f64) -> Result<Tensor> {
-        let u = self.velocity(x, t)?;
-        if self.sigma == 0.0 {
-            return Ok(u);
-        }
-        let s = self.to_score(&u, x, t)?;
-        Ok((u + s.affine(0.5 * self.sigma * self.sigma, 0.0)?)?)
-    }
+/// candle's error from ours, for the Field trait's signature.
+fn to_candle(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::msg(format!("{e:#}"))
 }
 
 impl Field for GuidedField {
+    /// The SDE drift u~ + sigma²/2 s~ (u~ when sigma = 0), by [`crate::fields::sde_drift`].
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        self.guided_drift(x, t)
-            .map(|u| u.detach())
-            .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
+        let u = self.velocity(x, t).map_err(to_candle)?;
+        let drift = sde_drift(&u, self.sigma, || {
+            self.to_score(&u, x, t).map_err(to_candle)
+        })?;
+        Ok(drift.detach())
     }
     fn diffusion(&self, _t: f64) -> f64 {
         self.sigma
@@ -310,6 +301,71 @@ impl Field for GuidedField {
             len,
             ..self.clone()
         })))
+    }
+}
+
+/// The guided velocity of notes eq. 65, u~_t(x | y) = (1 - w) u_t(x | ∅) + w u_t(x | y), in one
+/// call of `model` on the stacked batch [x; x] with labels [y; ∅]: x (N, ...), y (N,) u32 in
+/// 0..=num_classes, one time t for every row -> (N, ...) like x. The one place the formula is
+/// computed ([`GuidedField`] and the distillation teachers call it).
+pub fn guided_velocity(
+    model: &dyn ConditionalVelocity,
+    x: &Tensor,
+    t: f64,
+    y: &Tensor,
+    w: f64,
+) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let null = Tensor::full(model.num_classes() as u32, n, x.device())?;
+    let yy = Tensor::cat(&[&y.to_dtype(DType::U32)?, &null], 0)?;
+    let xx = Tensor::cat(&[x, x], 0)?;
+    let tt = Tensor::full(t, (2 * n, 1), x.device())?.to_dtype(x.dtype())?;
+    let both = model.velocity(&xx, &tt, &yy)?;
+    let (cond, uncond) = (both.narrow(0, 0, n)?, both.narrow(0, n, n)?);
+    Ok(((uncond * (1.0 - w))? + (cond * w)?)?)
+}
+
+/// A trained model's velocity as the field of an ODE, for fixed labels: unconditional (`labels`
+/// `None`), conditional on one label per row (scale 1, one network call on x), or guided at
+/// any other scale w by [`guided_velocity`]. The field the distillation teachers, their
+/// students and the training preview integrate.
+pub struct LabelledVelocity<'a> {
+    pub model: &'a Learned,
+    /// (N,) u32 labels, one per row of the x the field is evaluated at.
+    pub labels: Option<&'a Tensor>,
+    /// w, the guidance scale (1: the conditional field).
+    pub scale: f64,
+}
+
+impl LabelledVelocity<'_> {
+    /// u~_t(x): x (N, ...data_shape), one time t for every row -> (N, ...data_shape).
+    pub fn velocity(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let tt = Tensor::full(t, (n, 1), x.device())?.to_dtype(x.dtype())?;
+        let v = Param::Velocity;
+        match self.labels {
+            None => self.model.predict_as_labelled(v, x, &tt, None),
+            Some(y) if self.scale == 1.0 => self.model.predict_as_labelled(v, x, &tt, Some(y)),
+            Some(y) => guided_velocity(self.model, x, t, y, self.scale),
+        }
+    }
+}
+
+impl Field for LabelledVelocity<'_> {
+    fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.velocity(x, t).map_err(to_candle)
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        0.0
+    }
+    fn describe(&self) -> String {
+        match self.labels {
+            None => format!("ODE of {}", self.model.name),
+            Some(_) => format!("ODE of {} guided at w={}", self.model.name, self.scale),
+        }
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(self.model.data_shape.clone())
     }
 }
 

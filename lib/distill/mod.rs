@@ -32,15 +32,17 @@ pub mod sample;
 pub mod train;
 
 use anyhow::{anyhow, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
 
-use crate::fields::GaussianTarget;
+use crate::fields::{Field, GaussianTarget};
+use crate::guidance::LabelledVelocity;
 use crate::io::model::ModelFile;
 use crate::nn::init::EMA_PREFIX;
 use crate::nn::Learned;
 use crate::rng::{self, Purpose};
+use crate::solvers;
 use crate::Result;
 
 pub use sample::{sample, Student};
@@ -122,8 +124,8 @@ impl Teacher for GaussianTarget {
     }
 }
 
-/// A trained velocity model; a conditional one guided at scale w (notes eq. 65):
-/// u~ = (1 - w) u(x | null) + w u(x | y), both branches in one call on [x; x].
+/// A trained velocity model; a conditional one guided at scale w (notes eq. 65, computed by
+/// [`crate::guidance::guided_velocity`]), both branches in one call on [x; x].
 pub struct LearnedTeacher {
     pub model: Learned,
     pub guidance: f64,
@@ -131,40 +133,40 @@ pub struct LearnedTeacher {
 
 impl Teacher for LearnedTeacher {
     fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor> {
-        guided_velocity(&self.model, x, t, y, self.guidance)
+        let field = LabelledVelocity {
+            model: &self.model,
+            labels: y,
+            scale: self.guidance,
+        };
+        field.velocity(x, t)
     }
     fn num_classes(&self) -> usize {
         self.model.num_classes()
     }
 }
 
-/// The velocity of `model` at x (N, ...) and one time t, guided with scale `w` towards labels
-/// y (N,) u32 when given (w = 1: the conditional field, one call).
-pub fn guided_velocity(
-    model: &Learned,
-    x: &Tensor,
-    t: f64,
-    y: Option<&Tensor>,
-    w: f64,
-) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    let tt = Tensor::full(t as f32, (n, 1), x.device())?;
-    let v = crate::paths::Param::Velocity;
-    let y = match y {
-        None => return model.predict_as_labelled(v, x, &tt, None),
-        Some(y) if w == 1.0 => return model.predict_as_labelled(v, x, &tt, Some(y)),
-        Some(y) => y,
-    };
-    let null = Tensor::full(model.num_classes() as u32, n, x.device())?;
-    let yy = Tensor::cat(&[&y.to_dtype(DType::U32)?, &null], 0)?;
-    let both = model.predict_as_labelled(
-        v,
-        &Tensor::cat(&[x, x], 0)?,
-        &Tensor::cat(&[&tt, &tt], 0)?,
-        Some(&yy),
-    )?;
-    let (cond, uncond) = (both.narrow(0, 0, n)?, both.narrow(0, n, n)?);
-    Ok(((uncond * (1.0 - w))? + (cond * w)?)?)
+/// A teacher with its labels fixed, as the [`Field`] the solvers' steps integrate.
+pub struct TeacherField<'a> {
+    pub teacher: &'a dyn Teacher,
+    /// (N,) u32 labels of the rows, for a conditional teacher.
+    pub labels: Option<&'a Tensor>,
+}
+
+impl Field for TeacherField<'_> {
+    fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.teacher
+            .velocity(x, t, self.labels)
+            .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
+    }
+    fn diffusion(&self, _t: f64) -> f64 {
+        0.0
+    }
+    fn describe(&self) -> String {
+        "distillation teacher".into()
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// Teacher trajectories: `states` (M, N + 1, ...data_shape) at t_k = k / N, with one label per
@@ -213,19 +215,18 @@ impl Bank {
                 Some(l) => Some(Tensor::from_slice(&l[start..start + len], len, device)?),
                 None => None,
             };
+            let field = TeacherField {
+                teacher,
+                labels: y.as_ref(),
+            };
             let mut states = vec![x.clone()];
             for k in 0..steps {
                 let t = k as f64 * h;
-                let k1 = teacher.velocity(&x, t, y.as_ref())?;
                 x = match solver {
-                    TeacherSolver::Euler => (&x + (k1 * h)?)?,
-                    TeacherSolver::Heun => {
-                        let pred = (&x + (&k1 * h)?)?;
-                        let k2 = teacher.velocity(&pred, t + h, y.as_ref())?;
-                        (&x + ((k1 + k2)? * (h / 2.0))?)?
-                    }
-                };
-                x = x.detach();
+                    TeacherSolver::Euler => solvers::euler_step(&field, &x, t, h),
+                    TeacherSolver::Heun => solvers::heun_step(&field, &x, t, h),
+                }?
+                .detach();
                 states.push(x.clone());
             }
             nfe += (len * steps * if solver == TeacherSolver::Heun { 2 } else { 1 }) as u64;
