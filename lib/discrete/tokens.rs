@@ -15,7 +15,7 @@
 //! **Binarised images** are tokens too: pixel > threshold -> "1", else "0", (N, C, H, W) ->
 //! (N, C H W), vocabulary {"0", "1", "[MASK]"} without padding.
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use ndarray::{ArrayD, IxDyn};
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
@@ -282,6 +282,79 @@ pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usi
     held.sort_unstable();
     kept.sort_unstable();
     (kept, held)
+}
+
+/// Token sequences made from an input: their vocabulary, the rows of ids, their length L.
+pub struct Tokenised {
+    pub vocab: Vocab,
+    pub rows: Vec<Vec<u32>>,
+    pub len: usize,
+}
+
+/// Images (N, C, H, W) named `name` as tokens: average-pooled over `k` x `k` blocks (1: as
+/// they are), then binarised at `threshold`, a token per pixel over {0, 1}.
+pub fn tokenise_images(
+    images: ArrayD<f32>,
+    k: usize,
+    threshold: f32,
+    name: &str,
+) -> Result<Tokenised> {
+    crate::io::npy::expect_shape(images.shape(), "N,C,H,W", "images", name)?;
+    let images = match k {
+        1 => images,
+        k => downsample(&images, k).with_context(|| format!("pooling {name}"))?,
+    };
+    let s = images.shape();
+    let vocab = Vocab::binary_pixels([s[1], s[2], s[3]]);
+    let t = binarise(&images, threshold);
+    let len = t.shape()[1];
+    let rows: Vec<Vec<u32>> = t
+        .rows()
+        .into_iter()
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect();
+    Ok(Tokenised { vocab, rows, len })
+}
+
+/// The non-empty lines of `text` (named `name`) as sequences of `unit` tokens of length L =
+/// `max_len` (default: the longest line's), padded; lines longer than L are dropped. Encoded
+/// with `vocab` when given (a symbol outside it is an error naming the line), else with the
+/// vocabulary of the kept lines. Also returns the number of non-empty lines and of those
+/// dropped.
+pub fn tokenise_lines(
+    text: &str,
+    vocab: Option<Vocab>,
+    unit: Unit,
+    max_len: Option<usize>,
+    name: &str,
+) -> Result<(Tokenised, usize, usize)> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        bail!("{name} holds no non-empty lines");
+    }
+    let longest = lines
+        .iter()
+        .map(|l| token_count(l, unit))
+        .max()
+        .unwrap_or(1);
+    let len = max_len.unwrap_or(longest);
+    let kept: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| token_count(l, unit) <= len)
+        .collect();
+    let vocab = vocab.unwrap_or_else(|| Vocab::from_lines(&kept, unit));
+    let rows = kept
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            vocab
+                .encode(l, len)
+                .with_context(|| format!("{name}, line {}", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dropped = lines.len() - kept.len();
+    Ok((Tokenised { vocab, rows, len }, lines.len(), dropped))
 }
 
 /// Binarised images (N, C, H, W) -> tokens (N, C H W): 1 where the pixel is above `threshold`.

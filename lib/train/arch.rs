@@ -6,6 +6,7 @@
 //! the part of a model file's config that rebuilds the network ([`crate::nn::build`]). On
 //! resume the checkpoint's config wins and [`given`] lists the flags to compare against it.
 
+use crate::cli::at_least_1;
 use serde_json::{json, Value};
 
 use super::fit::FitFlags;
@@ -51,16 +52,16 @@ pub struct NetFlags {
     #[arg(long, value_name = "B")]
     pub blocks: Option<usize>,
     /// DiT patch size, dividing H and W [default: 2]
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = at_least_1::<usize>)]
     pub patch: Option<usize>,
     /// DiT token width [default: 256]
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = at_least_1::<usize>)]
     pub width: Option<usize>,
     /// DiT transformer blocks [default: 6]
     #[arg(long, value_name = "L")]
     pub depth: Option<usize>,
     /// DiT attention heads, dividing the width [default: 4]
-    #[arg(long, value_name = "H")]
+    #[arg(long, value_name = "H", value_parser = at_least_1::<usize>)]
     pub heads: Option<usize>,
 }
 
@@ -118,15 +119,6 @@ pub fn check_flags(f: &FitFlags) -> Result<()> {
     if let Some(c) = &n.channels {
         if c.is_empty() || c.contains(&0) {
             usage_bail!("--channels must list positive channel counts, got {c:?}");
-        }
-    }
-    for (flag, v) in [
-        ("--patch", n.patch),
-        ("--width", n.width),
-        ("--heads", n.heads),
-    ] {
-        if v == Some(0) {
-            usage_bail!("{flag} must be at least 1");
         }
     }
     Ok(())

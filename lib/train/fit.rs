@@ -18,6 +18,7 @@
 //!
 //! `--sample-grid` draws samples of the model at each checkpoint step ([`super::preview`]).
 
+use crate::cli::at_least_1;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
@@ -77,7 +78,7 @@ pub struct FitFlags {
     #[arg(long, value_name = "PATH")]
     pub labels: Option<String>,
     /// K, the number of classes [default: the largest label + 1]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     pub num_classes: Option<usize>,
     /// Probability eta of replacing a label by the null label, so that the model also learns
     /// u(x | null) for classifier-free guidance [default: 0.1 with --labels]
@@ -106,10 +107,10 @@ pub struct FitFlags {
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
     /// Minibatch size [default: 1000]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 5000, or the checkpoint's when resuming]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<u64>)]
     pub steps: Option<u64>,
     #[command(flatten)]
     pub run: RunFlags,
@@ -118,10 +119,10 @@ pub struct FitFlags {
     #[arg(long, value_name = "PATH")]
     pub sample_grid: Option<String>,
     /// Samples per row of --sample-grid
-    #[arg(long, default_value_t = 8, value_name = "K")]
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = at_least_1::<usize>)]
     pub grid_cols: usize,
     /// Euler steps of the --sample-grid samples
-    #[arg(long, default_value_t = 20, value_name = "STEPS")]
+    #[arg(long, default_value_t = 20, value_name = "STEPS", value_parser = at_least_1::<usize>)]
     pub grid_steps: usize,
 }
 
@@ -275,12 +276,6 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
 fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     f.optim.check()?;
     f.run.check()?;
-    if f.batch == Some(0) {
-        usage_bail!("--batch must be at least 1");
-    }
-    if f.steps == Some(0) {
-        usage_bail!("--steps must be at least 1");
-    }
     if let Some(h) = &f.hidden {
         if h.is_empty() || h.contains(&0) {
             usage_bail!("--hidden must list positive widths, got {h:?}");
@@ -293,12 +288,6 @@ fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     }
     if f.labels.is_none() && (f.label_dropout.is_some() || f.num_classes.is_some()) {
         usage_bail!("--label-dropout and --num-classes need --labels");
-    }
-    if f.num_classes == Some(0) {
-        usage_bail!("--num-classes must be at least 1");
-    }
-    if f.grid_cols == 0 || f.grid_steps == 0 {
-        usage_bail!("--grid-cols and --grid-steps must be at least 1");
     }
     crate::io::check_output_opt(&f.sample_grid, true)?;
     if f.sample_grid.is_some() && spec.source.is_some() {

@@ -15,6 +15,7 @@
 //! images (with the weights the model file is used with: the EMA when kept) goes into the model
 //! config, so that `encode-vae` writes latents of unit variance for the flow model.
 
+use crate::cli::at_least_1;
 use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use ndarray::ArrayD;
@@ -63,13 +64,13 @@ pub struct VaeFlags {
     #[arg(long, value_name = "B")]
     pub blocks: Option<usize>,
     /// Latent channels k: latents are (k, H / 2^(L-1), W / 2^(L-1)) [default: 4]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     pub latent_channels: Option<usize>,
     /// Self-attention blocks in the middle of encoder and decoder [default: off]
     #[arg(long)]
     pub attention: bool,
     /// GroupNorm groups [default: the largest of 8, 4, 2, 1 dividing every channel count]
-    #[arg(long, value_name = "G")]
+    #[arg(long, value_name = "G", value_parser = at_least_1::<usize>)]
     pub groups: Option<usize>,
     /// Posterior log-variance: a conv head per element, or one learned scalar (the lab's)
     /// [default: per-element]
@@ -98,10 +99,10 @@ pub struct VaeFlags {
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
     /// Minibatch size [default: 64]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 2000, or the checkpoint's when resuming]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<u64>)]
     pub steps: Option<u64>,
     /// Training images used to measure the latent scale factor (the first N; 0: all)
     #[arg(long, value_name = "N", default_value_t = 10000)]
@@ -331,12 +332,6 @@ fn check_flags(f: &VaeFlags) -> Result<()> {
         if !(b >= 0.0 && b.is_finite()) {
             usage_bail!("--beta must be zero or positive, got {b}");
         }
-    }
-    if f.batch == Some(0) || f.steps == Some(0) {
-        usage_bail!("--batch and --steps must be at least 1");
-    }
-    if f.latent_channels == Some(0) || f.groups == Some(0) {
-        usage_bail!("--latent-channels and --groups must be at least 1");
     }
     if let Some(c) = &f.channels {
         if c.is_empty() || c.contains(&0) {

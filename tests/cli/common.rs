@@ -52,19 +52,15 @@ pub fn ok(exe: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-/// Asserts a failure with `code` whose stderr is one line containing every `needle`. clap's
-/// own usage errors (`error: ...`, exit 2) keep clap's format: the error, the arguments it
-/// concerns, `Usage: ...` and a hint, on several lines.
+/// Asserts a failure with `code` whose stderr is one line containing every `needle`.
 pub fn fails(out: &Output, code: i32, needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    if !(code == 2 && err.starts_with("error: ")) {
-        assert_eq!(
-            err.lines().count(),
-            1,
-            "expected a one-line error in stderr: {err}"
-        );
-    }
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected a one-line error in stderr: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "expected {n:?} in stderr: {err}");
     }
