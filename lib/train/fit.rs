@@ -24,16 +24,15 @@ use serde_json::{json, Value};
 
 use super::arch::{self, NetFlags};
 use super::checkpoint::{self, TrainState};
-use super::ema::Ema;
 use super::flags::{OptimFlags, RunFlags};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
-use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use super::optim::{AdamWConfig, Decay, Schedule};
 use super::preview::Preview;
 use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
-use crate::nn::{self, Params};
+use crate::nn;
 use crate::paths::{GaussianPath, Param, Path, TimeDensity};
 use crate::{usage_bail, Result};
 
@@ -205,24 +204,11 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         None => None,
     };
 
-    let params = match &ckpt {
-        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, &device),
-        None => Params::new(plan.seed, &device),
-    };
+    let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
     let net =
         nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?;
-    let ema = match plan.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, plan.opt.clone())?,
-        params,
-        ema,
-    };
-    if let Some(c) = &ckpt {
-        state.restore(c)?;
-    }
+    let mut state =
+        TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
     common.explain(format!(
         "{} parameters ({}); {} on the {} path, {} steps from step {}",
         state.params.count(),
@@ -412,16 +398,9 @@ fn resumed_plan(
     source: Option<&Dataset>,
     labels: &Option<Labels>,
 ) -> Result<Plan> {
-    let name = &ckpt.name;
-    let m = checkpoint::model_config(ckpt)?;
-    let bad = |what: &str| anyhow!("{name}: the checkpoint's config has a bad or missing {what}");
-    if m["kind"].as_str() != Some(spec.kind) {
-        bail!(
-            "{name} is a checkpoint of a {} model, not of a {} model",
-            m["kind"].as_str().unwrap_or("unknown"),
-            spec.kind
-        );
-    }
+    let r = checkpoint::Resumed::parse(ckpt, spec.kind, &format!("a {} model", spec.kind))?;
+    let (name, m) = (r.name, r.model);
+    let bad = |what: &str| r.bad(what);
     let mut net = m.clone();
     if let Some(o) = net.as_object_mut() {
         o.remove("train");
@@ -434,14 +413,9 @@ fn resumed_plan(
             .ok_or_else(|| bad("parametrisation"))?,
         path: Path::from_json(&m["path"]).map_err(|e| anyhow!("{name}: {e}"))?,
         data_source: m["source"].as_str() == Some("data"),
-        opt: serde_json::from_value(m["train"]["optimizer"].clone())
-            .map_err(|_| bad("train.optimizer"))?,
-        batch: m["train"]["batch"]
-            .as_u64()
-            .ok_or_else(|| bad("train.batch"))? as usize,
-        seed: m["train"]["seed"]
-            .as_u64()
-            .ok_or_else(|| bad("train.seed"))?,
+        opt: r.optimizer()?,
+        batch: r.train_u64("batch")? as usize,
+        seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
         // Checkpoints from before the flag trained with uniform times.
@@ -513,13 +487,7 @@ fn resumed_plan(
         (false, true) => usage_bail!("{name} was trained from N(0, I): --source does not apply"),
         _ => {}
     }
-    let step = checkpoint::step_of(ckpt)?;
-    if let Some(total) = f.steps {
-        if total < step {
-            usage_bail!("--steps {total} is fewer than the {step} steps {name} has done");
-        }
-        plan.opt.schedule.total = total;
-    }
+    r.continue_to(f.steps, &mut plan.opt)?;
     let want = arch::data_shape(&plan.net).unwrap_or_default();
     if data.shape != want {
         bail!(

@@ -24,10 +24,9 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use super::checkpoint::{self, TrainState};
-use super::ema::Ema;
 use super::flags::{OptimFlags, RunFlags};
 use super::losses::Dataset;
-use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use super::optim::{AdamWConfig, Decay, Schedule};
 use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
@@ -186,23 +185,10 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
         None => fresh_plan(flags, common, &data)?,
     };
     let config = model_config(&plan, &data);
-    let params = match &ckpt {
-        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, &device),
-        None => Params::new(plan.seed, &device),
-    };
+    let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
     let model = Vae::new(&plan.vae, &params)?;
-    let ema = match plan.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, plan.opt.clone())?,
-        params,
-        ema,
-    };
-    if let Some(c) = &ckpt {
-        state.restore(c)?;
-    }
+    let mut state =
+        TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
     let latent = plan.vae.latent_shape();
     common.explain(format!(
         "{} parameters; images {} -> latents {}; {} steps from step {}",
@@ -399,21 +385,15 @@ fn model_config(plan: &Plan, data: &Dataset) -> Value {
 
 /// The plan stored in a checkpoint, after checking the command line and data against it.
 fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset) -> Result<Plan> {
-    let name = &ckpt.name;
-    let m = checkpoint::model_config(ckpt)?;
-    if m["kind"].as_str() != Some(KIND) {
-        bail!(
-            "{name} is a checkpoint of a {} model, not of a vae",
-            m["kind"].as_str().unwrap_or("unknown")
-        );
-    }
-    let bad = |what: &str| anyhow!("{name}: the checkpoint's config has a bad or missing {what}");
+    let r = checkpoint::Resumed::parse(ckpt, KIND, "a vae")?;
+    let (name, m) = (r.name, r.model);
+    let bad = |what: &str| r.bad(what);
     let t = &m["train"];
     let mut plan = Plan {
         vae: VaeConfig::from_json(m).map_err(|e| anyhow!("{name}: {e}"))?,
-        opt: serde_json::from_value(t["optimizer"].clone()).map_err(|_| bad("train.optimizer"))?,
-        batch: t["batch"].as_u64().ok_or_else(|| bad("train.batch"))? as usize,
-        seed: t["seed"].as_u64().ok_or_else(|| bad("train.seed"))?,
+        opt: r.optimizer()?,
+        batch: r.train_u64("batch")? as usize,
+        seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         beta: t["beta"].as_f64().ok_or_else(|| bad("train.beta"))?,
         kl_warmup: t["kl_warmup"]
@@ -455,13 +435,7 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
     // --seed 0 is the default: only another seed contradicts the checkpoint.
     let seed = (common.seed != 0).then_some(common.seed);
     checkpoint::same("--seed", &seed, &plan.seed, name)?;
-    let step = checkpoint::step_of(ckpt)?;
-    if let Some(total) = f.steps {
-        if total < step {
-            usage_bail!("--steps {total} is fewer than the {step} steps {name} has done");
-        }
-        plan.opt.schedule.total = total;
-    }
+    r.continue_to(f.steps, &mut plan.opt)?;
     if data.shape != plan.vae.data_shape {
         bail!(
             "expected training images (N, {}) for the checkpoint {name}, got {} in {}",
