@@ -39,8 +39,9 @@ struct Args {
     /// Reference samples, (M, D) .npy (e.g. fresh draws of p_data); needed unless --model
     #[arg(long, value_name = "PATH", required_unless_present = "model")]
     reference: Option<String>,
-    /// A denoiser (fit-denoiser, masked noise): the input is held-out tokens (N, L) int64 and
-    /// the report is their ELBO in bits per token (see flowpipe::discrete::fit::elbo)
+    /// A denoiser (fit-denoiser): the input is held-out tokens (N, L) int64 and the report is
+    /// their ELBO in bits per token for masked noise, the CTMC path bound for uniform noise
+    /// (see flowpipe::discrete::fit::elbo)
     #[arg(long, value_name = "PATH", conflicts_with_all = ["reference", "classifier"])]
     model: Option<String>,
     /// With --model: Monte Carlo draws of (t, x_t) per sequence
