@@ -100,7 +100,7 @@ pub fn main<A: Parser>(tool: &str, run: impl FnOnce(A) -> Result<()>) -> ExitCod
             return ExitCode::from(2);
         }
     };
-    crate::train::keep_freed_memory(); // every tool allocates large tensors over and over
+    crate::memory::keep_freed_memory(); // every tool allocates large tensors over and over
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -129,6 +129,8 @@ fn check_flags(a: &Args) -> Result<()> {
     a.ema.map_or(Ok(()), flags::check_ema)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("distill", run)
 }

@@ -57,6 +57,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &z)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("encode-vae", run)
 }

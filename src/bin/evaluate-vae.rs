@@ -55,6 +55,8 @@ fn run(args: Args) -> Result<()> {
     io::write_json(&args.common.output, &out)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("evaluate-vae", run)
 }

@@ -140,6 +140,8 @@ fn run(args: Args) -> Result<()> {
     io::write_json(&args.common.output, &report)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("evaluate", run)
 }

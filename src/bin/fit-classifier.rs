@@ -159,6 +159,8 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("fit-classifier", run)
 }

@@ -34,6 +34,8 @@ fn run(args: Args) -> Result<()> {
     trainer::run(&args.flags, &args.common)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("fit-denoiser", run)
 }

@@ -127,6 +127,8 @@ fn run(args: Args) -> Result<()> {
     outputs.commit()
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("guide", run)
 }

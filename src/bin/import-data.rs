@@ -170,6 +170,8 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("import-data", run)
 }

@@ -120,6 +120,8 @@ fn run(args: Args) -> Result<()> {
     outputs.commit()
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("import-text", run)
 }

@@ -187,6 +187,8 @@ fn run(args: Args) -> Result<()> {
     render::write_png(&args.common.output, &fig)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("render-grid", run)
 }

@@ -140,6 +140,8 @@ fn names(
     Ok(v)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("render-plot", run)
 }

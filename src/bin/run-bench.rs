@@ -72,6 +72,8 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("run-bench", run)
 }

@@ -107,6 +107,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &x1)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("sample-fewstep", run)
 }

@@ -135,6 +135,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &tokens::to_array(&rows, cfg.seq_len))
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("simulate-ctmc", run)
 }

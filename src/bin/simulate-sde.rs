@@ -199,6 +199,8 @@ fn time_grid(a: &Args) -> Result<Vec<f64>> {
     }
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("simulate-sde", run)
 }
