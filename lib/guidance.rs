@@ -36,7 +36,6 @@
 
 use anyhow::{anyhow, bail};
 use candle_core::{DType, Device, Tensor};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::fields::{sde_drift, Field};
@@ -419,78 +418,79 @@ pub fn read_labels(path: &str) -> Result<Vec<i64>> {
     Ok(arr.iter().copied().collect())
 }
 
-/// Closed-form conditional flows for tests and 2-D demos: class k's data are N(m_k, s_k² I)
-/// (the last entry is the null label's distribution), each carried along a Gaussian path, so
-/// u_t(x | k) and the score have closed forms (from the Gaussian posterior, with
-/// v = alpha² s² + beta² and r = x - alpha m):
-/// E[z | x] = m + alpha s² r / v, E[eps | x] = beta r / v, u = d_alpha E[z | x] + d_beta E[eps | x],
-/// grad log p_t(x | k) = -r / v. Counts its calls and the rows of the last call.
-pub struct GaussianClasses {
-    /// One mean per class and one for the null label, each of length D.
-    pub means: Vec<Vec<f64>>,
-    pub stds: Vec<f64>,
-    pub path: GaussianPath,
-    pub calls: AtomicUsize,
-    pub last_rows: AtomicUsize,
-}
-
-impl GaussianClasses {
-    pub fn new(means: Vec<Vec<f64>>, stds: Vec<f64>, path: GaussianPath) -> GaussianClasses {
-        GaussianClasses {
-            means,
-            stds,
-            path,
-            calls: AtomicUsize::new(0),
-            last_rows: AtomicUsize::new(0),
-        }
-    }
-
-    /// (velocity, score) of class `k` at the point x (D values) and time t, in f64.
-    pub fn exact(&self, k: usize, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>) {
-        let c = self.path.coefs(t);
-        let s2 = self.stds[k] * self.stds[k];
-        let v = c.alpha * c.alpha * s2 + c.beta * c.beta;
-        let (mut u, mut s) = (Vec::new(), Vec::new());
-        for (xi, mi) in x.iter().zip(&self.means[k]) {
-            let r = xi - c.alpha * mi;
-            u.push(c.d_alpha * (mi + c.alpha * s2 * r / v) + c.d_beta * c.beta * r / v);
-            s.push(-r / v);
-        }
-        (u, s)
-    }
-}
-
-impl ConditionalVelocity for GaussianClasses {
-    fn velocity(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let n = x.dim(0)?;
-        self.last_rows.store(n, Ordering::SeqCst);
-        let xs = x.to_dtype(DType::F64)?.reshape((n, ()))?.to_vec2::<f64>()?;
-        let ts = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let ys = y.to_vec1::<u32>()?;
-        let mut out = Vec::with_capacity(x.elem_count());
-        for i in 0..n {
-            out.extend(self.exact(ys[i] as usize, &xs[i], ts[i]).0);
-        }
-        Ok(Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(x.dtype())?)
-    }
-    fn num_classes(&self) -> usize {
-        self.means.len() - 1
-    }
-    fn gaussian_path(&self) -> Option<GaussianPath> {
-        Some(self.path)
-    }
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        Some(vec![self.means[0].len()])
-    }
-    fn describe(&self) -> String {
-        "gaussian classes".into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A test double with closed forms: class k's data are N(m_k, s_k² I)
+    /// (the last entry is the null label's distribution), each carried along a Gaussian path, so
+    /// u_t(x | k) and the score have closed forms (from the Gaussian posterior, with
+    /// v = alpha² s² + beta² and r = x - alpha m):
+    /// E[z | x] = m + alpha s² r / v, E[eps | x] = beta r / v, u = d_alpha E[z | x] + d_beta E[eps | x],
+    /// grad log p_t(x | k) = -r / v. Counts its calls and the rows of the last call.
+    pub struct GaussianClasses {
+        /// One mean per class and one for the null label, each of length D.
+        pub means: Vec<Vec<f64>>,
+        pub stds: Vec<f64>,
+        pub path: GaussianPath,
+        pub calls: AtomicUsize,
+        pub last_rows: AtomicUsize,
+    }
+
+    impl GaussianClasses {
+        pub fn new(means: Vec<Vec<f64>>, stds: Vec<f64>, path: GaussianPath) -> GaussianClasses {
+            GaussianClasses {
+                means,
+                stds,
+                path,
+                calls: AtomicUsize::new(0),
+                last_rows: AtomicUsize::new(0),
+            }
+        }
+
+        /// (velocity, score) of class `k` at the point x (D values) and time t, in f64.
+        pub fn exact(&self, k: usize, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>) {
+            let c = self.path.coefs(t);
+            let s2 = self.stds[k] * self.stds[k];
+            let v = c.alpha * c.alpha * s2 + c.beta * c.beta;
+            let (mut u, mut s) = (Vec::new(), Vec::new());
+            for (xi, mi) in x.iter().zip(&self.means[k]) {
+                let r = xi - c.alpha * mi;
+                u.push(c.d_alpha * (mi + c.alpha * s2 * r / v) + c.d_beta * c.beta * r / v);
+                s.push(-r / v);
+            }
+            (u, s)
+        }
+    }
+
+    impl ConditionalVelocity for GaussianClasses {
+        fn velocity(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let n = x.dim(0)?;
+            self.last_rows.store(n, Ordering::SeqCst);
+            let xs = x.to_dtype(DType::F64)?.reshape((n, ()))?.to_vec2::<f64>()?;
+            let ts = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            let ys = y.to_vec1::<u32>()?;
+            let mut out = Vec::with_capacity(x.elem_count());
+            for i in 0..n {
+                out.extend(self.exact(ys[i] as usize, &xs[i], ts[i]).0);
+            }
+            Ok(Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(x.dtype())?)
+        }
+        fn num_classes(&self) -> usize {
+            self.means.len() - 1
+        }
+        fn gaussian_path(&self) -> Option<GaussianPath> {
+            Some(self.path)
+        }
+        fn sample_shape(&self) -> Option<Vec<usize>> {
+            Some(vec![self.means[0].len()])
+        }
+        fn describe(&self) -> String {
+            "gaussian classes".into()
+        }
+    }
     use crate::solvers::{solve, solve_batched, uniform_grid, SolveOptions};
     use ndarray::{ArrayD, IxDyn};
 

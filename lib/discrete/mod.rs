@@ -19,6 +19,7 @@ pub mod fit;
 pub mod net;
 pub mod objective;
 pub mod paths;
+pub mod pixels;
 pub mod sample;
 pub mod schedule;
 pub mod tokens;
