@@ -32,8 +32,10 @@ use crate::spec::{self, Keys};
 use crate::Result;
 
 pub mod gaussian;
+pub mod guided;
 pub mod learned;
 pub use gaussian::GaussianTarget;
+pub use guided::{GuidedField, LabelledVelocity};
 pub use learned::{LearnedField, Sigma};
 
 /// The spec forms a field accepts, for `--help` texts.
@@ -375,7 +377,7 @@ pub fn from_json(
             Box::new(Langevin { sigma, density })
         }
         // Classifier-free guidance of a conditional model (keys in crate::guidance).
-        "guided" => Box::new(crate::guidance::from_keys(&mut k, device)?),
+        "guided" => Box::new(guided::from_keys(&mut k, device)?),
         other => bail!("unknown field '{other}' (known: {})", KINDS.join(", ")),
     };
     k.finish()?;

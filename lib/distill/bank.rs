@@ -5,8 +5,8 @@
 use anyhow::bail;
 use candle_core::{Device, Tensor};
 
+use crate::fields::LabelledVelocity;
 use crate::fields::{Field, GaussianTarget};
-use crate::guidance::LabelledVelocity;
 use crate::nn::Learned;
 use crate::rng::{self, Purpose};
 use crate::solvers;

@@ -18,7 +18,7 @@ use super::consistency::consistency_fn;
 use super::flowmap::TwoTime;
 use super::{Bank, Teacher, TeacherField, TeacherSolver};
 use crate::device::{from_tensor, to_tensor};
-use crate::guidance::LabelledVelocity;
+use crate::fields::LabelledVelocity;
 use crate::io::model::{self, ModelFile};
 use crate::nn::{build, Learned, Params, Weights};
 use crate::paths::{GaussianPath, Path};

@@ -36,8 +36,7 @@ use crate::nn;
 use crate::paths::{GaussianPath, Param, Path, TimeDensity};
 use crate::{usage_bail, Result};
 
-/// Default hidden widths of the MLP.
-pub const DEFAULT_HIDDEN: [usize; 4] = [64, 64, 64, 64];
+pub use super::arch::DEFAULT_HIDDEN;
 pub use super::flags::DEFAULT_LR;
 pub const DEFAULT_BATCH: usize = 1000;
 pub const DEFAULT_STEPS: u64 = 5000;
@@ -85,12 +84,6 @@ pub struct FitFlags {
     pub label_dropout: Option<f64>,
     #[command(flatten)]
     pub net: NetFlags,
-    /// Hidden layer widths, comma separated [default: 64,64,64,64]
-    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
-    pub hidden: Option<Vec<usize>>,
-    /// K Fourier features sin/cos(2 pi k t), k = 1..K, appended to [x, t] [default: 0]
-    #[arg(long, value_name = "K")]
-    pub time_features: Option<usize>,
     #[command(flatten)]
     pub optim: OptimFlags,
     /// Density of the training times t: `uniform`, `logit-normal[:M,S]` (sigmoid of N(M, S^2);
@@ -262,7 +255,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
 fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     f.optim.check()?;
     f.run.check()?;
-    if let Some(h) = &f.hidden {
+    if let Some(h) = &f.net.hidden {
         if h.is_empty() || h.contains(&0) {
             usage_bail!("--hidden must list positive widths, got {h:?}");
         }
@@ -279,7 +272,7 @@ fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     if f.sample_grid.is_some() && spec.source.is_some() {
         usage_bail!("--sample-grid samples from N(0, I) noise; it does not go with --source");
     }
-    arch::check_flags(f)?;
+    arch::check_flags(&f.net)?;
     let path = spec_path(spec);
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(
@@ -339,7 +332,7 @@ fn fresh_plan(
     };
     let num_classes = labels.as_ref().map_or(0, |l| l.num_classes);
     Ok(Plan {
-        net: arch::fresh_config(f, data.n, &data.shape, num_classes, &data.name)?,
+        net: arch::fresh_config(&f.net, data.n, &data.shape, num_classes, &data.name)?,
         param: spec.param.unwrap_or(spec.default_param),
         path: spec_path(spec).unwrap_or(default_path),
         data_source,
@@ -427,7 +420,7 @@ fn resumed_plan(
         },
     };
     let s = &plan.opt.schedule;
-    for (flag, key, given, _) in arch::given(f) {
+    for (flag, key, given, _) in arch::given(&f.net) {
         let saved = match (key, &plan.net[key]) {
             ("time_features", Value::Null) => json!(0),
             (_, v) => v.clone(),

@@ -13,7 +13,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
 use super::checkpoint::TrainState;
-use crate::guidance::LabelledVelocity;
+use crate::fields::LabelledVelocity;
 use crate::io::model;
 use crate::io::npy::shape_str;
 use crate::nn::{Learned, Weights};

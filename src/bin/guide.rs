@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, at_least_1, Common};
-use flowpipe::guidance::{self, GuidedField};
+use flowpipe::fields::GuidedField;
+use flowpipe::guidance;
 use flowpipe::io::{self, npy};
 use flowpipe::{usage_bail, Result};
 use ndarray::{ArrayD, IxDyn};
