@@ -113,9 +113,9 @@ pub fn distill_config(config: &Value, name: &str) -> Result<(Method, Value)> {
 mod tests {
     use super::*;
     use crate::fields::GaussianTarget;
+    use crate::paths::GaussianPath;
     use crate::rng::{self, Purpose};
     use candle_core::Device;
-    use crate::paths::GaussianPath;
 
     /// The closed-form flow map of N(0, I) -> N(m, s^2 I) on CondOT: the marginal at t is
     /// N(t m, sd_t^2 I) with sd_t^2 = t^2 s^2 + (1 - t)^2, and the ODE, an affine isotropic
