@@ -30,7 +30,6 @@ pub mod io;
 pub mod memory;
 pub mod nn;
 pub mod noise;
-pub mod noising;
 pub mod paths;
 pub mod progress;
 pub mod render;

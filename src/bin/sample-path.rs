@@ -3,7 +3,7 @@
 use clap::Parser;
 use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::{self, npy};
-use flowpipe::noising;
+use flowpipe::paths::noising;
 use flowpipe::paths::Path;
 use flowpipe::train::fit::PathArg;
 use flowpipe::{usage_bail, Result};
