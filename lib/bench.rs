@@ -457,7 +457,7 @@ pub fn run(
     emit: &mut dyn FnMut(&Value) -> Result<()>,
 ) -> Result<()> {
     // As the trainers do: without it, glibc maps fresh pages for every large buffer.
-    crate::train::keep_freed_memory();
+    crate::memory::keep_freed_memory();
     let wanted = |f: &str| only.is_empty() || only.iter().any(|o| o == f);
     for f in [
         "matmul",

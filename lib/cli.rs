@@ -1,5 +1,7 @@
 //! The shared shape of every tool: common flags, and one `main` that prints errors and picks
-//! the exit code (0 ok or closed downstream pipe, 1 runtime error, 2 usage error).
+//! the exit code (0 ok or closed downstream pipe, 1 runtime error, 2 usage error). clap's own
+//! usage errors are written like ours, on one line: `tool: error: invalid value '0' for
+//! '--steps <STEPS>': must be at least 1`.
 //!
 //! A tool is `#[derive(Parser)] struct Args { #[command(flatten)] common: Common, ... }`,
 //! a `run(args) -> Result<()>`, and `fn main() -> ExitCode { cli::main("tool", run) }`.
@@ -24,7 +26,7 @@ pub struct Common {
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Worker threads [default: all cores]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1::<usize>)]
     pub threads: Option<usize>,
     /// Print nothing on stderr but errors
     #[arg(short, long)]
@@ -52,9 +54,6 @@ impl Common {
 
     fn setup_inner(&self) -> Result<candle_core::Device> {
         if let Some(n) = self.threads {
-            if n == 0 {
-                crate::usage_bail!("--threads must be at least 1");
-            }
             set_threads(n);
         }
         self.device.open()
@@ -87,8 +86,21 @@ pub fn set_threads(n: usize) {
 
 /// Parses `A`, runs the tool, prints `tool: error: ...` on failure and returns the exit code.
 pub fn main<A: Parser>(tool: &str, run: impl FnOnce(A) -> Result<()>) -> ExitCode {
-    let args = A::parse(); // clap prints usage errors itself and exits with code 2
-    crate::train::keep_freed_memory(); // every tool allocates large tensors over and over
+    let args = match A::try_parse() {
+        Ok(a) => a,
+        // --help and --version (on stdout, exit 0), and the help a bare call may show.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("{tool}: error: {}", clap_one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    crate::memory::keep_freed_memory(); // every tool allocates large tensors over and over
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -101,6 +113,47 @@ pub fn main<A: Parser>(tool: &str, run: impl FnOnce(A) -> Result<()>) -> ExitCod
             }
         }
     }
+}
+
+/// A usage error when more than one of `inputs` (paths; `None` for an input not given) is
+/// stdin (`-`): at most one input of a run can be.
+pub fn one_stdin<'a>(inputs: impl IntoIterator<Item = Option<&'a String>>) -> Result<()> {
+    if inputs.into_iter().flatten().filter(|p| *p == "-").count() > 1 {
+        crate::usage_bail!("at most one input can be stdin (`-`)");
+    }
+    Ok(())
+}
+
+/// clap's value parser for a count flag (`u64`, `usize`, `u32`) that must be at least 1, so that
+/// 0 is a usage error before the run starts: `#[arg(value_parser = cli::at_least_1::<usize>)]`.
+pub fn at_least_1<T>(s: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+{
+    let v: T = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if v == T::from(0) {
+        return Err("must be at least 1".to_string());
+    }
+    Ok(v)
+}
+
+/// clap's error on one line, as the house writes errors: its first paragraph (the error and
+/// the arguments it concerns) without the `error: ` prefix, `Usage:` and hints.
+fn clap_one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or("");
+    let joined = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string()
 }
 
 /// Parses a comma-separated list of numbers such as `1,28,28` or `-1,1`.

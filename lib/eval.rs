@@ -31,6 +31,7 @@
 
 pub mod images;
 pub mod linalg;
+pub mod metrics;
 pub mod report;
 
 use anyhow::bail;

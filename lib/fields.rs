@@ -32,8 +32,10 @@ use crate::spec::{self, Keys};
 use crate::Result;
 
 pub mod gaussian;
+pub mod guided;
 pub mod learned;
 pub use gaussian::GaussianTarget;
+pub use guided::{GuidedField, LabelledVelocity};
 pub use learned::{LearnedField, Sigma};
 
 /// The spec forms a field accepts, for `--help` texts.
@@ -69,6 +71,22 @@ pub trait Field {
     fn rows(&self, _start: u64, _len: usize) -> Result<Option<Box<dyn Field + '_>>> {
         Ok(None)
     }
+}
+
+/// The drift of the SDE of notes Theorem 17, u_t(x) + sigma_t²/2 s_t(x), which keeps the
+/// marginals p_t of the flow u for every sigma_t >= 0: `u` (N, ...) the velocity at x, `score`
+/// giving s_t(x) like it, evaluated only when sigma > 0 (the drift is u itself at sigma = 0).
+/// The one place this drift is formed ([`GaussianTarget`], [`LearnedField`] and the guided
+/// field call it).
+pub fn sde_drift(
+    u: &Tensor,
+    sigma: f64,
+    score: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if sigma == 0.0 {
+        return Ok(u.clone());
+    }
+    u + score()?.affine(sigma * sigma / 2.0, 0.0)?
 }
 
 /// dX = mu dt + sigma dW.
@@ -359,7 +377,7 @@ pub fn from_json(
             Box::new(Langevin { sigma, density })
         }
         // Classifier-free guidance of a conditional model (keys in crate::guidance).
-        "guided" => Box::new(crate::guidance::from_keys(&mut k, device)?),
+        "guided" => Box::new(guided::from_keys(&mut k, device)?),
         other => bail!("unknown field '{other}' (known: {})", KINDS.join(", ")),
     };
     k.finish()?;

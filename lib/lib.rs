@@ -30,7 +30,6 @@ pub mod io;
 pub mod memory;
 pub mod nn;
 pub mod noise;
-pub mod noising;
 pub mod paths;
 pub mod progress;
 pub mod render;
@@ -41,9 +40,20 @@ pub mod train;
 
 pub use error::{Result, UsageError};
 
-/// Every tool's allocator: the system's, with large zeroed blocks mapped fresh ([`memory`]).
-#[global_allocator]
-static ALLOCATOR: memory::Allocator = memory::Allocator;
+/// Declares the tools' allocator, [`memory::Allocator`] (the system's, with large zeroed blocks
+/// mapped fresh), as the program's global allocator: one line in each binary,
+/// `flowpipe::tool_allocator!();`. A program that links the library without it keeps its own.
+#[macro_export]
+macro_rules! tool_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::memory::Allocator = $crate::memory::Allocator;
+    };
+}
+
+// The library's own tests run under the tools' allocator (memory's tests check its mappings).
+#[cfg(test)]
+tool_allocator!();
 
 /// The crate version written into every model file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,13 +11,11 @@
 #   metrics.json         per w: classifier-FID, KID, guided accuracy and class histogram of
 #                        L3_EVAL_PER_CLASS fresh samples of every class against the training
 #                        images, with the real test images' figures as the floor (metrics.mk)
-# The default sizes are chosen for about 15 minutes on 2 CPU cores: the U-Net 16,32,64 with one
-# residual layer per level on the 28x28 images (the U-Net takes odd sizes, 28 -> 14 -> 7), batch
-# 64, 800 steps (about 1.9 CPU-seconds a step, ~1 s on 2 cores), 25 Euler steps per grid.
-# Measured 2026-11-25 (release build, AMD EPYC, 2 cores shared with other jobs): the training
-# and the three grids took 33 CPU-minutes (build included), i.e. about 16-17 minutes on two idle
-# cores; the metrics add the classifier (make classifier, once) and 3 x 200 guided samples.
-# The grids show every class recognisably from w = 1 on; w = 3 is the cleanest.
+# The default sizes are chosen for about 15 minutes on 2 CPU cores (what they cost and give: the
+# README's section on the other pipelines): the U-Net 16,32,64 with one residual layer per level
+# on the 28x28 images (the U-Net takes odd sizes, 28 -> 14 -> 7), batch 64, L3_STEPS steps with
+# a cosine decay and logit-normal training times, 25 Euler steps per grid; the metrics add the
+# classifier (make classifier, once) and 3 x 1,000 guided samples (n = 1,000 at each w).
 # Training uses label dropout 0.1 (Algorithm 5), AdamW with weight decay and a linear warm-up, an
 # EMA of the weights (used for sampling), and checkpoints every L3_CKPT_EVERY steps; resume an
 # interrupted run with `fit-velocity ... --resume out/lab3/unet.ckpt.safetensors`.

@@ -21,11 +21,9 @@ use serde_json::{json, Value};
 use super::net::{Denoiser, DenoiserConfig, KIND};
 use super::objective;
 use super::paths::Noise;
-use crate::nn::Params;
 use crate::rng::{self, Purpose};
 use crate::train::checkpoint::{self, TrainState};
-use crate::train::ema::Ema;
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::optim::AdamWConfig;
 use crate::train::trainer::{self, LoopOptions, Summary};
 use crate::Result;
 
@@ -164,24 +162,10 @@ pub fn fit(
             opts.config.seq_len
         );
     }
-    let params = match resume {
-        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, device),
-        None => Params::new(opts.seed, device),
-    };
+    let params = checkpoint::start_params(resume, opts.seed, device);
     let net = Denoiser::new(&opts.config, &params)?;
     let config = opts.model_config(data);
-    let ema = match opts.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, opts.optimizer.clone())?,
-        params,
-        ema,
-    };
-    if let Some(c) = resume {
-        state.restore(c)?;
-    }
+    let mut state = TrainState::fresh_or_resumed(params, opts.optimizer.clone(), opts.ema, resume)?;
     let summary = trainer::run(&mut state, &config, &opts.loop_opts, &mut |step| {
         step_loss(&net, data, opts, step, device)
     })?;
@@ -198,25 +182,10 @@ pub fn resumed_options(
     total_steps: Option<u64>,
     loop_opts: LoopOptions,
 ) -> Result<FitOptions> {
-    let m = checkpoint::model_config(ckpt)?;
-    let name = &ckpt.name;
-    if m["kind"].as_str() != Some(KIND) {
-        bail!(
-            "{name} is a checkpoint of a {} model, not of a denoiser",
-            m["kind"]
-        );
-    }
-    let bad =
-        |what: &str| anyhow::anyhow!("{name}: the checkpoint's config has a bad or missing {what}");
-    let mut optimizer: AdamWConfig = serde_json::from_value(m["train"]["optimizer"].clone())
-        .map_err(|_| bad("train.optimizer"))?;
-    let step = checkpoint::step_of(ckpt)?;
-    if let Some(total) = total_steps {
-        if total < step {
-            crate::usage_bail!("--steps {total} is fewer than the {step} steps {name} has done");
-        }
-        optimizer.schedule.total = total;
-    }
+    let r = checkpoint::Resumed::parse(ckpt, KIND, "a denoiser")?;
+    let (name, m) = (r.name, r.model);
+    let mut optimizer = r.optimizer()?;
+    r.continue_to(total_steps, &mut optimizer)?;
     Ok(FitOptions {
         config: DenoiserConfig::from_json(m, name)?,
         loop_opts: LoopOptions {
@@ -225,12 +194,8 @@ pub fn resumed_options(
             ..loop_opts
         },
         optimizer,
-        batch: m["train"]["batch"]
-            .as_u64()
-            .ok_or_else(|| bad("train.batch"))? as usize,
-        seed: m["train"]["seed"]
-            .as_u64()
-            .ok_or_else(|| bad("train.seed"))?,
+        batch: r.train_u64("batch")? as usize,
+        seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
     })

@@ -15,14 +15,15 @@
 //! - [`fit`]: training and evaluating a denoiser (`fit-denoiser`, `evaluate --model`).
 
 pub mod ctmc;
+pub mod driver;
 pub mod fit;
 pub mod net;
 pub mod objective;
 pub mod paths;
+pub mod pixels;
 pub mod sample;
 pub mod schedule;
 pub mod tokens;
-pub mod trainer;
 
 pub use ctmc::{RateMatrix, Solver};
 pub use net::{Denoiser, DenoiserConfig};

@@ -164,7 +164,7 @@ impl Denoiser {
                 k => Some(LabelEmbedding::new(params, "label_embed", k, d)?),
             },
             blocks: (0..cfg.depth)
-                .map(|i| DitBlock::new(&params.pp("blocks").pp(i.to_string()), &block_cfg))
+                .map(|i| DitBlock::new(&block_cfg, &params.pp("blocks").pp(i.to_string())))
                 .collect::<Result<_>>()?,
             final_modulation: Linear {
                 weight: fin.var("weight", &[2 * d, d], Init::Zeros)?,

@@ -15,13 +15,15 @@
 //! **Binarised images** are tokens too: pixel > threshold -> "1", else "0", (N, C, H, W) ->
 //! (N, C H W), vocabulary {"0", "1", "[MASK]"} without padding.
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use ndarray::{ArrayD, IxDyn};
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 use crate::io::npy::shape_str;
+
+pub use super::pixels::{binarise, downsample, pixels_to_images, tokenise_images};
 use crate::rng::{self, Purpose};
 use crate::Result;
 
@@ -284,57 +286,52 @@ pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usi
     (kept, held)
 }
 
-/// Binarised images (N, C, H, W) -> tokens (N, C H W): 1 where the pixel is above `threshold`.
-pub fn binarise(images: &ArrayD<f32>, threshold: f32) -> ArrayD<i64> {
-    let n = images.shape()[0];
-    let d = images.len() / n.max(1);
-    let flat: Vec<i64> = images.iter().map(|&v| i64::from(v > threshold)).collect();
-    ArrayD::from_shape_vec(IxDyn(&[n, d]), flat).expect("n * d values")
+/// Token sequences made from an input: their vocabulary, the rows of ids, their length L.
+pub struct Tokenised {
+    pub vocab: Vocab,
+    pub rows: Vec<Vec<u32>>,
+    pub len: usize,
 }
 
-/// Average-pools images (N, C, H, W) over k x k blocks -> (N, C, H / k, W / k) (a partial
-/// last block is dropped), to make shorter token sequences.
-pub fn downsample(images: &ArrayD<f32>, k: usize) -> Result<ArrayD<f32>> {
-    let s = images.shape();
-    if s.len() != 4 || k == 0 || s[2] < k || s[3] < k {
-        bail!("cannot pool images {} by {k}", shape_str(s));
+/// The non-empty lines of `text` (named `name`) as sequences of `unit` tokens of length L =
+/// `max_len` (default: the longest line's), padded; lines longer than L are dropped. Encoded
+/// with `vocab` when given (a symbol outside it is an error naming the line), else with the
+/// vocabulary of the kept lines. Also returns the number of non-empty lines and of those
+/// dropped.
+pub fn tokenise_lines(
+    text: &str,
+    vocab: Option<Vocab>,
+    unit: Unit,
+    max_len: Option<usize>,
+    name: &str,
+) -> Result<(Tokenised, usize, usize)> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        bail!("{name} holds no non-empty lines");
     }
-    let (n, c, h, w) = (s[0], s[1], s[2] / k, s[3] / k);
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, h, w]));
-    for ((i, ch, y, x), v) in out
-        .view_mut()
-        .into_dimensionality::<ndarray::Ix4>()
-        .expect("4 axes")
-        .indexed_iter_mut()
-    {
-        let mut sum = 0.0;
-        for dy in 0..k {
-            for dx in 0..k {
-                sum += images[[i, ch, y * k + dy, x * k + dx]];
-            }
-        }
-        *v = sum / (k * k) as f32;
-    }
-    Ok(out)
-}
-
-/// Tokens (N, C H W) of binary pixels -> images (N, C, H, W) in {-1, 1} ([MASK] as 0).
-pub fn pixels_to_images(tokens: &ArrayD<i64>, shape: [usize; 3]) -> Result<ArrayD<f32>> {
-    let n = tokens.shape()[0];
-    let flat: Vec<f32> = tokens
+    let longest = lines
         .iter()
-        .map(|&v| match v {
-            0 => -1.0,
-            1 => 1.0,
-            _ => 0.0,
-        })
+        .map(|l| token_count(l, unit))
+        .max()
+        .unwrap_or(1);
+    let len = max_len.unwrap_or(longest);
+    let kept: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| token_count(l, unit) <= len)
         .collect();
-    ArrayD::from_shape_vec(IxDyn(&[n, shape[0], shape[1], shape[2]]), flat).map_err(|_| {
-        anyhow!(
-            "tokens {} do not make images of shape {shape:?}",
-            shape_str(tokens.shape())
-        )
-    })
+    let vocab = vocab.unwrap_or_else(|| Vocab::from_lines(&kept, unit));
+    let rows = kept
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            vocab
+                .encode(l, len)
+                .with_context(|| format!("{name}, line {}", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dropped = lines.len() - kept.len();
+    Ok((Tokenised { vocab, rows, len }, lines.len(), dropped))
 }
 
 /// The symbol of a free position in a text prompt.

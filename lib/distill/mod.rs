@@ -24,25 +24,23 @@
 //! draws from any student (or from a velocity model with Euler) with each method's multistep
 //! schedule.
 
+pub mod bank;
 pub mod consistency;
 pub mod driver;
 pub mod flowmap;
+pub mod init;
 pub mod reflow;
 pub mod sample;
 pub mod train;
 
-use anyhow::{anyhow, bail};
-use candle_core::{DType, Device, Tensor};
+use anyhow::anyhow;
+use candle_core::Tensor;
 use serde_json::Value;
-use std::collections::HashMap;
 
-use crate::fields::GaussianTarget;
-use crate::io::model::ModelFile;
-use crate::nn::init::EMA_PREFIX;
-use crate::nn::Learned;
-use crate::rng::{self, Purpose};
 use crate::Result;
 
+pub use bank::{draw_rows, Bank, LearnedTeacher, Teacher, TeacherField, TeacherSolver};
+pub use init::{init_from_teacher, teacher_weights};
 pub use sample::{sample, Student};
 pub use train::{train, TrainOptions};
 
@@ -94,290 +92,11 @@ impl Method {
     }
 }
 
-/// The ODE a bank is made from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TeacherSolver {
-    /// 1 evaluation per step
-    Euler,
-    /// 2 evaluations per step, second order
-    Heun,
-}
-
-/// A velocity field to distil: u_t(x | y), guided or not.
-pub trait Teacher {
-    /// u_t(x | y): x (N, ...data_shape), one time t for every row, y (N,) u32 labels or `None`
-    /// (unconditional) -> (N, ...data_shape).
-    fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor>;
-    /// Classes the teacher is conditional on (0: unconditional).
-    fn num_classes(&self) -> usize;
-}
-
-/// The exact field to N(m, s^2 I) (a closed-form teacher for tests); unconditional.
-impl Teacher for GaussianTarget {
-    fn velocity(&self, x: &Tensor, t: f64, _y: Option<&Tensor>) -> Result<Tensor> {
-        Ok(GaussianTarget::velocity(self, x, t)?)
-    }
-    fn num_classes(&self) -> usize {
-        0
-    }
-}
-
-/// A trained velocity model; a conditional one guided at scale w (notes eq. 65):
-/// u~ = (1 - w) u(x | null) + w u(x | y), both branches in one call on [x; x].
-pub struct LearnedTeacher {
-    pub model: Learned,
-    pub guidance: f64,
-}
-
-impl Teacher for LearnedTeacher {
-    fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor> {
-        guided_velocity(&self.model, x, t, y, self.guidance)
-    }
-    fn num_classes(&self) -> usize {
-        self.model.num_classes()
-    }
-}
-
-/// The velocity of `model` at x (N, ...) and one time t, guided with scale `w` towards labels
-/// y (N,) u32 when given (w = 1: the conditional field, one call).
-pub fn guided_velocity(
-    model: &Learned,
-    x: &Tensor,
-    t: f64,
-    y: Option<&Tensor>,
-    w: f64,
-) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    let tt = Tensor::full(t as f32, (n, 1), x.device())?;
-    let v = crate::paths::Param::Velocity;
-    let y = match y {
-        None => return model.predict_as_labelled(v, x, &tt, None),
-        Some(y) if w == 1.0 => return model.predict_as_labelled(v, x, &tt, Some(y)),
-        Some(y) => y,
-    };
-    let null = Tensor::full(model.num_classes() as u32, n, x.device())?;
-    let yy = Tensor::cat(&[&y.to_dtype(DType::U32)?, &null], 0)?;
-    let both = model.predict_as_labelled(
-        v,
-        &Tensor::cat(&[x, x], 0)?,
-        &Tensor::cat(&[&tt, &tt], 0)?,
-        Some(&yy),
-    )?;
-    let (cond, uncond) = (both.narrow(0, 0, n)?, both.narrow(0, n, n)?);
-    Ok(((uncond * (1.0 - w))? + (cond * w)?)?)
-}
-
-/// Teacher trajectories: `states` (M, N + 1, ...data_shape) at t_k = k / N, with one label per
-/// trajectory for a conditional teacher.
-pub struct Bank {
-    pub states: Tensor,
-    /// (M,) u32 labels, or `None` for an unconditional teacher.
-    pub labels: Option<Tensor>,
-    /// N, the teacher's steps.
-    pub steps: usize,
-    pub data_shape: Vec<usize>,
-    /// The teacher's network evaluations spent on the bank.
-    pub nfe: u64,
-}
-
-impl Bank {
-    /// Runs `teacher` from M = `n` noise samples (row i from stream (seed, Noise, i)) over
-    /// `steps` steps of `solver`, `chunk` trajectories at a time; `labels` (n,) when the teacher
-    /// is conditional.
-    #[allow(clippy::too_many_arguments)]
-    pub fn generate(
-        teacher: &dyn Teacher,
-        data_shape: &[usize],
-        n: usize,
-        steps: usize,
-        solver: TeacherSolver,
-        labels: Option<&[u32]>,
-        seed: u64,
-        chunk: usize,
-        device: &Device,
-    ) -> Result<Bank> {
-        if n == 0 || steps == 0 {
-            bail!("a bank needs at least one trajectory and one step");
-        }
-        let dim: usize = data_shape.iter().product();
-        let h = 1.0 / steps as f64;
-        let mut parts = Vec::new();
-        let mut nfe = 0u64;
-        for start in (0..n).step_by(chunk.max(1)) {
-            let len = chunk.max(1).min(n - start);
-            let noise = rng::normal_rows(seed, Purpose::Noise, start as u64, len, dim);
-            let mut shape = vec![len];
-            shape.extend_from_slice(data_shape);
-            let mut x = Tensor::from_vec(noise, shape, device)?;
-            let y = match labels {
-                Some(l) => Some(Tensor::from_slice(&l[start..start + len], len, device)?),
-                None => None,
-            };
-            let mut states = vec![x.clone()];
-            for k in 0..steps {
-                let t = k as f64 * h;
-                let k1 = teacher.velocity(&x, t, y.as_ref())?;
-                x = match solver {
-                    TeacherSolver::Euler => (&x + (k1 * h)?)?,
-                    TeacherSolver::Heun => {
-                        let pred = (&x + (&k1 * h)?)?;
-                        let k2 = teacher.velocity(&pred, t + h, y.as_ref())?;
-                        (&x + ((k1 + k2)? * (h / 2.0))?)?
-                    }
-                };
-                x = x.detach();
-                states.push(x.clone());
-            }
-            nfe += (len * steps * if solver == TeacherSolver::Heun { 2 } else { 1 }) as u64;
-            parts.push(Tensor::stack(&states, 1)?);
-        }
-        let states = Tensor::cat(&parts, 0)?;
-        let finite = states.abs()?.max_all()?.to_scalar::<f32>()?.is_finite();
-        if !finite {
-            bail!("the teacher's trajectories blew up (not finite)");
-        }
-        let labels = match labels {
-            Some(l) => Some(Tensor::from_slice(&l[..n], n, device)?),
-            None => None,
-        };
-        Ok(Bank {
-            states,
-            labels,
-            steps,
-            data_shape: data_shape.to_vec(),
-            nfe,
-        })
-    }
-
-    /// The number of trajectories M.
-    pub fn len(&self) -> usize {
-        self.states.dims()[0]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The states of trajectories `rows` at grid indices `ks` (one per row): (B, ...data_shape).
-    pub fn at(&self, rows: &[usize], ks: &[usize]) -> Result<Tensor> {
-        let t = self.steps + 1;
-        let idx: Vec<u32> = rows
-            .iter()
-            .zip(ks)
-            .map(|(&i, &k)| (i * t + k) as u32)
-            .collect();
-        let flat = self.states.flatten_to(1)?;
-        let m = self.len();
-        let flat = flat.reshape((m * t, ()))?;
-        let picked = flat.index_select(&Tensor::new(idx, self.states.device())?, 0)?;
-        let mut shape = vec![rows.len()];
-        shape.extend_from_slice(&self.data_shape);
-        Ok(picked.reshape(shape)?)
-    }
-
-    /// The labels of trajectories `rows` (B,) u32, when the teacher is conditional.
-    pub fn labels_of(&self, rows: &[usize]) -> Result<Option<Tensor>> {
-        match &self.labels {
-            None => Ok(None),
-            Some(l) => {
-                let idx: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
-                Ok(Some(l.index_select(&Tensor::new(idx, l.device())?, 0)?))
-            }
-        }
-    }
-}
-
-/// `b` trajectory indices in 0..m for training step `step` (stream (seed, Shuffle, step)).
-pub fn draw_rows(seed: u64, step: u64, b: usize, m: usize) -> Vec<usize> {
-    use rand::Rng;
-    let mut r = rng::stream(seed, Purpose::Shuffle, step);
-    (0..b).map(|_| r.random_range(0..m)).collect()
-}
-
 /// One value per row, shaped (B, 1, ..., 1) to broadcast against x (B, ...).
 pub fn per_row(values: &[f32], like: &Tensor) -> Result<Tensor> {
     let mut shape = vec![values.len()];
     shape.extend(std::iter::repeat_n(1, like.rank() - 1));
     Ok(Tensor::from_slice(values, shape, like.device())?.to_dtype(like.dtype())?)
-}
-
-/// A teacher's weights for a student to start from: the EMA weights when the file has them,
-/// else the raw ones, by parameter name.
-pub fn teacher_weights(model: &ModelFile) -> HashMap<String, Tensor> {
-    let has_ema = model.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
-    model
-        .tensors
-        .iter()
-        .filter_map(|(k, v)| match (has_ema, k.strip_prefix(EMA_PREFIX)) {
-            (true, Some(name)) => Some((name.to_string(), v.clone())),
-            (false, None) => Some((k.clone(), v.clone())),
-            _ => None,
-        })
-        .filter(|(k, _)| !k.starts_with("adam."))
-        .collect()
-}
-
-/// The teacher's weights reshaped for a student whose parameters have `shapes` (from a fresh
-/// build): equal shapes are copied; an axis one longer than the teacher's (the flow map's extra
-/// input channel, appended after the `channels` data channels) gets a zero slice inserted at
-/// index `channels`, so the extra input starts with no effect. A parameter that fits neither
-/// way keeps its fresh initialisation and is listed in the second value.
-pub fn init_from_teacher(
-    teacher: &HashMap<String, Tensor>,
-    shapes: &[(String, Vec<usize>)],
-    fresh: &HashMap<String, Tensor>,
-    channels: usize,
-) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
-    let mut out = HashMap::new();
-    let mut fresh_names = Vec::new();
-    for (name, shape) in shapes {
-        let fresh_t = fresh
-            .get(name)
-            .ok_or_else(|| anyhow!("no fresh value for {name}"))?;
-        let Some(t) = teacher.get(name) else {
-            fresh_names.push(name.clone());
-            out.insert(name.clone(), fresh_t.clone());
-            continue;
-        };
-        match pad_to(t, shape, channels)? {
-            Some(p) => {
-                out.insert(name.clone(), p);
-            }
-            None => {
-                fresh_names.push(name.clone());
-                out.insert(name.clone(), fresh_t.clone());
-            }
-        }
-    }
-    Ok((out, fresh_names))
-}
-
-/// `t` grown to `shape` by inserting a zero slice at index `at` of every axis that is one
-/// longer; `None` when the shapes differ otherwise.
-fn pad_to(t: &Tensor, shape: &[usize], at: usize) -> Result<Option<Tensor>> {
-    if t.dims() == shape {
-        return Ok(Some(t.clone()));
-    }
-    if t.rank() != shape.len() {
-        return Ok(None);
-    }
-    let mut t = t.clone();
-    for (axis, &want) in shape.iter().enumerate() {
-        let have = t.dim(axis)?;
-        if have == want {
-            continue;
-        }
-        if want != have + 1 || at > have {
-            return Ok(None);
-        }
-        let mut zshape = t.dims().to_vec();
-        zshape[axis] = 1;
-        let zeros = Tensor::zeros(zshape, t.dtype(), t.device())?;
-        let head = t.narrow(axis, 0, at)?;
-        let tail = t.narrow(axis, at, have - at)?;
-        t = Tensor::cat(&[&head, &zeros, &tail], axis)?;
-    }
-    Ok(Some(t))
 }
 
 /// The config entry `distill` of a student file: method, teacher, guidance, schedule.
@@ -393,7 +112,10 @@ pub fn distill_config(config: &Value, name: &str) -> Result<(Method, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fields::GaussianTarget;
     use crate::paths::GaussianPath;
+    use crate::rng::{self, Purpose};
+    use candle_core::Device;
 
     /// The closed-form flow map of N(0, I) -> N(m, s^2 I) on CondOT: the marginal at t is
     /// N(t m, sd_t^2 I) with sd_t^2 = t^2 s^2 + (1 - t)^2, and the ODE, an affine isotropic
@@ -535,20 +257,5 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-6);
-    }
-
-    #[test]
-    fn padding_inserts_a_zero_slice_at_the_data_channels() {
-        let t = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
-        let p = pad_to(&t, &[3, 4], 2).unwrap().unwrap();
-        assert_eq!(
-            p.to_vec2::<f32>().unwrap(),
-            vec![
-                vec![1.0, 2.0, 0.0, 3.0],
-                vec![4.0, 5.0, 0.0, 6.0],
-                vec![0.0, 0.0, 0.0, 0.0]
-            ]
-        );
-        assert!(pad_to(&t, &[2, 5], 2).unwrap().is_none());
     }
 }

@@ -16,12 +16,14 @@ use serde_json::Value;
 
 use super::consistency::consistency_fn;
 use super::flowmap::TwoTime;
-use super::{guided_velocity, Bank, Teacher, TeacherSolver};
+use super::{Bank, Teacher, TeacherField, TeacherSolver};
 use crate::device::{from_tensor, to_tensor};
+use crate::fields::LabelledVelocity;
 use crate::io::model::{self, ModelFile};
 use crate::nn::{build, Learned, Params, Weights};
 use crate::paths::{GaussianPath, Path};
 use crate::rng::{self, Purpose};
+use crate::solvers;
 use crate::train::checkpoint::TrainState;
 use crate::Result;
 
@@ -155,7 +157,12 @@ impl Student {
 impl Teacher for Student {
     fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor> {
         match self {
-            Student::Velocity { model, guidance } => guided_velocity(model, x, t, y, *guidance),
+            Student::Velocity { model, guidance } => LabelledVelocity {
+                model,
+                labels: y,
+                scale: *guidance,
+            }
+            .velocity(x, t),
             _ => bail!("only a velocity model is a field to integrate"),
         }
     }
@@ -182,9 +189,12 @@ pub fn sample(
     let mut x = x0.clone();
     match student {
         Student::Velocity { .. } => {
+            let field = TeacherField {
+                teacher: student,
+                labels: y,
+            };
             for k in 0..steps {
-                let u = student.velocity(&x, k as f64 * h, y)?;
-                x = (&x + (u * h)?)?.detach();
+                x = solvers::euler_step(&field, &x, k as f64 * h, h)?.detach();
             }
         }
         Student::FlowMap { net, .. } => {

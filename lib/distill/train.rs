@@ -10,8 +10,7 @@ use super::{consistency, reflow, Bank, Method};
 use crate::nn::{build, FieldNet, Params};
 use crate::paths::Path;
 use crate::train::checkpoint::TrainState;
-use crate::train::ema::Ema;
-use crate::train::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use crate::train::optim::{AdamWConfig, Decay, Schedule};
 use crate::train::trainer::{self, LoopOptions};
 use crate::Result;
 
@@ -106,15 +105,8 @@ pub fn train(
         decay: opts.decay,
         total: opts.steps,
     };
-    let ema = match opts.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, AdamWConfig::new(schedule, 0.0))?,
-        params,
-        ema,
-    };
+    let mut state =
+        TrainState::fresh_or_resumed(params, AdamWConfig::new(schedule, 0.0), opts.ema, None)?;
     let lopts = LoopOptions {
         total_steps: opts.steps,
         log: opts.log.clone(),

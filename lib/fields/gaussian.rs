@@ -53,13 +53,7 @@ impl GaussianTarget {
 
 impl Field for GaussianTarget {
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let u = self.velocity(x, t)?;
-        if self.sigma == 0.0 {
-            return Ok(u);
-        }
-        u + self
-            .score(x, t)?
-            .affine(self.sigma * self.sigma / 2.0, 0.0)?
+        super::sde_drift(&self.velocity(x, t)?, self.sigma, || self.score(x, t))
     }
 
     fn diffusion(&self, _t: f64) -> f64 {

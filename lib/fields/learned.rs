@@ -118,16 +118,13 @@ impl Field for LearnedField {
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let tt = self.time(t)?;
         let u = self.velocity.velocity(x, &tt).map_err(to_candle)?;
-        let sigma = self.diffusion(t);
-        if sigma == 0.0 {
-            return Ok(u);
-        }
-        let s = match &self.score {
-            ScoreSource::Model(m) => m.score(x, &tt),
-            ScoreSource::FromVelocity => self.velocity.0.score(x, &tt),
-        }
-        .map_err(to_candle)?;
-        u + s.affine(sigma * sigma / 2.0, 0.0)?
+        super::sde_drift(&u, self.diffusion(t), || {
+            match &self.score {
+                ScoreSource::Model(m) => m.score(x, &tt),
+                ScoreSource::FromVelocity => self.velocity.0.score(x, &tt),
+            }
+            .map_err(to_candle)
+        })
     }
 
     fn diffusion(&self, t: f64) -> f64 {

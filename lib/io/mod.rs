@@ -115,11 +115,7 @@ pub fn open_input(path: &str) -> Result<Box<dyn Read>> {
 pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
     #[cfg(target_os = "linux")]
     {
-        extern "C" {
-            fn fcntl(fd: i32, cmd: i32, ...) -> i32;
-        }
-        const F_GETPIPE_SZ: i32 = 1032;
-        const F_SETPIPE_SZ: i32 = 1031;
+        use libc::{fcntl, F_GETPIPE_SZ, F_SETPIPE_SZ};
         let fd = fd.as_raw_fd();
         // SAFETY: both commands only read or set the size of a pipe's buffer; on anything
         // that is not a pipe they fail with EBADF or EINVAL, which is ignored.

@@ -203,7 +203,7 @@ pub struct DitBlock {
 
 impl DitBlock {
     /// Names under `params`: `modulation`, `qkv`, `proj`, `fc1`, `fc2`.
-    pub fn new(params: &Params, cfg: &DitConfig) -> Result<DitBlock> {
+    pub fn new(cfg: &DitConfig, params: &Params) -> Result<DitBlock> {
         let d = cfg.width;
         Ok(DitBlock {
             modulation: zero_linear(params, "modulation", d, 6 * d)?,
@@ -271,7 +271,7 @@ impl Dit {
                 k => Some(LabelEmbedding::new(params, "label_embed", k, d)?),
             },
             blocks: (0..cfg.depth)
-                .map(|i| DitBlock::new(&params.pp("blocks").pp(i.to_string()), cfg))
+                .map(|i| DitBlock::new(cfg, &params.pp("blocks").pp(i.to_string())))
                 .collect::<Result<_>>()?,
             final_modulation: zero_linear(&fin, "modulation", d, 2 * d)?,
             final_fc1: linear(&fin, "fc1", d, d)?,

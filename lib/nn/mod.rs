@@ -12,8 +12,9 @@
 //! Layers follow candle-nn's style: a struct built by a constructor taking the `Params` and a
 //! name, with a `forward`. Architectures: [`mlp`] (Lab 2), and Lab 3's [`cmlp`] (conditional
 //! MLP for 2-D checks), [`unet`] and [`dit`] (diffusion transformer), built from [`layers`] and
-//! [`embed`]. They use only device-generic tensor ops (no CPU-only paths; index tensors are
-//! built on the host and moved), so the same code serves the CPU and CUDA.
+//! [`embed`]. Their fused kernels ([`ops`]) serve f32 tensors on the CPU and hand any other
+//! tensor to candle's own operations; the rest is device-generic (index tensors are built on
+//! the host and moved), so the same code serves the CPU and CUDA.
 
 pub mod classifier;
 pub mod cmlp;

@@ -46,6 +46,7 @@
 mod config;
 mod gaussian;
 mod interpolant;
+pub mod noising;
 mod param;
 mod schedule;
 mod time;

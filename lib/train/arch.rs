@@ -6,9 +6,9 @@
 //! the part of a model file's config that rebuilds the network ([`crate::nn::build`]). On
 //! resume the checkpoint's config wins and [`given`] lists the flags to compare against it.
 
+use crate::cli::at_least_1;
 use serde_json::{json, Value};
 
-use super::fit::FitFlags;
 use crate::nn::{Activation, CmlpConfig, DitConfig, MlpConfig, UNetConfig};
 use crate::{usage_bail, Result};
 
@@ -36,6 +36,9 @@ impl ArchArg {
     }
 }
 
+/// Default hidden widths of the MLP.
+pub const DEFAULT_HIDDEN: [usize; 4] = [64, 64, 64, 64];
+
 /// The architecture flags (all optional: defaults depend on the data, and a resumed run keeps
 /// its checkpoint's).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -51,24 +54,29 @@ pub struct NetFlags {
     #[arg(long, value_name = "B")]
     pub blocks: Option<usize>,
     /// DiT patch size, dividing H and W [default: 2]
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = at_least_1::<usize>)]
     pub patch: Option<usize>,
     /// DiT token width [default: 256]
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = at_least_1::<usize>)]
     pub width: Option<usize>,
     /// DiT transformer blocks [default: 6]
     #[arg(long, value_name = "L")]
     pub depth: Option<usize>,
     /// DiT attention heads, dividing the width [default: 4]
-    #[arg(long, value_name = "H")]
+    #[arg(long, value_name = "H", value_parser = at_least_1::<usize>)]
     pub heads: Option<usize>,
+    /// MLP hidden layer widths, comma separated [default: 64,64,64,64]
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+    pub hidden: Option<Vec<usize>>,
+    /// MLP: K Fourier features sin/cos(2 pi k t), k = 1..K, appended to [x, t] [default: 0]
+    #[arg(long, value_name = "K")]
+    pub time_features: Option<usize>,
 }
 
 /// Every architecture flag that was given: (flag, config key, value, the architectures it
 /// applies to).
-pub fn given(f: &FitFlags) -> Vec<(&'static str, &'static str, Value, &'static [ArchArg])> {
+pub fn given(n: &NetFlags) -> Vec<(&'static str, &'static str, Value, &'static [ArchArg])> {
     use ArchArg::*;
-    let n = &f.net;
     let mut v = Vec::new();
     let mut add = |flag, key, val: Option<Value>, archs: &'static [ArchArg]| {
         if let Some(val) = val {
@@ -84,13 +92,13 @@ pub fn given(f: &FitFlags) -> Vec<(&'static str, &'static str, Value, &'static [
     add(
         "--hidden",
         "hidden",
-        f.hidden.as_ref().map(|h| json!(h)),
+        n.hidden.as_ref().map(|h| json!(h)),
         &[Mlp, Cmlp],
     );
     add(
         "--time-features",
         "time_features",
-        f.time_features.map(|k| json!(k)),
+        n.time_features.map(|k| json!(k)),
         &[Mlp, Cmlp],
     );
     add(
@@ -113,20 +121,10 @@ pub fn given(f: &FitFlags) -> Vec<(&'static str, &'static str, Value, &'static [
 }
 
 /// Usage errors in the architecture flags alone: zero sizes.
-pub fn check_flags(f: &FitFlags) -> Result<()> {
-    let n = &f.net;
+pub fn check_flags(n: &NetFlags) -> Result<()> {
     if let Some(c) = &n.channels {
         if c.is_empty() || c.contains(&0) {
             usage_bail!("--channels must list positive channel counts, got {c:?}");
-        }
-    }
-    for (flag, v) in [
-        ("--patch", n.patch),
-        ("--width", n.width),
-        ("--heads", n.heads),
-    ] {
-        if v == Some(0) {
-            usage_bail!("{flag} must be at least 1");
         }
     }
     Ok(())
@@ -135,13 +133,13 @@ pub fn check_flags(f: &FitFlags) -> Result<()> {
 /// The architecture config of a fresh run on `n` samples of `shape` from `data` (a file name,
 /// for errors) with `num_classes` classes (0: no labels).
 pub fn fresh_config(
-    f: &FitFlags,
+    f: &NetFlags,
     n: usize,
     shape: &[usize],
     num_classes: usize,
     data: &str,
 ) -> Result<Value> {
-    let arch = match (f.net.arch, shape.len()) {
+    let arch = match (f.arch, shape.len()) {
         (Some(a), _) => a,
         (None, 1) if num_classes > 0 => ArchArg::Cmlp,
         (None, 1) => ArchArg::Mlp,
@@ -172,10 +170,7 @@ pub fn fresh_config(
     };
     let mlp = |dim| MlpConfig {
         dim,
-        hidden: f
-            .hidden
-            .clone()
-            .unwrap_or(super::fit::DEFAULT_HIDDEN.to_vec()),
+        hidden: f.hidden.clone().unwrap_or(DEFAULT_HIDDEN.to_vec()),
         activation: Activation::Silu,
         time_features: f.time_features.unwrap_or(0),
     };
@@ -195,10 +190,10 @@ pub fn fresh_config(
         .to_json(),
         ArchArg::Unet => {
             let mut c = UNetConfig::lab(image()?, num_classes);
-            if let Some(ch) = &f.net.channels {
+            if let Some(ch) = &f.channels {
                 c.channels = ch.clone();
             }
-            c.blocks_per_level = f.net.blocks.unwrap_or(c.blocks_per_level);
+            c.blocks_per_level = f.blocks.unwrap_or(c.blocks_per_level);
             c.groups = [8, 4, 2, 1]
                 .into_iter()
                 .find(|g| c.channels.iter().all(|ch| ch % g == 0))
@@ -208,7 +203,7 @@ pub fn fresh_config(
             v
         }
         ArchArg::Dit => {
-            let n = &f.net;
+            let n = f;
             let v = DitConfig {
                 data_shape: image()?,
                 patch_size: n.patch.unwrap_or(2),

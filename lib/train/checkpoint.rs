@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 
 use super::ema::Ema;
-use super::optim::AdamW;
+use super::optim::{AdamW, AdamWConfig};
 use crate::io::model::{self, ModelFile};
 use crate::nn::Params;
 use crate::Result;
@@ -35,6 +35,30 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// The state of a run, fresh or resumed: the optimiser `opt` over `params` (already built
+    /// into the network, see [`start_params`]), their EMA with decay `ema` when kept, and, when
+    /// the run continues the checkpoint `resume`, its optimiser moments, step and EMA restored.
+    pub fn fresh_or_resumed(
+        params: Params,
+        opt: AdamWConfig,
+        ema: Option<f64>,
+        resume: Option<&ModelFile>,
+    ) -> Result<TrainState> {
+        let ema = match ema {
+            Some(d) => Some(Ema::new(&params, d)?),
+            None => None,
+        };
+        let mut state = TrainState {
+            opt: AdamW::new(&params, opt)?,
+            params,
+            ema,
+        };
+        if let Some(c) = resume {
+            state.restore(c)?;
+        }
+        Ok(state)
+    }
+
     /// The optimiser steps taken so far.
     pub fn step(&self) -> u64 {
         self.opt.step_count()
@@ -63,6 +87,83 @@ impl TrainState {
         self.opt.restore(&ckpt.tensors, step, &ckpt.name)?;
         if let Some(ema) = &mut self.ema {
             ema.restore(&ckpt.tensors, &ckpt.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// The weights a run starts from: the checkpoint's when it resumes `resume`, else fresh ones
+/// keyed by `seed` (created as the network is built on them).
+pub fn start_params(resume: Option<&ModelFile>, seed: u64, device: &Device) -> Params {
+    match resume {
+        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, device),
+        None => Params::new(seed, device),
+    }
+}
+
+/// What a checkpoint says about the run it continues, checked: the one parser of a resumed
+/// run's checkpoint that every trainer starts from.
+pub struct Resumed<'a> {
+    /// The checkpoint's name, for messages.
+    pub name: &'a str,
+    /// The config of the model being trained (with its `"train"` arguments).
+    pub model: &'a Value,
+    /// The step the checkpoint was written at.
+    pub step: u64,
+}
+
+impl<'a> Resumed<'a> {
+    /// Parses `ckpt` as a checkpoint of a model of kind `kind` (`what` names it in the error,
+    /// e.g. "a velocity model").
+    pub fn parse(ckpt: &'a ModelFile, kind: &str, what: &str) -> Result<Resumed<'a>> {
+        let name = ckpt.name.as_str();
+        let model = model_config(ckpt)?;
+        if model["kind"].as_str() != Some(kind) {
+            bail!(
+                "{name} is a checkpoint of a {} model, not of {what}",
+                model["kind"].as_str().unwrap_or("unknown")
+            );
+        }
+        Ok(Resumed {
+            name,
+            model,
+            step: step_of(ckpt)?,
+        })
+    }
+
+    /// The error for a config entry `what` that is missing or not what it should be.
+    pub fn bad(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "{}: the checkpoint's config has a bad or missing {what}",
+            self.name
+        )
+    }
+
+    /// `train.<key>` of the config as a count.
+    pub fn train_u64(&self, key: &str) -> Result<u64> {
+        self.model["train"][key]
+            .as_u64()
+            .ok_or_else(|| self.bad(&format!("train.{key}")))
+    }
+
+    /// The optimiser settings saved in `train.optimizer`.
+    pub fn optimizer(&self) -> Result<AdamWConfig> {
+        serde_json::from_value(self.model["train"]["optimizer"].clone())
+            .map_err(|_| self.bad("train.optimizer"))
+    }
+
+    /// Sets the total steps of the continued run in `opt` to `--steps` when given: a usage
+    /// error when it is fewer than the steps done (the saved total stays otherwise).
+    pub fn continue_to(&self, steps: Option<u64>, opt: &mut AdamWConfig) -> Result<()> {
+        if let Some(total) = steps {
+            if total < self.step {
+                crate::usage_bail!(
+                    "--steps {total} is fewer than the {} steps {} has done",
+                    self.step,
+                    self.name
+                );
+            }
+            opt.schedule.total = total;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::checkpoint::TrainState;
 use super::losses::Dataset;
-use super::optim::{AdamW, AdamWConfig};
+use super::optim::AdamWConfig;
 use super::trainer::{self, LoopOptions};
 use crate::io::npy::shape_str;
 use crate::nn::classifier::{self, Classifier, ClassifierConfig};
@@ -148,11 +148,7 @@ pub fn fit(
         "data": {"file": train.images.name, "n": train.images.n,
                  "fingerprint": train.images.fingerprint()},
     });
-    let mut state = TrainState {
-        opt: AdamW::new(&params, opts.optimizer.clone())?,
-        params,
-        ema: None,
-    };
+    let mut state = TrainState::fresh_or_resumed(params, opts.optimizer.clone(), None, None)?;
     let summary = trainer::run(&mut state, &config, &opts.loop_opts, &mut |step| {
         loss(&net, train, opts.batch, opts.seed, step, device)
     })?;
@@ -176,7 +172,7 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::optim::{Decay, Schedule};
+    use crate::train::optim::{AdamW, Decay, Schedule};
 
     /// Two classes of 1x8x8 images: a bright left half or a bright top half, plus noise.
     pub fn two_patterns(n: usize, seed: u64) -> (ArrayD<f32>, ArrayD<i64>) {

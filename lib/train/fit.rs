@@ -18,26 +18,25 @@
 //!
 //! `--sample-grid` draws samples of the model at each checkpoint step ([`super::preview`]).
 
+use crate::cli::at_least_1;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
 use super::arch::{self, NetFlags};
 use super::checkpoint::{self, TrainState};
-use super::ema::Ema;
 use super::flags::{OptimFlags, RunFlags};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
-use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use super::optim::{AdamWConfig, Decay, Schedule};
 use super::preview::Preview;
 use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
 use crate::io::npy::{self, shape_str};
-use crate::nn::{self, Params};
+use crate::nn;
 use crate::paths::{GaussianPath, Param, Path, TimeDensity};
 use crate::{usage_bail, Result};
 
-/// Default hidden widths of the MLP.
-pub const DEFAULT_HIDDEN: [usize; 4] = [64, 64, 64, 64];
+pub use super::arch::DEFAULT_HIDDEN;
 pub use super::flags::DEFAULT_LR;
 pub const DEFAULT_BATCH: usize = 1000;
 pub const DEFAULT_STEPS: u64 = 5000;
@@ -77,7 +76,7 @@ pub struct FitFlags {
     #[arg(long, value_name = "PATH")]
     pub labels: Option<String>,
     /// K, the number of classes [default: the largest label + 1]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     pub num_classes: Option<usize>,
     /// Probability eta of replacing a label by the null label, so that the model also learns
     /// u(x | null) for classifier-free guidance [default: 0.1 with --labels]
@@ -85,12 +84,6 @@ pub struct FitFlags {
     pub label_dropout: Option<f64>,
     #[command(flatten)]
     pub net: NetFlags,
-    /// Hidden layer widths, comma separated [default: 64,64,64,64]
-    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
-    pub hidden: Option<Vec<usize>>,
-    /// K Fourier features sin/cos(2 pi k t), k = 1..K, appended to [x, t] [default: 0]
-    #[arg(long, value_name = "K")]
-    pub time_features: Option<usize>,
     #[command(flatten)]
     pub optim: OptimFlags,
     /// Density of the training times t: `uniform`, `logit-normal[:M,S]` (sigmoid of N(M, S^2);
@@ -106,10 +99,10 @@ pub struct FitFlags {
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
     /// Minibatch size [default: 1000]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 5000, or the checkpoint's when resuming]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<u64>)]
     pub steps: Option<u64>,
     #[command(flatten)]
     pub run: RunFlags,
@@ -118,10 +111,10 @@ pub struct FitFlags {
     #[arg(long, value_name = "PATH")]
     pub sample_grid: Option<String>,
     /// Samples per row of --sample-grid
-    #[arg(long, default_value_t = 8, value_name = "K")]
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = at_least_1::<usize>)]
     pub grid_cols: usize,
     /// Euler steps of the --sample-grid samples
-    #[arg(long, default_value_t = 20, value_name = "STEPS")]
+    #[arg(long, default_value_t = 20, value_name = "STEPS", value_parser = at_least_1::<usize>)]
     pub grid_steps: usize,
 }
 
@@ -204,24 +197,11 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         None => None,
     };
 
-    let params = match &ckpt {
-        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, &device),
-        None => Params::new(plan.seed, &device),
-    };
+    let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
     let net =
         nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?;
-    let ema = match plan.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, plan.opt.clone())?,
-        params,
-        ema,
-    };
-    if let Some(c) = &ckpt {
-        state.restore(c)?;
-    }
+    let mut state =
+        TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
     common.explain(format!(
         "{} parameters ({}); {} on the {} path, {} steps from step {}",
         state.params.count(),
@@ -275,13 +255,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
 fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     f.optim.check()?;
     f.run.check()?;
-    if f.batch == Some(0) {
-        usage_bail!("--batch must be at least 1");
-    }
-    if f.steps == Some(0) {
-        usage_bail!("--steps must be at least 1");
-    }
-    if let Some(h) = &f.hidden {
+    if let Some(h) = &f.net.hidden {
         if h.is_empty() || h.contains(&0) {
             usage_bail!("--hidden must list positive widths, got {h:?}");
         }
@@ -294,17 +268,11 @@ fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
     if f.labels.is_none() && (f.label_dropout.is_some() || f.num_classes.is_some()) {
         usage_bail!("--label-dropout and --num-classes need --labels");
     }
-    if f.num_classes == Some(0) {
-        usage_bail!("--num-classes must be at least 1");
-    }
-    if f.grid_cols == 0 || f.grid_steps == 0 {
-        usage_bail!("--grid-cols and --grid-steps must be at least 1");
-    }
     crate::io::check_output_opt(&f.sample_grid, true)?;
     if f.sample_grid.is_some() && spec.source.is_some() {
         usage_bail!("--sample-grid samples from N(0, I) noise; it does not go with --source");
     }
-    arch::check_flags(f)?;
+    arch::check_flags(&f.net)?;
     let path = spec_path(spec);
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(
@@ -364,7 +332,7 @@ fn fresh_plan(
     };
     let num_classes = labels.as_ref().map_or(0, |l| l.num_classes);
     Ok(Plan {
-        net: arch::fresh_config(f, data.n, &data.shape, num_classes, &data.name)?,
+        net: arch::fresh_config(&f.net, data.n, &data.shape, num_classes, &data.name)?,
         param: spec.param.unwrap_or(spec.default_param),
         path: spec_path(spec).unwrap_or(default_path),
         data_source,
@@ -423,16 +391,9 @@ fn resumed_plan(
     source: Option<&Dataset>,
     labels: &Option<Labels>,
 ) -> Result<Plan> {
-    let name = &ckpt.name;
-    let m = checkpoint::model_config(ckpt)?;
-    let bad = |what: &str| anyhow!("{name}: the checkpoint's config has a bad or missing {what}");
-    if m["kind"].as_str() != Some(spec.kind) {
-        bail!(
-            "{name} is a checkpoint of a {} model, not of a {} model",
-            m["kind"].as_str().unwrap_or("unknown"),
-            spec.kind
-        );
-    }
+    let r = checkpoint::Resumed::parse(ckpt, spec.kind, &format!("a {} model", spec.kind))?;
+    let (name, m) = (r.name, r.model);
+    let bad = |what: &str| r.bad(what);
     let mut net = m.clone();
     if let Some(o) = net.as_object_mut() {
         o.remove("train");
@@ -445,14 +406,9 @@ fn resumed_plan(
             .ok_or_else(|| bad("parametrisation"))?,
         path: Path::from_json(&m["path"]).map_err(|e| anyhow!("{name}: {e}"))?,
         data_source: m["source"].as_str() == Some("data"),
-        opt: serde_json::from_value(m["train"]["optimizer"].clone())
-            .map_err(|_| bad("train.optimizer"))?,
-        batch: m["train"]["batch"]
-            .as_u64()
-            .ok_or_else(|| bad("train.batch"))? as usize,
-        seed: m["train"]["seed"]
-            .as_u64()
-            .ok_or_else(|| bad("train.seed"))?,
+        opt: r.optimizer()?,
+        batch: r.train_u64("batch")? as usize,
+        seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
         // Checkpoints from before the flag trained with uniform times.
@@ -464,7 +420,7 @@ fn resumed_plan(
         },
     };
     let s = &plan.opt.schedule;
-    for (flag, key, given, _) in arch::given(f) {
+    for (flag, key, given, _) in arch::given(&f.net) {
         let saved = match (key, &plan.net[key]) {
             ("time_features", Value::Null) => json!(0),
             (_, v) => v.clone(),
@@ -524,13 +480,7 @@ fn resumed_plan(
         (false, true) => usage_bail!("{name} was trained from N(0, I): --source does not apply"),
         _ => {}
     }
-    let step = checkpoint::step_of(ckpt)?;
-    if let Some(total) = f.steps {
-        if total < step {
-            usage_bail!("--steps {total} is fewer than the {step} steps {name} has done");
-        }
-        plan.opt.schedule.total = total;
-    }
+    r.continue_to(f.steps, &mut plan.opt)?;
     let want = arch::data_shape(&plan.net).unwrap_or_default();
     if data.shape != want {
         bail!(

@@ -54,30 +54,6 @@ pub fn check_num_classes(flag: &str, k: Option<usize>) -> Result<()> {
 use crate::nn::Params;
 use crate::Result;
 
-/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the system.
-///
-/// A training step allocates and frees the same few-megabyte buffers over and over; by default
-/// glibc serves each from fresh pages (mmap, or a heap it trims back after each free), and the
-/// page faults that follow cost about a third of a CPU step. Raising the mmap threshold to its
-/// maximum (32 MiB) and never trimming keeps those pages mapped. No effect off glibc.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_TOP_PAD: i32 = -2;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only sets allocator tunables; any value is safe to pass.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            mallopt(M_TRIM_THRESHOLD, i32::MAX);
-            mallopt(M_TOP_PAD, 64 << 20);
-        }
-    }
-}
-
 /// The names of the parameters one AdamW step on `loss` leaves unchanged: those its gradient
 /// does not reach. A check for every new network, since candle 0.11 silently lacks a backward
 /// pass for some fused ops (`layer_norm`, `rms_norm`, `softmax_last_dim`); an empty list is

@@ -13,12 +13,13 @@ use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
 use super::checkpoint::TrainState;
+use crate::fields::LabelledVelocity;
 use crate::io::model;
 use crate::io::npy::shape_str;
 use crate::nn::{Learned, Weights};
-use crate::paths::Param;
 use crate::render::{self, GridOptions, ValueRange};
 use crate::rng::{self, Purpose};
+use crate::solvers;
 use crate::Result;
 
 /// Where and how the grid is drawn.
@@ -80,11 +81,14 @@ impl Preview {
                 Some(Tensor::from_vec(y, n, &device)?)
             }
         };
+        let field = LabelledVelocity {
+            model: &learned,
+            labels: y.as_ref(),
+            scale: 1.0,
+        };
         let h = 1.0 / self.steps as f64;
         for k in 0..self.steps {
-            let t = Tensor::new(&[(k as f64 * h) as f32], &device)?;
-            let u = learned.predict_as_labelled(Param::Velocity, &x, &t, y.as_ref())?;
-            x = (x + u.affine(h, 0.0)?)?;
+            x = solvers::euler_step(&field, &x, k as f64 * h, h)?;
         }
         let values = x.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
         Ok(ArrayD::from_shape_vec(IxDyn(&shape), values)?)

@@ -15,6 +15,7 @@
 //! images (with the weights the model file is used with: the EMA when kept) goes into the model
 //! config, so that `encode-vae` writes latents of unit variance for the flow model.
 
+use crate::cli::at_least_1;
 use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use ndarray::ArrayD;
@@ -23,10 +24,9 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use super::checkpoint::{self, TrainState};
-use super::ema::Ema;
 use super::flags::{OptimFlags, RunFlags};
 use super::losses::Dataset;
-use super::optim::{AdamW, AdamWConfig, Decay, Schedule};
+use super::optim::{AdamWConfig, Decay, Schedule};
 use super::trainer;
 use crate::cli::Common;
 use crate::io::model::ModelFile;
@@ -63,13 +63,13 @@ pub struct VaeFlags {
     #[arg(long, value_name = "B")]
     pub blocks: Option<usize>,
     /// Latent channels k: latents are (k, H / 2^(L-1), W / 2^(L-1)) [default: 4]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     pub latent_channels: Option<usize>,
     /// Self-attention blocks in the middle of encoder and decoder [default: off]
     #[arg(long)]
     pub attention: bool,
     /// GroupNorm groups [default: the largest of 8, 4, 2, 1 dividing every channel count]
-    #[arg(long, value_name = "G")]
+    #[arg(long, value_name = "G", value_parser = at_least_1::<usize>)]
     pub groups: Option<usize>,
     /// Posterior log-variance: a conv head per element, or one learned scalar (the lab's)
     /// [default: per-element]
@@ -98,10 +98,10 @@ pub struct VaeFlags {
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
     /// Minibatch size [default: 64]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub batch: Option<usize>,
     /// Total optimiser steps [default: 2000, or the checkpoint's when resuming]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<u64>)]
     pub steps: Option<u64>,
     /// Training images used to measure the latent scale factor (the first N; 0: all)
     #[arg(long, value_name = "N", default_value_t = 10000)]
@@ -185,23 +185,10 @@ pub fn run(flags: &VaeFlags, common: &Common) -> Result<()> {
         None => fresh_plan(flags, common, &data)?,
     };
     let config = model_config(&plan, &data);
-    let params = match &ckpt {
-        Some(c) => Params::from_tensors(c.tensors.clone(), "", &c.name, &device),
-        None => Params::new(plan.seed, &device),
-    };
+    let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
     let model = Vae::new(&plan.vae, &params)?;
-    let ema = match plan.ema {
-        Some(d) => Some(Ema::new(&params, d)?),
-        None => None,
-    };
-    let mut state = TrainState {
-        opt: AdamW::new(&params, plan.opt.clone())?,
-        params,
-        ema,
-    };
-    if let Some(c) = &ckpt {
-        state.restore(c)?;
-    }
+    let mut state =
+        TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
     let latent = plan.vae.latent_shape();
     common.explain(format!(
         "{} parameters; images {} -> latents {}; {} steps from step {}",
@@ -332,12 +319,6 @@ fn check_flags(f: &VaeFlags) -> Result<()> {
             usage_bail!("--beta must be zero or positive, got {b}");
         }
     }
-    if f.batch == Some(0) || f.steps == Some(0) {
-        usage_bail!("--batch and --steps must be at least 1");
-    }
-    if f.latent_channels == Some(0) || f.groups == Some(0) {
-        usage_bail!("--latent-channels and --groups must be at least 1");
-    }
     if let Some(c) = &f.channels {
         if c.is_empty() || c.contains(&0) {
             usage_bail!("--channels must list positive channel counts, got {c:?}");
@@ -404,21 +385,15 @@ fn model_config(plan: &Plan, data: &Dataset) -> Value {
 
 /// The plan stored in a checkpoint, after checking the command line and data against it.
 fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset) -> Result<Plan> {
-    let name = &ckpt.name;
-    let m = checkpoint::model_config(ckpt)?;
-    if m["kind"].as_str() != Some(KIND) {
-        bail!(
-            "{name} is a checkpoint of a {} model, not of a vae",
-            m["kind"].as_str().unwrap_or("unknown")
-        );
-    }
-    let bad = |what: &str| anyhow!("{name}: the checkpoint's config has a bad or missing {what}");
+    let r = checkpoint::Resumed::parse(ckpt, KIND, "a vae")?;
+    let (name, m) = (r.name, r.model);
+    let bad = |what: &str| r.bad(what);
     let t = &m["train"];
     let mut plan = Plan {
         vae: VaeConfig::from_json(m).map_err(|e| anyhow!("{name}: {e}"))?,
-        opt: serde_json::from_value(t["optimizer"].clone()).map_err(|_| bad("train.optimizer"))?,
-        batch: t["batch"].as_u64().ok_or_else(|| bad("train.batch"))? as usize,
-        seed: t["seed"].as_u64().ok_or_else(|| bad("train.seed"))?,
+        opt: r.optimizer()?,
+        batch: r.train_u64("batch")? as usize,
+        seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         beta: t["beta"].as_f64().ok_or_else(|| bad("train.beta"))?,
         kl_warmup: t["kl_warmup"]
@@ -460,13 +435,7 @@ fn resumed_plan(f: &VaeFlags, common: &Common, ckpt: &ModelFile, data: &Dataset)
     // --seed 0 is the default: only another seed contradicts the checkpoint.
     let seed = (common.seed != 0).then_some(common.seed);
     checkpoint::same("--seed", &seed, &plan.seed, name)?;
-    let step = checkpoint::step_of(ckpt)?;
-    if let Some(total) = f.steps {
-        if total < step {
-            usage_bail!("--steps {total} is fewer than the {step} steps {name} has done");
-        }
-        plan.opt.schedule.total = total;
-    }
+    r.continue_to(f.steps, &mut plan.opt)?;
     if data.shape != plan.vae.data_shape {
         bail!(
             "expected training images (N, {}) for the checkpoint {name}, got {} in {}",

@@ -1,10 +1,10 @@
 //! decode-vae: latents -> images through a trained VAE's decoder mean (notes section 6).
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::npy;
 use flowpipe::nn::vae;
-use flowpipe::{usage_bail, Result};
+use flowpipe::Result;
 use std::process::ExitCode;
 
 /// Decode scaled latents (N, k, h, w) into images (N, C, H, W): the decoder mean D(z / scale).
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     model: String,
     /// Latents per forward pass
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     batch: usize,
     #[command(flatten)]
     common: Common,
@@ -34,14 +34,13 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
-    if args.batch == 0 {
-        usage_bail!("--batch must be at least 1");
-    }
     let (model, latents, _) =
         vae::open_with_batch(&args.model, &args.input, vae::Side::Latents, &device)?;
     let x = vae::decode_all(&model, &latents, args.batch, &device)?;
     npy::write(&args.common.output, &x)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("decode-vae", run)

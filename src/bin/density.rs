@@ -185,6 +185,8 @@ fn evaluate(density: &Spec, input: &str, common: &Common, score: bool) -> Result
     npy::write(&common.output, &out.mapv(|v| v as f32))
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("density", run)
 }

@@ -3,11 +3,12 @@
 //! `flowpipe::distill` for the equations and papers).
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::distill::driver::{self, BankOptions};
 use flowpipe::distill::{Method, TeacherSolver, TrainOptions};
 use flowpipe::io::model;
 use flowpipe::train::checkpoint;
+use flowpipe::train::flags::{self, LogFlags};
 use flowpipe::train::optim::Decay;
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -40,22 +41,22 @@ struct Args {
     #[arg(long, value_name = "W")]
     guidance: Option<f64>,
     /// Teacher steps from t = 0 to 1 (a power of two for flowmap)
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = at_least_1::<usize>)]
     teacher_steps: usize,
     /// The teacher's ODE solver
     #[arg(long, value_enum, default_value_t = TeacherSolver::Heun)]
     teacher_solver: TeacherSolver,
     /// Teacher trajectories to learn from
-    #[arg(long, default_value_t = 4096, value_name = "M")]
+    #[arg(long, default_value_t = 4096, value_name = "M", value_parser = at_least_1::<usize>)]
     trajectories: usize,
     /// Trajectories integrated at once
-    #[arg(long, default_value_t = 1024, value_name = "B")]
+    #[arg(long, default_value_t = 1024, value_name = "B", value_parser = at_least_1::<usize>)]
     chunk: usize,
     /// Optimiser steps
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = at_least_1::<u64>)]
     steps: u64,
     /// Minibatch size
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     batch: usize,
     /// Peak learning rate
     #[arg(long, default_value_t = 1e-3)]
@@ -69,12 +70,8 @@ struct Args {
     /// Keep an EMA of the weights with this decay and sample with it [default: off]
     #[arg(long, value_name = "DECAY")]
     ema: Option<f64>,
-    /// Write the loss curve as JSON lines (`-`: stderr)
-    #[arg(long, value_name = "PATH")]
-    log: Option<String>,
-    /// Steps between log lines
-    #[arg(long, default_value_t = 100)]
-    log_every: u64,
+    #[command(flatten)]
+    logging: LogFlags,
     #[command(flatten)]
     common: Common,
 }
@@ -82,7 +79,7 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     check_flags(&args)?;
-    flowpipe::io::check_output_opt(&args.log, false)?;
+    args.logging.check()?;
     let teacher = model::load(&args.teacher, &device)?;
     let bank = BankOptions {
         trajectories: args.trajectories,
@@ -99,8 +96,8 @@ fn run(args: Args) -> Result<()> {
         decay: args.decay,
         ema: args.ema,
         seed: args.common.seed,
-        log: args.log.clone(),
-        log_every: args.log_every,
+        log: args.logging.log.clone(),
+        log_every: args.logging.log_every,
         quiet: args.common.quiet,
     };
     let say = |m: String| args.common.explain(m);
@@ -117,33 +114,22 @@ fn run(args: Args) -> Result<()> {
 
 /// Flag values no run can use (exit 2).
 fn check_flags(a: &Args) -> Result<()> {
-    if a.teacher_steps == 0 || a.trajectories == 0 || a.chunk == 0 {
-        usage_bail!("--teacher-steps, --trajectories and --chunk must be at least 1");
-    }
     if a.method == Method::Flowmap && !(a.teacher_steps >= 2 && a.teacher_steps.is_power_of_two()) {
         usage_bail!(
             "--method flowmap needs --teacher-steps a power of two (2, 4, ..., 64), got {}",
             a.teacher_steps
         );
     }
-    if a.steps == 0 || a.batch == 0 || a.log_every == 0 {
-        usage_bail!("--steps, --batch and --log-every must be at least 1");
-    }
-    if !(a.lr > 0.0 && a.lr.is_finite()) {
-        usage_bail!("--lr must be positive, got {}", a.lr);
-    }
+    flags::check_lr(a.lr)?;
     if let Some(w) = a.guidance {
         if !w.is_finite() {
             usage_bail!("--guidance must be finite, got {w}");
         }
     }
-    if let Some(d) = a.ema {
-        if !(d > 0.0 && d < 1.0) {
-            usage_bail!("--ema must be between 0 and 1 (e.g. 0.999), got {d}");
-        }
-    }
-    Ok(())
+    a.ema.map_or(Ok(()), flags::check_ema)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("distill", run)

@@ -1,7 +1,7 @@
 //! encode-vae: images -> latents through a trained VAE's encoder q(z | x) (notes section 6).
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::npy;
 use flowpipe::nn::vae::{self, Encoding};
 use flowpipe::{usage_bail, Result};
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long)]
     sample: bool,
     /// Images per forward pass
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     batch: usize,
     #[command(flatten)]
     common: Common,
@@ -44,9 +44,6 @@ fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     if !args.mean && !args.sample {
         usage_bail!("say what to write: --mean (posterior means) or --sample (posterior draws)");
-    }
-    if args.batch == 0 {
-        usage_bail!("--batch must be at least 1");
     }
     let (model, images, _) =
         vae::open_with_batch(&args.model, &args.input, vae::Side::Images, &device)?;
@@ -59,6 +56,8 @@ fn run(args: Args) -> Result<()> {
     let z = vae::encode_all(&model, &images, args.batch, how, &device)?;
     npy::write(&args.common.output, &z)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("encode-vae", run)

@@ -84,6 +84,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &out.into_dyn())
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("eval-field", run)
 }

@@ -1,10 +1,10 @@
 //! evaluate-vae: how well a VAE reconstructs images, as one JSON object.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io;
 use flowpipe::nn::vae;
-use flowpipe::{usage_bail, Result};
+use flowpipe::Result;
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     model: String,
     /// Images per forward pass
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     batch: usize,
     #[command(flatten)]
     common: Common,
@@ -36,9 +36,6 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup_text()?;
-    if args.batch == 0 {
-        usage_bail!("--batch must be at least 1");
-    }
     let (model, images, name) =
         vae::open_with_batch(&args.model, &args.input, vae::Side::Images, &device)?;
     if images.shape()[0] == 0 {
@@ -57,6 +54,8 @@ fn run(args: Args) -> Result<()> {
     });
     io::write_json(&args.common.output, &out)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("evaluate-vae", run)

@@ -4,7 +4,7 @@
 //! `flowpipe::eval` and `flowpipe::eval::images` for the formulas.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::eval::images::ImageOptions;
 use flowpipe::eval::report::{self, ImageFiles};
 use flowpipe::eval::Options;
@@ -39,19 +39,20 @@ struct Args {
     /// Reference samples, (M, D) .npy (e.g. fresh draws of p_data); needed unless --model
     #[arg(long, value_name = "PATH", required_unless_present = "model")]
     reference: Option<String>,
-    /// A denoiser (fit-denoiser, masked noise): the input is held-out tokens (N, L) int64 and
-    /// the report is their ELBO in bits per token (see flowpipe::discrete::fit::elbo)
+    /// A denoiser (fit-denoiser): the input is held-out tokens (N, L) int64 and the report is
+    /// their ELBO in bits per token for masked noise, the CTMC path bound for uniform noise
+    /// (see flowpipe::discrete::fit::elbo)
     #[arg(long, value_name = "PATH", conflicts_with_all = ["reference", "classifier"])]
     model: Option<String>,
     /// With --model: Monte Carlo draws of (t, x_t) per sequence
-    #[arg(long, default_value_t = 16, requires = "model")]
+    #[arg(long, default_value_t = 16, requires = "model", value_parser = at_least_1::<usize>)]
     draws: usize,
     /// Use at most this many samples of each set, a seeded random subset (the pairwise
     /// metrics cost O(N^2)); 0 uses all
     #[arg(long, default_value_t = 2000)]
     max_n: usize,
     /// Random directions of the sliced Wasserstein distance
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     projections: usize,
     /// A classifier model file: compare images (N, C, H, W) in its feature space
     #[arg(long, value_name = "PATH")]
@@ -72,7 +73,7 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "heldout")]
     heldout_labels: Option<String>,
     /// KID: the number of random subsets
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_1::<usize>)]
     kid_subsets: usize,
     /// KID: samples of each set per subset (at most the smaller set's size)
     #[arg(long, default_value_t = 1000)]
@@ -84,9 +85,6 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup_text()?;
     if let Some(m) = &args.model {
-        if args.draws == 0 {
-            usage_bail!("--draws must be at least 1");
-        }
         let report = flowpipe::discrete::fit::evaluate_file(
             &args.input,
             m,
@@ -97,25 +95,21 @@ fn run(args: Args) -> Result<()> {
         return io::write_json(&args.common.output, &report);
     }
     let reference = args.reference.clone().unwrap_or_default();
-    let stdin_inputs = [Some(&args.input), Some(&reference), args.labels.as_ref()]
-        .into_iter()
-        .chain([
-            args.heldout.as_ref(),
-            args.heldout_labels.as_ref(),
-            args.classifier.as_ref(),
-        ])
-        .filter(|p| p.is_some_and(|p| p == "-"))
-        .count();
     if args.input == "-" && reference == "-" {
         usage_bail!("the samples and --reference cannot both be stdin");
     }
-    if stdin_inputs > 1 {
-        usage_bail!("only one input can be stdin");
-    }
+    cli::one_stdin([
+        Some(&args.input),
+        Some(&reference),
+        args.labels.as_ref(),
+        args.heldout.as_ref(),
+        args.heldout_labels.as_ref(),
+        args.classifier.as_ref(),
+    ])?;
     let report = match &args.classifier {
         Some(classifier) => {
-            if args.kid_subsets == 0 || args.kid_subset_size < 2 {
-                usage_bail!("--kid-subsets must be at least 1 and --kid-subset-size at least 2");
+            if args.kid_subset_size < 2 {
+                usage_bail!("--kid-subset-size must be at least 2");
             }
             let files = ImageFiles {
                 samples: &args.input,
@@ -135,9 +129,6 @@ fn run(args: Args) -> Result<()> {
             if args.max_n == 1 {
                 usage_bail!("--max-n must be 0 (all) or at least 2, got 1");
             }
-            if args.projections == 0 {
-                usage_bail!("--projections must be at least 1");
-            }
             let opts = Options {
                 max_n: args.max_n,
                 projections: args.projections,
@@ -148,6 +139,8 @@ fn run(args: Args) -> Result<()> {
     };
     io::write_json(&args.common.output, &report)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("evaluate", run)

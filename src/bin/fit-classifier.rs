@@ -2,10 +2,11 @@
 //! images, saved as a model file of kind `classifier` (the yardstick of `evaluate --classifier`).
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::{self, npy};
 use flowpipe::nn::classifier::ClassifierConfig;
 use flowpipe::train::classify::{self, FitOptions, Labelled};
+use flowpipe::train::flags::{self, CheckpointFlags, LogFlags};
 use flowpipe::train::losses::Dataset;
 use flowpipe::train::optim::{AdamWConfig, Decay, Schedule};
 use flowpipe::train::{checkpoint, trainer::LoopOptions};
@@ -52,13 +53,13 @@ struct Args {
     )]
     channels: Vec<usize>,
     /// Width of the penultimate features
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_1::<usize>)]
     features: usize,
     /// Optimiser steps (1500 x 128 = 3.2 epochs of Fashion-MNIST: 90.7% test accuracy)
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1500, value_parser = at_least_1::<u64>)]
     steps: u64,
     /// Minibatch size
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_1::<usize>)]
     batch: usize,
     /// Peak learning rate (cosine decay to 0 at the last step)
     #[arg(long, default_value_t = 2e-3)]
@@ -66,18 +67,10 @@ struct Args {
     /// Decoupled weight decay (AdamW)
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Write the loss curve as JSON lines {step, loss, lr, time_s} (`-`: stderr)
-    #[arg(long, value_name = "PATH")]
-    log: Option<String>,
-    /// Steps between log lines
-    #[arg(long, default_value_t = 100, value_name = "K")]
-    log_every: u64,
-    /// Write a checkpoint here every --checkpoint-every steps; `{step}` is replaced by the step
-    #[arg(long, value_name = "PATH")]
-    checkpoint: Option<String>,
-    /// Steps between checkpoints
-    #[arg(long, default_value_t = 1000, value_name = "K")]
-    checkpoint_every: u64,
+    #[command(flatten)]
+    logging: LogFlags,
+    #[command(flatten)]
+    checkpoints: CheckpointFlags,
     #[command(flatten)]
     common: Common,
 }
@@ -94,30 +87,14 @@ fn read_labelled(images: &str, labels: &str, what: &str) -> Result<Labelled> {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
     flowpipe::train::check_num_classes("--classes", args.classes)?;
-    io::check_output_opt(&args.log, false)?;
-    if let Some(p) = &args.checkpoint {
-        io::check_output(&checkpoint::path_for(p, 0), true)?;
-    }
-    if !(args.lr > 0.0 && args.lr.is_finite()) {
-        usage_bail!("--lr must be positive, got {}", args.lr);
-    }
-    if args.steps == 0 || args.batch == 0 || args.features == 0 || args.log_every == 0 {
-        usage_bail!("--steps, --batch, --features and --log-every must be at least 1");
-    }
+    args.logging.check()?;
+    args.checkpoints.check()?;
+    flags::check_lr(args.lr)?;
     if args.channels.is_empty() || args.channels.iter().any(|&c| c == 0 || c % 8 != 0) {
         usage_bail!("--channels must be multiples of 8, got {:?}", args.channels);
     }
-    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
-        usage_bail!("--weight-decay must be zero or positive");
-    }
-    if [&args.data, &args.labels]
-        .iter()
-        .filter(|p| **p == "-")
-        .count()
-        > 1
-    {
-        usage_bail!("only one input can be stdin");
-    }
+    flags::check_weight_decay(args.weight_decay)?;
+    cli::one_stdin([Some(&args.data), Some(&args.labels)])?;
     let train = read_labelled(&args.data, &args.labels, "training")?;
     let test = match (&args.test_data, &args.test_labels) {
         (Some(x), Some(y)) => Some(read_labelled(x, y, "test")?),
@@ -161,10 +138,10 @@ fn run(args: Args) -> Result<()> {
         seed: args.common.seed,
         loop_opts: LoopOptions {
             total_steps: args.steps,
-            log: args.log.clone(),
-            log_every: args.log_every,
-            checkpoint: args.checkpoint.clone(),
-            checkpoint_every: args.checkpoint_every.max(1),
+            log: args.logging.log.clone(),
+            log_every: args.logging.log_every,
+            checkpoint: args.checkpoints.checkpoint.clone(),
+            checkpoint_every: args.checkpoints.checkpoint_every,
             quiet: args.common.quiet,
             ..Default::default()
         },
@@ -181,6 +158,8 @@ fn run(args: Args) -> Result<()> {
     args.common.say(report.to_string());
     Ok(())
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("fit-classifier", run)

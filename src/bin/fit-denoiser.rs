@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::discrete::trainer::{self, DenoiserFlags};
+use flowpipe::discrete::driver::{self, DenoiserFlags};
 use flowpipe::Result;
 use std::process::ExitCode;
 
@@ -31,8 +31,10 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    trainer::run(&args.flags, &args.common)
+    driver::run(&args.flags, &args.common)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("fit-denoiser", run)

@@ -34,6 +34,8 @@ fn run(args: Args) -> Result<()> {
     vae::run(&args.fit, &args.common)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("fit-vae", run)
 }

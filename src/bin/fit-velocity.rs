@@ -53,6 +53,8 @@ fn run(args: Args) -> Result<()> {
     fit::run(spec, &args.fit, &args.common)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("fit-velocity", run)
 }

@@ -1,8 +1,9 @@
 //! guide: classifier-free guidance (notes eq. 65, Remark 28) as a field spec for simulate-sde.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
-use flowpipe::guidance::{self, GuidedField};
+use flowpipe::cli::{self, at_least_1, Common};
+use flowpipe::fields::GuidedField;
+use flowpipe::guidance;
 use flowpipe::io::{self, npy};
 use flowpipe::{usage_bail, Result};
 use ndarray::{ArrayD, IxDyn};
@@ -41,7 +42,7 @@ struct Args {
     )]
     labels: Option<String>,
     /// Labels 0, 0, ..., 1, 1, ...: each class K times (a grid with --cols K has a row per class)
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     each: Option<usize>,
     /// With --each: add a last row of K null labels (unguided samples)
     #[arg(long, requires = "each")]
@@ -71,9 +72,6 @@ fn run(args: Args) -> Result<()> {
     }
     if !(args.sigma >= 0.0 && args.sigma.is_finite()) {
         usage_bail!("--sigma must be zero or positive, got {}", args.sigma);
-    }
-    if args.each == Some(0) {
-        usage_bail!("--each must be at least 1");
     }
     let interval = match args.interval.as_deref() {
         None => None,
@@ -129,6 +127,8 @@ fn run(args: Args) -> Result<()> {
     outputs.add(&args.common.output, &io::json_bytes(&spec)?, false)?;
     outputs.commit()
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("guide", run)

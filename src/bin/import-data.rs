@@ -2,7 +2,7 @@
 //! (N,) i64 labels.
 
 use clap::{ArgGroup, Parser, ValueEnum};
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::data::import::{self, Affine, Dataset, Normalize, Source, Split};
 use flowpipe::io::{self, npy};
 use flowpipe::{usage_bail, Result};
@@ -58,13 +58,13 @@ struct Args {
     #[arg(long)]
     std: Option<f64>,
     /// Pad each image to SIDE x SIDE, centred in black (e.g. 32 for the U-Net) [default: no padding]
-    #[arg(long, value_name = "SIDE")]
+    #[arg(long, value_name = "SIDE", value_parser = at_least_1::<usize>)]
     pad: Option<usize>,
     /// Transpose every image (EMNIST stores its images transposed)
     #[arg(long)]
     transpose: bool,
     /// Keep only the first N samples [default: all]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1::<usize>)]
     limit: Option<usize>,
     #[command(flatten)]
     common: Common,
@@ -109,9 +109,6 @@ fn run(args: Args) -> Result<()> {
     }
     if args.labels.is_some() && args.images.is_none() {
         usage_bail!("--labels goes with --images");
-    }
-    if args.pad == Some(0) || args.limit == Some(0) {
-        usage_bail!("--pad and --limit must be at least 1");
     }
     let has_labels = args.images.is_none() || args.labels.is_some();
     if args.labels_out.is_some() && !has_labels {
@@ -172,6 +169,8 @@ fn run(args: Args) -> Result<()> {
     ));
     Ok(())
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("import-data", run)

@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flowpipe::cli::{self, Common};
-use flowpipe::discrete::tokens::{self, Unit, Vocab};
+use flowpipe::cli::{self, at_least_1, Common};
+use flowpipe::discrete::tokens::{self, Tokenised, Unit};
 use flowpipe::io::{self, npy, Format};
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, value_enum)]
     unit: Option<Unit>,
     /// L, the sequence length; longer lines are dropped [default: the longest line]
-    #[arg(long, value_name = "L")]
+    #[arg(long, value_name = "L", value_parser = at_least_1::<usize>)]
     max_len: Option<usize>,
     /// Fraction of the lines held out (a seeded shuffle picks them)
     #[arg(long, value_name = "F", requires = "holdout_out")]
@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     threshold: f32,
     /// Images: average-pool K x K blocks before thresholding (28x28 -> 14x14 with 2)
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    #[arg(long, default_value_t = 1, value_name = "K", value_parser = at_least_1::<usize>)]
     downsample: usize,
     #[command(flatten)]
     common: Common,
@@ -70,73 +70,28 @@ fn run(args: Args) -> Result<()> {
     if args.input == "-" && args.vocab.as_deref() == Some("-") {
         usage_bail!("the input and --vocab cannot both be stdin");
     }
-    if args.downsample == 0 {
-        usage_bail!("--downsample must be at least 1");
-    }
-    if args.max_len == Some(0) {
-        usage_bail!("--max-len must be at least 1");
-    }
     let name = io::display_name(&args.input);
     let given = match &args.vocab {
         Some(v) => Some(tokens::read_vocab(v)?),
         None => None,
     };
     let bytes = io::read_bytes(&args.input)?;
-    let (vocab, rows, len) = if io::sniff(&bytes) == Format::Npy {
+    let Tokenised { vocab, rows, len } = if io::sniff(&bytes) == Format::Npy {
         let images = npy::decode_f32(&bytes, &name)?;
-        npy::expect_shape(images.shape(), "N,C,H,W", "images", &name)?;
-        let images = match args.downsample {
-            1 => images,
-            k => tokens::downsample(&images, k).with_context(|| format!("pooling {name}"))?,
-        };
-        let s = images.shape();
-        let vocab = Vocab::binary_pixels([s[1], s[2], s[3]]);
-        let t = tokens::binarise(&images, args.threshold);
-        let len = t.shape()[1];
-        let rows: Vec<Vec<u32>> = t
-            .rows()
-            .into_iter()
-            .map(|r| r.iter().map(|&v| v as u32).collect())
-            .collect();
-        (vocab, rows, len)
+        tokens::tokenise_images(images, args.downsample, args.threshold, &name)?
     } else {
         let text = String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))?;
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
-            anyhow::bail!("{name} holds no non-empty lines");
-        }
         let unit = given
             .as_ref()
             .map_or(args.unit.unwrap_or(Unit::Chars), |v| v.unit);
-        let longest = lines
-            .iter()
-            .map(|l| tokens::token_count(l, unit))
-            .max()
-            .unwrap_or(1);
-        let len = args.max_len.unwrap_or(longest);
-        let kept: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| tokens::token_count(l, unit) <= len)
-            .collect();
-        if kept.len() < lines.len() {
+        let (t, lines, dropped) = tokens::tokenise_lines(&text, given, unit, args.max_len, &name)?;
+        if dropped > 0 {
             args.common.say(format!(
-                "import-text: dropped {} of {} lines longer than {len} tokens",
-                lines.len() - kept.len(),
-                lines.len()
+                "import-text: dropped {dropped} of {lines} lines longer than {} tokens",
+                t.len
             ));
         }
-        let vocab = given.unwrap_or_else(|| Vocab::from_lines(&kept, unit));
-        let rows = kept
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                vocab
-                    .encode(l, len)
-                    .with_context(|| format!("{name}, line {}", i + 1))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        (vocab, rows, len)
+        t
     };
     let (train, held) = match args.holdout {
         Some(f) => tokens::holdout_split(rows.len(), f, args.common.seed),
@@ -164,6 +119,8 @@ fn run(args: Args) -> Result<()> {
     outputs.add(&args.common.output, &npy::encode(&pick(&train))?, true)?;
     outputs.commit()
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("import-text", run)

@@ -69,6 +69,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &out)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("interpolate-vae", run)
 }

@@ -1,7 +1,7 @@
 //! render-grid: arrays (images, points, trajectories, vector fields) and PNGs into one PNG.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::render::{self, Bounds, FigureOptions, GridOptions, Kind, Labels};
 use flowpipe::render::{PlotOptions, ValueRange};
 use flowpipe::{usage_bail, Result};
@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Kind::Auto)]
     kind: Kind,
     /// Images per row of a grid [default: ceil(sqrt(N))]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     cols: Option<usize>,
     /// Pixels between grid cells and around the grid
     #[arg(long, value_name = "P", default_value_t = 2)]
@@ -38,10 +38,10 @@ struct Args {
     #[arg(long, default_value = "auto", allow_hyphen_values = true)]
     range: ValueRange,
     /// Nearest-neighbour upscaling of each image
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_1::<u32>)]
     upscale: u32,
     /// Histogram bins (per axis for 2-D)
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_1::<usize>)]
     bins: usize,
     /// Plot ranges XMIN,XMAX,YMIN,YMAX, or LOW,HIGH for x only; 1-D data use XMIN,XMAX as their
     /// value range [default: the data's range + 5%]
@@ -61,11 +61,11 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     t1: f64,
     /// Trajectories drawn (the first M)
-    #[arg(long, value_name = "M", default_value_t = 100)]
+    #[arg(long, value_name = "M", default_value_t = 100, value_parser = at_least_1::<usize>)]
     max_lines: usize,
     /// Draw trajectories as K panels of the states at evenly spaced times (first and last
     /// included; K = 1: the last); D = 2 as scatters (--kind hist: histograms), D = 1 histograms
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     snapshots: Option<usize>,
     /// Title above the whole figure
     #[arg(long)]
@@ -77,31 +77,19 @@ struct Args {
     #[arg(long, value_name = "WxH", default_value = "600x600", value_parser = render::parse_size)]
     size: (u32, u32),
     /// Radius of scatter points in pixels
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_1::<u32>)]
     point_size: u32,
     /// Opacity of scatter points, in (0, 1] (lower it for dense scatters)
     #[arg(long, default_value_t = 0.7)]
     alpha: f64,
     /// Panels per row [default: all in one row]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = at_least_1::<usize>)]
     panel_cols: Option<usize>,
     #[command(flatten)]
     common: Common,
 }
 
 fn check_flags(a: &Args) -> Result<()> {
-    let counts = [
-        ("--cols", a.cols.unwrap_or(1)),
-        ("--snapshots", a.snapshots.unwrap_or(1)),
-        ("--panel-cols", a.panel_cols.unwrap_or(1)),
-        ("--upscale", a.upscale as usize),
-        ("--bins", a.bins),
-        ("--max-lines", a.max_lines),
-        ("--point-size", a.point_size as usize),
-    ];
-    if let Some((flag, _)) = counts.iter().find(|(_, v)| *v == 0) {
-        usage_bail!("{flag} must be at least 1");
-    }
     if !(a.alpha > 0.0 && a.alpha <= 1.0) {
         usage_bail!("--alpha must be in (0, 1], got {}", a.alpha);
     }
@@ -115,10 +103,13 @@ fn check_flags(a: &Args) -> Result<()> {
     if a.background.is_some() && a.bounds.is_none_or(|b| b.y.is_none()) {
         usage_bail!("--background needs --bounds XMIN,XMAX,YMIN,YMAX (the plane it covers)");
     }
-    let paths = a.inputs.iter().chain(&a.labels).chain(&a.background);
-    if paths.filter(|p| *p == "-").count() > 1 {
-        usage_bail!("at most one input can be stdin (`-`)");
-    }
+    cli::one_stdin(
+        a.inputs
+            .iter()
+            .chain(&a.labels)
+            .chain(&a.background)
+            .map(Some),
+    )?;
     let titles = a.titles.as_deref().map(|t| t.split(';').count());
     if titles.is_some_and(|n| n != a.inputs.len()) {
         usage_bail!(
@@ -195,6 +186,8 @@ fn run(args: Args) -> Result<()> {
     ));
     render::write_png(&args.common.output, &fig)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("render-grid", run)

@@ -65,9 +65,7 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
-    if args.inputs.iter().filter(|p| *p == "-").count() > 1 {
-        usage_bail!("at most one input can be stdin (`-`)");
-    }
+    cli::one_stdin(args.inputs.iter().map(Some))?;
     if args.y.is_empty() || args.y.iter().any(|k| k.is_empty()) {
         usage_bail!("--y must name at least one key, got {:?}", args.y.join(","));
     }
@@ -141,6 +139,8 @@ fn names(
     }
     Ok(v)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("render-plot", run)

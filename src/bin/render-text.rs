@@ -63,6 +63,8 @@ fn run(args: Args) -> Result<()> {
     io::write_bytes(&args.common.output, text.as_bytes(), false)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("render-text", run)
 }

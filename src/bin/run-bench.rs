@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use flowpipe::bench::{self, Settings, FIGURES};
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io;
 use flowpipe::{usage_bail, Result};
 use std::io::Write;
@@ -35,7 +35,7 @@ struct Args {
     only: Vec<String>,
     /// Timed runs per figure [default: 30 for the MLP, 5 for the U-Net and DiT steps and the
     /// pipes, 3 for sampling]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     runs: Option<usize>,
     #[command(flatten)]
     common: Common,
@@ -45,9 +45,6 @@ fn run(args: Args) -> Result<()> {
     let device = args.common.setup_text()?;
     if let Some(f) = args.only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
         usage_bail!("unknown figure '{f}'; figures: {}", FIGURES.join(", "));
-    }
-    if args.runs == Some(0) {
-        usage_bail!("--runs must be at least 1");
     }
     let settings = Settings {
         tiny: args.tiny,
@@ -74,6 +71,8 @@ fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("run-bench", run)

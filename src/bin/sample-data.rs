@@ -70,6 +70,8 @@ fn run(args: Args) -> Result<()> {
     outputs.commit()
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("sample-data", run)
 }

@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::distill::sample::{sample_batched, Student};
 use flowpipe::guidance::{check_labels, read_labels};
 use flowpipe::io::{self, model, npy};
@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     model: String,
     /// Steps (network evaluations) from t = 0 to 1
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_1::<usize>)]
     steps: usize,
     /// Class labels, (N,) int64, for a conditional model
     #[arg(long, value_name = "PATH")]
@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 1.0, value_name = "W")]
     guidance: f64,
     /// Samples computed at once [default: all]
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", value_parser = at_least_1::<usize>)]
     batch: Option<usize>,
     /// Index of the first sample (its re-noising stream), to run a large set in parts
     #[arg(long, default_value_t = 0)]
@@ -52,9 +52,6 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
-    if args.steps == 0 || args.batch == Some(0) {
-        usage_bail!("--steps and --batch must be at least 1");
-    }
     if !args.guidance.is_finite() {
         usage_bail!("--guidance must be finite, got {}", args.guidance);
     }
@@ -109,6 +106,8 @@ fn run(args: Args) -> Result<()> {
     )?;
     npy::write(&args.common.output, &x1)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("sample-fewstep", run)

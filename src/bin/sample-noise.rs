@@ -80,6 +80,8 @@ fn run(args: Args) -> Result<()> {
     npy::write(&args.common.output, &x)
 }
 
+flowpipe::tool_allocator!();
+
 fn main() -> ExitCode {
     cli::main("sample-noise", run)
 }

@@ -1,9 +1,9 @@
 //! sample-path: draw x_t ~ p_t(x | z) for data z at chosen times (notes eq. 13), for figures.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::{self, npy};
-use flowpipe::noising;
+use flowpipe::paths::noising;
 use flowpipe::paths::Path;
 use flowpipe::train::fit::PathArg;
 use flowpipe::{usage_bail, Result};
@@ -28,7 +28,7 @@ struct Args {
     #[arg(default_value = "-")]
     input: String,
     /// Use the first N samples (at most as many as the data holds) [default: all]
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = at_least_1::<usize>)]
     n: Option<usize>,
     /// Times in [0, 1], comma separated
     #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1")]
@@ -42,9 +42,6 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
-    if args.n == Some(0) {
-        usage_bail!("-n must be at least 1");
-    }
     if let Some(t) = args.times.iter().find(|t| !(0.0..=1.0).contains(*t)) {
         usage_bail!("--times must lie in [0, 1], got {t}");
     }
@@ -69,6 +66,8 @@ fn run(args: Args) -> Result<()> {
     let x = noising::along_path(&path, &z, &args.times, args.common.seed, 0)?;
     npy::write(&args.common.output, &x)
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("sample-path", run)

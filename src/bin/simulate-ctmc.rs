@@ -2,7 +2,7 @@
 //! noise to data (notes section 8; see `flowpipe::discrete::sample`).
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::discrete::sample::{self, DenoiserPosterior, SampleOptions};
 use flowpipe::discrete::{tokens, Denoiser, Solver};
 use flowpipe::io::npy;
@@ -31,10 +31,10 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     model: String,
     /// Number of samples [default: 1000, or one per label / prompt]
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = at_least_1::<usize>)]
     n: Option<usize>,
     /// CTMC steps from t = 0 to t = 1
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_1::<usize>)]
     steps: usize,
     /// How each step is taken
     #[arg(long, value_enum, default_value_t = Solver::Euler)]
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     guidance: f64,
     /// Sequences per network call
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = at_least_1::<usize>)]
     batch: usize,
     #[command(flatten)]
     common: Common,
@@ -63,25 +63,14 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
-    if args.steps == 0 || args.batch == 0 || args.n == Some(0) {
-        usage_bail!("--steps, --batch and -n must be at least 1");
-    }
     if !(args.temperature > 0.0 && args.temperature.is_finite() && args.guidance.is_finite()) {
         usage_bail!("--temperature must be positive and --guidance finite");
     }
-    if [
+    cli::one_stdin([
         Some(&args.model),
         args.prompt.as_ref(),
         args.labels.as_ref(),
-    ]
-    .iter()
-    .flatten()
-    .filter(|p| **p == "-")
-    .count()
-        > 1
-    {
-        usage_bail!("only one input can be stdin");
-    }
+    ])?;
     let (net, _) = Denoiser::open(&args.model, &device)?;
     let cfg = &net.config;
     let prompts = match &args.prompt {
@@ -145,6 +134,8 @@ fn run(args: Args) -> Result<()> {
     bar.finish();
     npy::write(&args.common.output, &tokens::to_array(&rows, cfg.seq_len))
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("simulate-ctmc", run)

@@ -1,7 +1,7 @@
 //! simulate-sde: integrate an ODE or SDE (notes section 2) from X_0 at --t0 to X_1 at --t1.
 
 use clap::Parser;
-use flowpipe::cli::{self, Common};
+use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::fields::{self, FieldOptions};
 use flowpipe::io::npy;
 use flowpipe::progress::{JsonLog, Progress};
@@ -48,7 +48,7 @@ struct Args {
     t1: f64,
     /// Steps from t0 to t1 [default: 100; 1 for dopri5, which picks its own steps and lands
     /// exactly on each of these times, where --trajectory records]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     steps: Option<usize>,
     /// Time grid as a (T,) .npy of strictly monotone times, instead of --t0/--t1/--steps
     #[arg(long, value_name = "PATH", conflicts_with_all = ["t0", "t1", "steps"])]
@@ -66,10 +66,10 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     trajectory: Option<String>,
     /// Keep every K-th state in --trajectory (the first and the last are always kept)
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_1::<usize>)]
     save_every: usize,
     /// Samples integrated at once [default: all]
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", value_parser = at_least_1::<usize>)]
     batch: Option<usize>,
     /// Index of the first sample, whose Brownian stream it uses (to run a large set in parts)
     #[arg(long, default_value_t = 0)]
@@ -167,12 +167,6 @@ fn run(args: Args) -> Result<()> {
 
 /// Flag values that are wrong whatever the inputs (exit 2).
 fn check_flags(a: &Args) -> Result<()> {
-    if a.steps == Some(0) {
-        usage_bail!("--steps must be at least 1");
-    }
-    if a.save_every == 0 || a.batch == Some(0) {
-        usage_bail!("--save-every and --batch must be at least 1");
-    }
     if !(a.t0.is_finite() && a.t1.is_finite()) || a.t0 == a.t1 {
         usage_bail!(
             "--t0 and --t1 must be finite and different, got {} and {}",
@@ -204,6 +198,8 @@ fn time_grid(a: &Args) -> Result<Vec<f64>> {
         }
     }
 }
+
+flowpipe::tool_allocator!();
 
 fn main() -> ExitCode {
     cli::main("simulate-sde", run)

@@ -56,6 +56,11 @@ pub fn ok(exe: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
 pub fn fails(out: &Output, code: i32, needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected a one-line error in stderr: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "expected {n:?} in stderr: {err}");
     }

@@ -259,6 +259,86 @@ fn a_conditional_teacher_is_distilled_with_its_guidance() {
         b"",
     );
     fails(&out, 1, &["fm.safetensors", "--guidance does not apply"]);
+
+    // What the student learns is the guided field of eq. 65: the teacher trajectories' recorded
+    // straightness equals the one of eq. 65 integrated here from the model's two branches.
+    let reflow = path(&dir, "rf.safetensors");
+    distill(&model, "reflow", &reflow, "1", "64", &["--guidance", "2.5"]);
+    let m = flowpipe::io::model::load(&reflow, &candle_core::Device::Cpu).unwrap();
+    let got = m.config["distill"]["straightness_teacher"]
+        .as_f64()
+        .unwrap();
+    let want = guided_straightness_by_hand(&model, 2.5, 64, 16);
+    let conditional = guided_straightness_by_hand(&model, 1.0, 64, 16);
+    assert!(
+        (got - want).abs() < 1e-2 * want,
+        "the bank's straightness {got}, eq. 65 by hand {want}"
+    );
+    assert!(
+        (conditional - want).abs() > 0.1 * want,
+        "guidance must matter here: w = 1 gives {conditional}, w = 2.5 {want}"
+    );
+}
+
+/// The straightness of the trajectories `distill --guidance w` learns from (`m` of them, Heun
+/// with `steps` steps, labels 0..K-1 in turn, noise row i from stream (0, Noise, i)), computed
+/// here apart from the library's guidance: u~ = (1 - w) u(x | null) + w u(x | y) (notes eq. 65)
+/// from two separate calls of the teacher, integrated in f64. Straightness as
+/// `flowpipe::distill::reflow::straightness`: the mean square of N (x_{k+1} - x_k) - (x_N - x_0).
+fn guided_straightness_by_hand(model: &str, w: f64, m: usize, steps: usize) -> f64 {
+    use candle_core::{Device, Tensor};
+    use flowpipe::nn::{Learned, Weights};
+    use flowpipe::paths::Param;
+    use flowpipe::rng::{normal_rows, Purpose};
+    let dev = Device::Cpu;
+    let file = flowpipe::io::model::load(model, &dev).unwrap();
+    let learned = Learned::load(&file, Weights::Auto, &dev).unwrap();
+    let k = learned.num_classes();
+    let y = Tensor::from_vec((0..m).map(|i| (i % k) as u32).collect(), m, &dev).unwrap();
+    let null = Tensor::full(k as u32, m, &dev).unwrap();
+    let field = |x: &[f64], t: f64| -> Vec<f64> {
+        let xs: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let xt = Tensor::from_vec(xs, (m, 2), &dev).unwrap();
+        let tt = Tensor::full(t as f32, (m, 1), &dev).unwrap();
+        let branch = |labels: &Tensor| -> Vec<f32> {
+            let u = learned.predict_as_labelled(Param::Velocity, &xt, &tt, Some(labels));
+            u.unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (cond, uncond) = (branch(&y), branch(&null));
+        cond.iter()
+            .zip(&uncond)
+            .map(|(&c, &u)| (1.0 - w) * u as f64 + w * c as f64)
+            .collect()
+    };
+    let mut x: Vec<f64> = normal_rows(0, Purpose::Noise, 0, m, 2)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let h = 1.0 / steps as f64;
+    let mut states = vec![x.clone()];
+    for k in 0..steps {
+        let t = k as f64 * h;
+        let k1 = field(&x, t);
+        let pred: Vec<f64> = x.iter().zip(&k1).map(|(a, b)| a + h * b).collect();
+        let k2 = field(&pred, t + h);
+        for ((xi, a), b) in x.iter_mut().zip(&k1).zip(&k2) {
+            *xi += h / 2.0 * (a + b);
+        }
+        states.push(x.clone());
+    }
+    let n = steps as f64;
+    let chord: Vec<f64> = states[steps]
+        .iter()
+        .zip(&states[0])
+        .map(|(b, a)| b - a)
+        .collect();
+    let mut sum = 0.0;
+    for pair in states.windows(2) {
+        for ((b, a), c) in pair[1].iter().zip(&pair[0]).zip(&chord) {
+            sum += (n * (b - a) - c).powi(2);
+        }
+    }
+    sum / (steps * x.len()) as f64
 }
 
 #[test]

@@ -16,7 +16,7 @@
 use candle_core::{Tensor, D};
 
 use super::init::{Init, Params};
-use super::ops::group_norm;
+use super::ops::{group_norm, AfterNorm};
 use crate::Result;
 
 pub mod conv;
@@ -52,7 +52,14 @@ impl GroupNorm {
     /// x: (N, H, W, C) -> (N, H, W, C). The per-channel means over pixels are matrix products
     /// with a row of 1/(H W) (a fast path on every device); the group means average those.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)? {
+        if let Some(y) = group_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.groups,
+            self.eps,
+            AfterNorm::Identity,
+        )? {
             return Ok(y);
         }
         self.forward_composed(x)
@@ -61,7 +68,14 @@ impl GroupNorm {
     /// SiLU(GroupNorm(x)), as one fused op on the CPU (the norm-then-activation of every
     /// residual block).
     pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)? {
+        if let Some(y) = group_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.groups,
+            self.eps,
+            AfterNorm::Silu,
+        )? {
             return Ok(y);
         }
         self.forward_composed(x)?.silu()

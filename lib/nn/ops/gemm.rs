@@ -193,7 +193,8 @@ pub fn biased_rows(
                         d.write(bv);
                     }
                 }
-                add_tile(t * tile_rows, assume_init(dst));
+                // SAFETY: every value of `dst` holds its bias, written just above.
+                add_tile(t * tile_rows, unsafe { assume_init(dst) });
             },
         );
     }

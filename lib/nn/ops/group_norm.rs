@@ -6,13 +6,22 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use super::pointwise::{Pointwise, SiluFn};
 use super::{par, slice};
 
+/// What [`group_norm`] applies to the normalised output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterNorm {
+    /// The GroupNorm alone.
+    Identity,
+    /// SiLU(GroupNorm(x)), the "norm, then activation" of the residual blocks.
+    Silu,
+}
+
 /// GroupNorm over channels-last samples, y = gamma (x - mu_g) / sqrt(var_g + eps) + beta
 /// (Wu & He 2018), fused on the CPU: x (N, ..., C) contiguous f32, gamma and beta (C,). The
 /// moments of each group of each sample are sums over its pixels and its C / G channels; the
 /// backward pass recomputes them and gives, with x^ the normalised input and the means over a
 /// group, dx = (dy gamma - mean(dy gamma) - x^ mean(dy gamma x^)) / sqrt(var + eps),
 /// dgamma = sum dy x^, dbeta = sum dy. candle's composition of the same formula takes about
-/// twenty passes forward and back, each with a fresh buffer. With `silu`, y = SiLU(z) for z the
+/// twenty passes forward and back, each with a fresh buffer. With [`AfterNorm::Silu`], y = SiLU(z) for z the
 /// normalised output, and dy above is dy SiLU'(z) (z recomputed). None where it does not apply
 /// (another device or dtype): the caller composes candle's ops.
 pub fn group_norm(
@@ -21,7 +30,7 @@ pub fn group_norm(
     beta: &Tensor,
     groups: usize,
     eps: f64,
-    silu: bool,
+    after: AfterNorm,
 ) -> Result<Option<Tensor>> {
     let fused = x.device().is_cpu()
         && x.dtype() == DType::F32
@@ -34,7 +43,7 @@ pub fn group_norm(
     let op = GroupNormOp {
         groups,
         eps: eps as f32,
-        silu,
+        silu: after == AfterNorm::Silu,
     };
     Ok(Some(x.contiguous()?.apply_op3(
         &gamma.contiguous()?,

@@ -230,7 +230,8 @@ impl<P: Pointwise> CustomOp3 for LinearAct<P> {
                     d.write(bv);
                 }
             }
-            let z = par::assume_init(z);
+            // SAFETY: every row of `z` holds the bias, written just above.
+            let z = unsafe { par::assume_init(z) };
             dense.multiply_tile(t * tile, z);
             for (y, &z) in y.iter_mut().zip(z.iter()) {
                 y.write(P::f(z));

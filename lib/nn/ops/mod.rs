@@ -47,7 +47,7 @@ pub use attention::attention;
 pub use bias::{add_bias, add_sample_bias};
 pub use conv::conv_rows;
 pub use gather::RowGather;
-pub use group_norm::group_norm;
+pub use group_norm::{group_norm, AfterNorm};
 pub use linear::{linear, linear_act, Activated};
 pub use mlp::mlp_stack;
 pub use modulate::{gated_residual, norm_modulate};
@@ -365,8 +365,8 @@ mod tests {
         check("mlp_stack", y, &[0, 2], &x);
         let img = var(&[0, 2, 2, 4]);
         let (gamma, beta) = (var(&[4]), var(&[4]));
-        for act in [false, true] {
-            let y = group_norm(&img, &gamma, &beta, 2, 1e-5, act)
+        for after in [AfterNorm::Identity, AfterNorm::Silu] {
+            let y = group_norm(&img, &gamma, &beta, 2, 1e-5, after)
                 .unwrap()
                 .unwrap();
             check("group_norm", y, &[0, 2, 2, 4], &img);

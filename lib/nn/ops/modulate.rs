@@ -152,7 +152,8 @@ impl CustomOp3 for NormModulateGrad<'_> {
         let out = par::fill_parts((n * block, block), (n * kd, kd), |i, dx, dm| {
             let scale = &m[i * kd + s + d..][..d];
             dm.fill(std::mem::MaybeUninit::new(0.0));
-            let dm = par::assume_init(dm);
+            // SAFETY: `dm` was zeroed just above.
+            let dm = unsafe { par::assume_init(dm) };
             let (d_shift, rest) = dm[s..].split_at_mut(d);
             let d_scale = &mut rest[..d];
             let rows = g[i * block..].chunks(d).zip(x[i * block..].chunks(d));
@@ -250,7 +251,8 @@ impl CustomOp3 for GateGrad {
         let out = par::fill_parts((n * block, block), (n * kd, kd), |i, dh, dm| {
             let gate = &m[i * kd + at..][..d];
             dm.fill(std::mem::MaybeUninit::new(0.0));
-            let d_gate = &mut par::assume_init(dm)[at..at + d];
+            // SAFETY: `dm` was zeroed just above.
+            let d_gate = &mut unsafe { par::assume_init(dm) }[at..at + d];
             let rows = g[i * block..].chunks(d).zip(h[i * block..].chunks(d));
             for (dhr, (gr, hr)) in dh.chunks_mut(d).zip(rows) {
                 for j in 0..d {

@@ -73,8 +73,10 @@ pub fn zeros(len: usize) -> Vec<f32> {
 }
 
 /// A vector of `len` values whose chunks of `size` values `write(i, chunk)` writes, in
-/// parallel, with no pass that zeroes it first. `write` must write every value of its chunk.
-pub fn fill(
+/// parallel, with no pass that zeroes it first. `write` must write every value of its chunk:
+/// one it leaves would be read uninitialised, so this is only for the kernels of
+/// [`crate::nn::ops`], each of which writes whole chunks.
+pub(super) fn fill(
     len: usize,
     size: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
@@ -87,8 +89,8 @@ pub fn fill(
 }
 
 /// [`fill`] for two vectors of `len` values at once: `write(i, a_i, b_i)` writes the i-th
-/// chunks of both.
-pub fn fill2(
+/// chunks of both (every value, as for [`fill`]).
+pub(super) fn fill2(
     len: usize,
     size: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
@@ -110,7 +112,7 @@ pub fn fill2(
 /// One vector of `len_a + len_b` values, [a; b], whose i-th chunks of a (`size_a` values) and
 /// of b (`size_b`) `write(i, a_i, b_i)` writes in parallel; both parts must have as many
 /// chunks, and `write` must write every value of both.
-pub fn fill_parts(
+pub(super) fn fill_parts(
     (len_a, size_a): (usize, usize),
     (len_b, size_b): (usize, usize),
     write: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
@@ -131,8 +133,13 @@ pub fn fill_parts(
 
 /// A chunk that [`fill`]'s `write` has written in full, as f32 (for kernels that read back
 /// what they wrote, such as a product added onto a bias).
-pub fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: callers write every element first; MaybeUninit<f32> has f32's layout.
+///
+/// # Safety
+///
+/// Every element of `s` must have been written: reading an unwritten one is undefined
+/// behaviour. (MaybeUninit<f32> has f32's layout, so the cast itself is sound.)
+pub(super) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the caller wrote every element; the layouts are the same.
     unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 

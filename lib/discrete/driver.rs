@@ -4,6 +4,7 @@
 
 use super::fit::{self, FitOptions, TokenData};
 use super::{tokens, DenoiserConfig, Kappa, Noise};
+use crate::cli::at_least_1;
 use crate::cli::Common;
 use crate::io;
 use crate::nn::FfActivation;
@@ -34,7 +35,7 @@ pub struct DenoiserFlags {
     #[arg(long, value_enum)]
     pub kappa: Option<Kappa>,
     /// Token width D [default: 128]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub width: Option<usize>,
     /// Transformer blocks [default: 4]
     #[arg(long)]
@@ -46,10 +47,10 @@ pub struct DenoiserFlags {
     #[arg(long)]
     pub mlp_ratio: Option<usize>,
     /// Total optimiser steps [default: 2000, or the checkpoint's when resuming]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<u64>)]
     pub steps: Option<u64>,
     /// Minibatch size [default: 128]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_1::<usize>)]
     pub batch: Option<usize>,
     #[command(flatten)]
     pub optim: OptimFlags,
@@ -142,9 +143,6 @@ fn check_flags(flags: &DenoiserFlags) -> Result<()> {
     flags.optim.check()?;
     flags.run.check()?;
     let width = flags.width.unwrap_or(WIDTH);
-    if flags.steps == Some(0) || flags.batch == Some(0) || width == 0 {
-        usage_bail!("--steps, --batch and --width must be at least 1");
-    }
     let heads = flags.heads.unwrap_or(HEADS);
     if flags.run.resume.is_none() && (heads == 0 || !width.is_multiple_of(heads)) {
         usage_bail!("--heads {heads} must divide --width {width}");
