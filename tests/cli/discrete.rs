@@ -279,7 +279,10 @@ fn make_discrete_small_runs_every_stage() {
         f
     };
     let real_is_novel_plus_training = |m: &serde_json::Value| {
-        let (real, novel) = (fraction(m, "fraction_real_words"), fraction(m, "fraction_novel_real_words"));
+        let (real, novel) = (
+            fraction(m, "fraction_real_words"),
+            fraction(m, "fraction_novel_real_words"),
+        );
         let training = fraction(m, "fraction_training_words");
         assert!((real - novel - training).abs() < 2e-4, "{m}");
     };
@@ -289,7 +292,12 @@ fn make_discrete_small_runs_every_stage() {
     let records: Vec<_> = sweep.lines().map(|l| json(l.as_bytes())).collect();
     let points: Vec<_> = records
         .iter()
-        .map(|r| (r["temperature"].as_f64().unwrap(), r["steps"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["temperature"].as_f64().unwrap(),
+                r["steps"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(points, [(0.5, 2), (0.5, 5), (1.0, 2), (1.0, 5)], "{sweep}");
     for r in &records {
