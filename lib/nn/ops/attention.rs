@@ -11,8 +11,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::exp;
 use super::gemm::{matmul_add, Mat};
+use super::{dot, softmax_row};
 use super::{par, slice};
 
 /// Self-attention of `heads` heads over the tokens of qkv (N, L, 3D), whose last dimension is
@@ -107,16 +107,8 @@ impl Dims {
         p.fill(0.0);
         matmul_add(p, self.part(qkv, 0, h), self.part_t(qkv, 1, h));
         let s = self.scale();
-        for row in p.chunks_mut(self.tokens) {
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0;
-            for v in row.iter_mut() {
-                *v = exp(s * (*v - m));
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        p.chunks_mut(self.tokens)
+            .for_each(|row| softmax_row(row, s));
     }
 }
 
@@ -247,9 +239,9 @@ impl AttentionGrad {
         // dS = s P (dP - rowsum(dP P)), in place of dP.
         let s = d.scale();
         for (dp, p) in dp.chunks_mut(l).zip(p.chunks(l)) {
-            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+            let rowsum = dot(dp, p);
             for (dp, &p) in dp.iter_mut().zip(p) {
-                *dp = s * p * (*dp - dot);
+                *dp = s * p * (*dp - rowsum);
             }
         }
         let dq = buf.product(Mat::row_major(&dp, l, l), d.part(x, 1, h));

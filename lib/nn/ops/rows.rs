@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::{exp, last_dim, map_rows, map_rows2, slice};
+use super::{dot, last_dim, map_rows, map_rows2, slice, softmax_row};
 
 /// softmax over the last dimension, y_i = e^(x_i - max x) / sum_j e^(x_j - max x), fused on
 /// the CPU with the backward dx = y (dy - sum_j dy_j y_j) in one pass (candle 0.11's own
@@ -23,14 +23,8 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = map_rows(slice(s, l, "softmax")?, last_dim(l), |y, x| {
-            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = exp(x - m);
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|y| *y *= inv);
+            y.copy_from_slice(x);
+            softmax_row(y, 1.0);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -61,9 +55,9 @@ impl CustomOp2 for SoftmaxGrad {
             slice(s2, l2, "softmax grad")?,
         );
         let out = map_rows2(y, g, last_dim(l1), "softmax grad", |o, y, g| {
-            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            let yg = dot(y, g);
             for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                *o = y * (g - dot);
+                *o = y * (g - yg);
             }
         })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -92,7 +86,7 @@ impl RmsNormOp {
 /// 1 / sqrt(mean(x^2) + eps) of a row.
 #[inline(always)]
 pub(super) fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ms = dot(x, x) / x.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -139,7 +133,7 @@ impl CustomOp2 for RmsNormGrad {
         );
         let out = map_rows2(x, g, last_dim(l1), "rms norm grad", |o, x, g| {
             let r = self.0.inv_rms(x);
-            let m = x.iter().zip(g).map(|(x, g)| x * r * g).sum::<f32>() / x.len() as f32;
+            let m = r * dot(x, g) / x.len() as f32;
             for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
                 *o = r * (g - x * r * m);
             }
