@@ -294,10 +294,12 @@ pub fn unet(s: Settings, device: &Device) -> Result<Value> {
 /// (c) the DiT on 4x8x8 latents (the shape of the lab's VAE latents), batch 256, its default
 /// sizes (patch 2, width 256, depth 6, 4 heads).
 pub fn dit(s: Settings, device: &Device) -> Result<Value> {
-    let mut config = json!({"arch": "dit", "data_shape": [4, 8, 8], "num_classes": 10});
+    let mut config = json!({"arch": "dit", "data_shape": [4, 8, 8], "num_classes": 10,
+                            "activation": "gelu"});
     if s.tiny {
         config = json!({"arch": "dit", "data_shape": [4, 4, 4], "num_classes": 10,
-                        "width": 16, "depth": 1, "heads": 2, "time_features": 8});
+                        "width": 16, "depth": 1, "heads": 2, "time_features": 8,
+                        "activation": "gelu"});
     }
     let cfg = DitConfig::from_json(&config).map_err(anyhow::Error::msg)?;
     let batch = if s.tiny { 2 } else { 256 };

@@ -195,9 +195,51 @@ pub fn load_object(spec: &str, kind_key: &str, greedy: Option<&str>) -> Result<M
         return parse_shorthand(text, kind_key, greedy);
     };
     match value {
-        Value::Object(obj) => Ok(obj),
+        Value::Object(mut obj) => {
+            if is_file(spec) {
+                resolve_beside(&mut obj, spec)?;
+            }
+            Ok(obj)
+        }
         other => bail!("a spec must be a JSON object, got {other}"),
     }
+}
+
+/// The keys of a spec whose values name files: the model (and score model) of a field, a
+/// guided field's labels.
+const FILE_KEYS: [&str; 3] = ["model", "score", "labels_file"];
+
+/// A spec file's relative file names resolve from the current folder, as on the command line,
+/// or else from the spec's own folder (a spec written next to its model keeps working when
+/// read from elsewhere); when neither holds the file, the error says both places it looked.
+fn resolve_beside(obj: &mut Map<String, Value>, spec: &str) -> Result<()> {
+    let folder = std::path::Path::new(spec)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    if folder.as_os_str().is_empty() {
+        return Ok(());
+    }
+    for key in FILE_KEYS {
+        let Some(Value::String(name)) = obj.get(key) else {
+            continue;
+        };
+        let path = std::path::Path::new(name);
+        if name == "-" || path.is_absolute() || path.exists() {
+            continue;
+        }
+        let beside = folder.join(path);
+        if beside.exists() {
+            let beside = beside.to_string_lossy().into_owned();
+            obj.insert(key.to_string(), Value::String(beside));
+        } else {
+            bail!(
+                "{spec}: '{key}' names {name}, which is neither in the current folder nor beside \
+                 the spec (looked for {name} and {})",
+                beside.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether `spec` names an existing file (then errors in it are input errors, exit 1;
@@ -228,6 +270,35 @@ pub fn kind<'a>(obj: &'a Map<String, Value>, kind_key: &str) -> Result<&'a str> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_spec_files_models_resolve_beside_it_when_not_found_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("run");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("flow.safetensors"), b"x").unwrap();
+        let spec = sub.join("guided.json");
+        std::fs::write(&spec, r#"{"field": "guided", "model": "flow.safetensors"}"#).unwrap();
+        let obj = load_object(spec.to_str().unwrap(), "field", None).unwrap();
+        let want = sub.join("flow.safetensors");
+        assert_eq!(
+            obj["model"],
+            Value::String(want.to_string_lossy().into_owned())
+        );
+        std::fs::write(
+            &spec,
+            r#"{"field": "guided", "score": "missing.safetensors"}"#,
+        )
+        .unwrap();
+        let err = load_object(spec.to_str().unwrap(), "field", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'score' names missing.safetensors")
+                && err.contains(&sub.join("missing.safetensors").display().to_string()),
+            "{err}"
+        );
+    }
 
     #[test]
     fn shorthand_numbers_lists_strings_and_greedy_keys() {

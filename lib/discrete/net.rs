@@ -195,7 +195,9 @@ impl Denoiser {
         };
         let cfg = DenoiserConfig::from_json(&config, &file.name)?;
         let params = Params::from_model(&file, Weights::Auto, device)?;
-        Ok((Denoiser::new(&cfg, &params)?, file))
+        let net = Denoiser::new(&cfg, &params)?;
+        params.ensure_all_used()?;
+        Ok((net, file))
     }
 
     /// x: (N, L) token ids (u32) in 0..=K, t: (N, 1) or (N,), y: (N,) labels or None (null)

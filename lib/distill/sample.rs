@@ -75,9 +75,11 @@ impl Student {
             "flowmap" => {
                 not_guided()?;
                 let params = Params::from_model(m, Weights::Auto, device)?;
+                let net = TwoTime::new(config, &params)
+                    .map_err(|e| anyhow!("loading {}: {e:#}", m.name))?;
+                params.ensure_all_used()?;
                 Ok(Student::FlowMap {
-                    net: TwoTime::new(config, &params)
-                        .map_err(|e| anyhow!("loading {}: {e:#}", m.name))?,
+                    net,
                     data_shape: data_shape()?,
                     num_classes,
                 })
@@ -95,9 +97,11 @@ impl Student {
                         )
                     })?;
                 let params = Params::from_model(m, Weights::Auto, device)?;
+                let net =
+                    build(config, &params).map_err(|e| anyhow!("loading {}: {e:#}", m.name))?;
+                params.ensure_all_used()?;
                 Ok(Student::Consistency {
-                    net: build(config, &params)
-                        .map_err(|e| anyhow!("loading {}: {e:#}", m.name))?,
+                    net,
                     path,
                     data_shape: data_shape()?,
                     num_classes,

@@ -172,7 +172,9 @@ impl Classifier {
         let cfg = ClassifierConfig::from_json(&model.config)
             .map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
         let params = Params::from_model(&model, Weights::Auto, device)?;
-        Ok((Classifier::new(&cfg, &params)?, model))
+        let net = Classifier::new(&cfg, &params)?;
+        params.ensure_all_used()?;
+        Ok((net, model))
     }
 
     /// The logits of features `f` (N, F) from [`Self::features`]: (N, K).

@@ -125,8 +125,16 @@ impl DitConfig {
             num_classes: size(config, "num_classes", 0)?,
             mlp_ratio: positive(config, "mlp_ratio", 4)?,
             time_features: positive(config, "time_features", 256)?,
+            // Required: GELU and SiLU networks have the same tensors, so a default would load
+            // a file written with the other one without a word.
             activation: match &config["activation"] {
-                Value::Null => FfActivation::Gelu,
+                Value::Null => {
+                    return Err(
+                        "the dit config has no 'activation' (gelu or silu; its tensors cannot \
+                         tell which)"
+                            .into(),
+                    )
+                }
                 v => v
                     .as_str()
                     .and_then(FfActivation::parse)

@@ -27,6 +27,12 @@ use crate::Result;
 /// The prefix of exponential-moving-average weights in a model file: `ema.<name>`.
 pub const EMA_PREFIX: &str = "ema.";
 
+/// The prefixes of a checkpoint's AdamW moments, `adam.m.<name>` and `adam.v.<name>`
+/// (lib/train/optim.rs): tensors of a model file that are not weights.
+pub const M_PREFIX: &str = "adam.m.";
+pub const V_PREFIX: &str = "adam.v.";
+const OPTIMISER_PREFIXES: [&str; 2] = [M_PREFIX, V_PREFIX];
+
 /// How a parameter's initial values are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -228,6 +234,46 @@ impl Params {
         Ok(tensor)
     }
 
+    /// Fails, naming them, when the stored tensors hold weights that the network built on these
+    /// parameters never asked for: a misspelt name, or a config that describes another network
+    /// than the tensors do (a `num_classes` left out beside a label embedding, say), must not
+    /// load with part of the file ignored. Both the raw and the `ema.` copy of every weight are
+    /// checked; a checkpoint's optimiser moments are not weights. Call it once the whole network
+    /// is built. Fresh parameters always pass.
+    pub fn ensure_all_used(&self) -> Result<()> {
+        let Some(s) = &self.stored else {
+            return Ok(());
+        };
+        let data = self.vars.data().lock().unwrap();
+        let mut unused: Vec<&str> = s
+            .tensors
+            .keys()
+            .filter(|k| !OPTIMISER_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .filter(|k| !data.contains_key(k.strip_prefix(EMA_PREFIX).unwrap_or(k)))
+            .map(String::as_str)
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort_unstable();
+        let n = unused.len();
+        let mut list = unused
+            .iter()
+            .take(6)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if n > 6 {
+            list += &format!(" and {} more", n - 6);
+        }
+        bail!(
+            "{}: {n} tensor{} that the model's config does not use: {list} (a misspelt name, or \
+             a config that describes another network than its tensors)",
+            s.name,
+            if n == 1 { "" } else { "s" }
+        )
+    }
+
     /// The underlying variable store (shared by every `pp` of these parameters).
     pub fn varmap(&self) -> &VarMap {
         &self.vars
@@ -407,6 +453,39 @@ mod tests {
         );
         let err = linear_no_bias(&p, "l", 3, 2).unwrap_err().to_string();
         assert!(err.contains("(2, 3)"), "{err}");
+    }
+
+    #[test]
+    fn tensors_the_network_does_not_ask_for_are_refused_by_name() {
+        let w = || Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        let file = |names: &[&str]| -> HashMap<String, Tensor> {
+            names.iter().map(|n| (n.to_string(), w())).collect()
+        };
+        // Raw, EMA and optimiser copies of the one weight that is used: accepted.
+        let ok = file(&[
+            "l.weight",
+            "ema.l.weight",
+            "adam.m.l.weight",
+            "adam.v.l.weight",
+        ]);
+        for prefix in ["", EMA_PREFIX] {
+            let p = Params::from_tensors(ok.clone(), prefix, "m.safetensors", &Device::Cpu);
+            linear_no_bias(&p, "l", 2, 2).unwrap();
+            p.ensure_all_used().unwrap();
+        }
+        // A misspelt raw weight is refused even when the EMA weights are the ones loaded.
+        let typo = file(&["l.weight", "ema.l.weight", "l.wieght", "ema.extra"]);
+        let p = Params::from_tensors(typo, EMA_PREFIX, "m.safetensors", &Device::Cpu);
+        linear_no_bias(&p, "l", 2, 2).unwrap();
+        let err = p.ensure_all_used().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "m.safetensors: 2 tensors that the model's config does not use: ema.extra, \
+             l.wieght (a misspelt name, or a config that describes another network than its \
+             tensors)"
+        );
+        // Fresh parameters have nothing stored.
+        Params::new(1, &Device::Cpu).ensure_all_used().unwrap();
     }
 
     #[test]

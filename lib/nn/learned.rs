@@ -63,10 +63,28 @@ impl Learned {
             .and_then(Param::parse)
             .ok_or_else(|| {
                 anyhow!(
-                    "{name}: unknown parametrisation {}",
+                    "{name}: unknown parametrisation {} (velocity, score, noise or denoiser)",
                     config["parametrisation"]
                 )
             })?;
+        let kind = config["kind"].as_str().unwrap_or("unknown");
+        let agree = match kind {
+            "velocity" => &[Param::Velocity][..],
+            "score" => &[Param::Score, Param::Noise, Param::Denoiser][..],
+            _ => &[][..],
+        };
+        if !agree.contains(&param) {
+            let names: Vec<&str> = agree.iter().map(|p| p.name()).collect();
+            bail!(
+                "{name}: a {kind} model with parametrisation '{}' (a {kind} model predicts {})",
+                param.name(),
+                if names.is_empty() {
+                    "nothing a field samples".to_string()
+                } else {
+                    names.join(" or ")
+                }
+            );
+        }
         let path = Path::from_json(field("path")?).map_err(|e| anyhow!("{name}: {e}"))?;
         let gaussian_source = config["source"].as_str().unwrap_or("gaussian") == "gaussian";
         let data_shape: Vec<usize> = field("data_shape")?
@@ -75,6 +93,7 @@ impl Learned {
             .ok_or_else(|| anyhow!("{name}: bad data_shape {}", config["data_shape"]))?;
         let params = Params::from_model(model, weights, device)?;
         let net = build(&config, &params).with_context(|| format!("loading {name}"))?;
+        params.ensure_all_used()?;
         Ok(Learned {
             net,
             param,
@@ -226,21 +245,31 @@ impl LearnedScore {
     }
 }
 
-/// A model's prediction, converted to `want`, at the points `x` (N, D) and one time `t`,
-/// as rows [x, prediction] (N, 2D) when `with_points` (what `render-grid --kind quiver` draws).
+/// A model's prediction, converted to `want`, at the points `x` (N, ...data_shape: rows of a
+/// 2D model, images of an image model) and one time `t`, given class labels `y` (one per point,
+/// `num_classes` the null label) or none (all null): shaped like x. With `with_points`, rows
+/// [x, prediction] (N, 2D) of a model on rows (what `render-grid --kind quiver` draws).
 pub fn predict_points(
     model: &Learned,
     want: Param,
-    x: &ndarray::Array2<f32>,
+    x: &ndarray::ArrayD<f32>,
+    y: Option<&[u32]>,
     t: f64,
     with_points: bool,
     device: &Device,
-) -> Result<ndarray::Array2<f32>> {
-    let (n, d) = x.dim();
-    let xs = Tensor::from_vec(x.iter().copied().collect::<Vec<f32>>(), (n, d), device)?;
+) -> Result<ndarray::ArrayD<f32>> {
+    if with_points && x.ndim() != 2 {
+        bail!(
+            "points with their values (--with-points) need a model on rows (N, D); {} takes {}",
+            model.name,
+            shape_str(&model.data_shape)
+        );
+    }
+    let xs = crate::device::to_tensor(x, device)?;
     let tt = Tensor::new(&[t as f32], device)?;
-    let pred = model.predict_as(want, &xs, &tt)?;
-    let pred = crate::device::from_tensor(&pred)?.into_shape_with_order((n, d))?;
+    let ys = y.map(|y| Tensor::new(y, device)).transpose()?;
+    let pred = model.predict_as_labelled(want, &xs, &tt, ys.as_ref())?;
+    let pred = crate::device::from_tensor(&pred)?;
     if !with_points {
         return Ok(pred);
     }

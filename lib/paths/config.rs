@@ -48,19 +48,31 @@ impl Path {
         }
     }
 
-    /// Parses the config form; the error says what was found.
+    /// Parses the config form, or a `--path` name in its place (`"condot"` or
+    /// `{"kind": "condot"}`); the error says what was found and what is valid.
     pub fn from_json(v: &Value) -> std::result::Result<Path, String> {
-        match v["kind"].as_str() {
+        let kind = v.as_str().or_else(|| v["kind"].as_str());
+        if let Some(p) = kind.and_then(Path::from_cli) {
+            return Ok(p);
+        }
+        match kind {
             Some("gaussian") => {
                 let alpha = v["alpha"].as_str().and_then(Alpha::parse);
                 let beta = v["beta"].as_str().and_then(Beta::parse);
                 match (alpha, beta) {
                     (Some(alpha), Some(beta)) => Ok(Path::Gaussian(GaussianPath { alpha, beta })),
-                    _ => Err(format!("unknown schedules in path {v}")),
+                    _ => Err(format!(
+                        "unknown schedules in path {v} (alpha: linear or sin; beta: linear, sqrt \
+                         or cos)"
+                    )),
                 }
             }
             Some("linear-interpolant") => Ok(Path::LinearInterpolant),
-            _ => Err(format!("unknown path {v}")),
+            _ => Err(format!(
+                "unknown path {v} (a kind of gaussian with alpha and beta, linear-interpolant, or \
+                 one of {})",
+                Path::CLI_NAMES.join(", ")
+            )),
         }
     }
 
@@ -94,5 +106,16 @@ mod tests {
             Path::from_json(&json!({"kind":"gaussian","alpha":"cubic","beta":"sqrt"})).is_err()
         );
         assert!(Path::from_cli("vp").is_none());
+        // The command line's names stand for the config form too, bare or as the kind.
+        assert_eq!(
+            Path::from_json(&json!("condot")),
+            Ok(Path::Gaussian(GaussianPath::CONDOT))
+        );
+        assert_eq!(
+            Path::from_json(&json!({"kind": "linear-interp"})),
+            Ok(Path::LinearInterpolant)
+        );
+        let err = Path::from_json(&json!({"kind": "vp"})).unwrap_err();
+        assert!(err.contains("condot, sqrt, cosine, linear-interp"), "{err}");
     }
 }

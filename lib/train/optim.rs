@@ -30,9 +30,9 @@ use crate::nn::ops::{par, slice, slice_mut};
 use crate::nn::Params;
 use crate::Result;
 
-/// Tensor name prefixes of the moments in a checkpoint.
-pub const M_PREFIX: &str = "adam.m.";
-pub const V_PREFIX: &str = "adam.v.";
+/// Tensor name prefixes of the moments in a checkpoint (defined beside the EMA's, so that a
+/// model file's loader knows them as not weights).
+pub use crate::nn::init::{M_PREFIX, V_PREFIX};
 
 /// How the learning rate changes after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

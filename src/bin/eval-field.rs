@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use flowpipe::cli::{self, Common};
+use flowpipe::discrete::tokens;
 use flowpipe::io::{display_name, model, npy};
 use flowpipe::nn::learned::{predict_points, Learned};
 use flowpipe::nn::Weights;
@@ -9,19 +10,24 @@ use flowpipe::paths::Param;
 use flowpipe::{densities, usage_bail, Result};
 use std::process::ExitCode;
 
-/// Evaluate a model (converted through its path: Proposition 1, Remark 16) at points (N, D)
-/// or on a 2D grid, at one time t. Writes (N, D), or rows [x, value] (N, 2D) with
-/// --with-points, ready for `render-grid --kind quiver`.
+/// Evaluate a model (converted through its path: Proposition 1, Remark 16) at points (N, D),
+/// images (N, C, H, W) or on a 2D grid, at one time t, for class labels or the null label.
+/// Writes the values shaped like the points, or rows [x, value] (N, 2D) with --with-points,
+/// ready for `render-grid --kind quiver`. The grid's points are the centres of resolution^2
+/// cells in row-major order, as an image is drawn: point i * resolution + j is at (x_j, y_i),
+/// x_j rising from XMIN with j and y_i falling from YMAX with i (row 0 at the top).
 #[derive(Parser, Debug)]
 #[command(
     name = "eval-field",
     version,
     allow_negative_numbers = true,
-    after_help = "Example:\n  eval-field --model fm.safetensors --what score --t 0.5 --grid -10,10,-10,10 \
---resolution 20 --with-points | render-grid --kind quiver -o score.png"
+    after_help = "Examples:\n  eval-field --model fm.safetensors --what score --t 0.5 --grid -10,10,-10,10 \
+--resolution 20 --with-points | render-grid --kind quiver -o score.png\n  \
+eval-field noise.npy --model out/latent/flow.safetensors --labels labels.npy --t 0.3 -o v.npy"
 )]
 struct Args {
-    /// Points (N, D) to evaluate at (`-` = stdin); omit when --grid is given
+    /// Points (N, ...the model's data shape) to evaluate at (`-` = stdin); omit when --grid
+    /// is given
     points: Option<String>,
     /// A velocity, score or checkpoint model file
     #[arg(long)]
@@ -41,6 +47,10 @@ struct Args {
     /// Prefix each row with its point: (N, 2D)
     #[arg(long)]
     with_points: bool,
+    /// Class labels (N,) int64, one per point, for a conditional model (its num_classes is the
+    /// null label); without it every point gets the null label
+    #[arg(long)]
+    labels: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -68,19 +78,42 @@ fn run(args: Args) -> Result<()> {
                 flowpipe::memory::check_fits(what, &[r, r, 2 * (8 + 4 + 4)])?;
                 densities::grid_points([x0, x1, y0, y1], args.resolution, args.resolution)
                     .mapv(|v| v as f32)
+                    .into_dyn()
             }
             _ => usage_bail!("--grid must be XMIN,XMAX,YMIN,YMAX with min < max"),
         },
         (Some(p), None) => {
             let x = npy::read_f32(p)?;
-            npy::expect_shape(x.shape(), "N,D", "points", &display_name(p))?;
             npy::expect_finite(&x, &display_name(p))?;
-            x.into_dimensionality()?
+            x
         }
     };
     let file = model::load(&args.model, &device)?;
     let learned = Learned::load(&file, Weights::Auto, &device)?;
-    let out = predict_points(&learned, want, &points, args.t, args.with_points, &device)?;
+    let name = args.points.as_deref().map_or("--grid".into(), display_name);
+    let mut want_shape = vec!["N".to_string()];
+    want_shape.extend(learned.data_shape.iter().map(|d| d.to_string()));
+    npy::expect_shape(points.shape(), &want_shape.join(","), "points", &name)?;
+    let labels = match &args.labels {
+        None => None,
+        Some(path) => {
+            let top = learned.num_classes() as u32;
+            Some(tokens::read_labels(
+                path,
+                Some(points.shape()[0]),
+                Some(top),
+            )?)
+        }
+    };
+    let out = predict_points(
+        &learned,
+        want,
+        &points,
+        labels.as_deref(),
+        args.t,
+        args.with_points,
+        &device,
+    )?;
     npy::write(&args.common.output, &out.into_dyn())
 }
 

@@ -110,3 +110,175 @@ print("ok")
     ));
     assert_eq!(out.trim(), "ok");
 }
+
+/// A tiny conditional DiT as a model file written by another program would be: its config and
+/// tensors (every weight nudged off its initialisation, so that labels reach the output).
+fn dit_file(
+    config_edit: impl Fn(&mut serde_json::Value),
+    extra: &[&str],
+) -> (serde_json::Value, Vec<(String, candle_core::Tensor)>) {
+    use flowpipe::nn::{Dit, DitConfig, Params};
+    let shape = serde_json::json!({"arch": "dit", "data_shape": [1, 4, 4], "patch_size": 2,
+        "width": 8, "depth": 1, "heads": 2, "num_classes": 3, "time_features": 8,
+        "activation": "silu"});
+    let cfg = DitConfig::from_json(&shape).unwrap();
+    let params = Params::new(1, &candle_core::Device::Cpu);
+    Dit::new(&cfg, &params).unwrap();
+    let mut config = cfg.to_json();
+    config["kind"] = "velocity".into();
+    config["parametrisation"] = "velocity".into();
+    config["path"] = "condot".into();
+    config["source"] = "gaussian".into();
+    config_edit(&mut config);
+    let mut tensors: Vec<(String, candle_core::Tensor)> = params
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, (t + 0.05).unwrap()))
+        .collect();
+    for name in extra {
+        let t = candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu);
+        tensors.push((name.to_string(), t.unwrap()));
+    }
+    (config, tensors)
+}
+
+#[test]
+fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
+    let d = tmp();
+    let save = |name: &str, edit: &dyn Fn(&mut serde_json::Value), extra: &[&str]| {
+        let p = path(&d, name);
+        let (config, tensors) = dit_file(edit, extra);
+        model::save(&p, &config, &tensors).unwrap();
+        p
+    };
+    let good = save("dit.safetensors", &|_| {}, &[]);
+    let x = path(&d, "x.npy");
+    ok(
+        bin!("sample-noise"),
+        &["-n", "3", "--shape", "1,4,4", "--seed", "2", "-o", &x],
+        b"",
+    );
+    let y = path(&d, "y.npy");
+    npy::write(
+        &y,
+        &ArrayD::from_shape_vec(IxDyn(&[3]), vec![0i64, 2, 3]).unwrap(),
+    )
+    .unwrap();
+    let field = bin!("eval-field");
+    let with = npy_f32(&ok(
+        field,
+        &[&x, "--model", &good, "--labels", &y, "--t", "0.3"],
+        b"",
+    ));
+    let null = npy_f32(&ok(field, &[&x, "--model", &good, "--t", "0.3"], b""));
+    assert_eq!(with.shape(), &[3, 1, 4, 4]);
+    // Labels 0 and 2 change the velocity; label 3 is the null label, as no labels are.
+    let row = |a: &ArrayD<f32>, i: usize| a.index_axis(ndarray::Axis(0), i).to_owned();
+    assert_ne!(row(&with, 0), row(&null, 0));
+    assert_ne!(row(&with, 1), row(&null, 1));
+    assert_eq!(row(&with, 2), row(&null, 2));
+    assert_ne!(row(&with, 0), row(&with, 1));
+    // Labels that do not fit the points or the model.
+    let short = path(&d, "short.npy");
+    npy::write(
+        &short,
+        &ArrayD::from_shape_vec(IxDyn(&[2]), vec![0i64, 1]).unwrap(),
+    )
+    .unwrap();
+    let err = fails(
+        &run(field, &[&x, "--model", &good, "--labels", &short], b""),
+        1,
+        &["short.npy"],
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let big = path(&d, "big.npy");
+    npy::write(
+        &big,
+        &ArrayD::from_shape_vec(IxDyn(&[3]), vec![0i64, 1, 4]).unwrap(),
+    )
+    .unwrap();
+    fails(
+        &run(field, &[&x, "--model", &good, "--labels", &big], b""),
+        1,
+        &["big.npy", "label 4", "0..=3"],
+    );
+    // What a hand-written file gets wrong is refused with the field or tensor named.
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            save("typo.safetensors", &|_| {}, &["blocks.0.qkv.wieght"]),
+            vec!["typo.safetensors", "does not use: blocks.0.qkv.wieght"],
+        ),
+        (
+            save(
+                "noact.safetensors",
+                &|c| {
+                    c.as_object_mut().unwrap().remove("activation");
+                },
+                &[],
+            ),
+            vec!["noact.safetensors", "no 'activation' (gelu or silu"],
+        ),
+        (
+            save(
+                "nocls.safetensors",
+                &|c| {
+                    c.as_object_mut().unwrap().remove("num_classes");
+                },
+                &[],
+            ),
+            vec!["nocls.safetensors", "does not use: label_embed"],
+        ),
+        (
+            save(
+                "kind.safetensors",
+                &|c| c["parametrisation"] = "noise".into(),
+                &[],
+            ),
+            vec![
+                "kind.safetensors",
+                "a velocity model with parametrisation 'noise'",
+            ],
+        ),
+        (
+            save("path.safetensors", &|c| c["path"] = "vp".into(), &[]),
+            vec![
+                "path.safetensors",
+                "unknown path \"vp\"",
+                "condot, sqrt, cosine, linear-interp",
+            ],
+        ),
+    ];
+    for (file, needles) in cases {
+        let err = fails(&run(field, &[&x, "--model", &file], b""), 1, &needles);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A guided field's spec finds its model beside it, read from another folder.
+    let sub = d.path().join("run");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::copy(&good, sub.join("flow.safetensors")).unwrap();
+    std::fs::write(
+        sub.join("guided.json"),
+        r#"{"field": "guided", "model": "flow.safetensors", "scale": 2, "labels": [0, 1, 2]}"#,
+    )
+    .unwrap();
+    let out = run_in(
+        bin!("simulate-sde"),
+        &[
+            "x.npy",
+            "--field",
+            "run/guided.json",
+            "--steps",
+            "2",
+            "-q",
+            "-o",
+            "s.npy",
+        ],
+        b"",
+        Some(d.path()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -188,7 +188,7 @@ fn learned_sde_and_eval_field_run_on_a_trained_model() {
         &["-", "--model", &model],
         &ok(NOISE, &["-n", "5", "--shape", "3"], b""),
     );
-    fails(&r, 1, &["expected x of shape (N, 2)", "got (5, 3)"]);
+    fails(&r, 1, &["expected points (N, 2), got (5, 3)", "got (5, 3)"]);
     let r = run(
         FIELD,
         &["--model", &model, "--what", "magic", "--grid", "0,1,0,1"],

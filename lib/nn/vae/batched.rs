@@ -19,7 +19,9 @@ pub fn open(path: &str, device: &candle_core::Device) -> Result<Vae> {
     let cfg =
         VaeConfig::from_json(&model.config).map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
     let params = Params::from_model(&model, crate::nn::Weights::Auto, device)?;
-    Vae::new(&cfg, &params)
+    let vae = Vae::new(&cfg, &params)?;
+    params.ensure_all_used()?;
+    Ok(vae)
 }
 
 /// How `encode-vae` turns the posterior into latents.
