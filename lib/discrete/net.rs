@@ -93,10 +93,16 @@ impl DenoiserConfig {
             mlp_ratio: positive(c, "mlp_ratio", 4).map_err(e)?,
             time_features: positive(c, "time_features", 64).map_err(e)?,
             num_classes: size(c, "num_classes", 0).map_err(e)?,
-            activation: c["activation"]
-                .as_str()
-                .and_then(FfActivation::parse)
-                .unwrap_or(FfActivation::Silu),
+            activation: match &c["activation"] {
+                Value::Null => bail!(
+                    "{name}: the token-transformer config has no 'activation' (gelu or silu; its \
+                     tensors cannot tell which)"
+                ),
+                v => v
+                    .as_str()
+                    .and_then(FfActivation::parse)
+                    .ok_or_else(|| anyhow!("{name}: unknown activation {v} (gelu or silu)"))?,
+            },
             kappa: c["kappa"]
                 .as_str()
                 .and_then(Kappa::parse)

@@ -8,11 +8,11 @@
 //!                                      a label embedding with a null row
 //! block   (s1, a1, g1, s2, a2, g2) = Linear(SiLU(c))          zero-initialised (adaLN-Zero)
 //!         z = z + g1 * Attn(RMSNorm(z) (1 + a1) + s1)
-//!         z = z + g2 * FF(RMSNorm(z) (1 + a2) + s2)           FF: D -> 4D -> GELU -> D
-//!                                      (exact GELU by default, SiLU on request: ~1.6x
-//!                                      cheaper per element on the CPU)
+//!         z = z + g2 * FF(RMSNorm(z) (1 + a2) + s2)           FF: D -> 4D -> act -> D
+//!                                      (act: the config's `activation`, required: exact
+//!                                      GELU or SiLU, ~1.6x cheaper per element on the CPU)
 //! final   (s, a) = Linear(SiLU(c)) (zero-initialised); h = RMSNorm(z) (1 + a) + s
-//!         h -> Linear -> GELU -> Linear to p p C per token -> rearranged to (N, H, W, C)
+//!         h -> Linear -> act -> Linear to p p C per token -> rearranged to (N, H, W, C)
 //!         -> conv3x3 (smooths the seams between patches)
 //! ```
 //! Attention is multi-head with one fused QKV projection: softmax(q k^T / sqrt(d_head)) v per
@@ -113,7 +113,7 @@ impl DitConfig {
     }
 
     /// Reads a config. Defaults: patch 2, width 256, depth 6, 4 heads, unconditional, mlp_ratio
-    /// 4, 256 time features, GELU.
+    /// 4, 256 time features; `activation` has none (required).
     pub fn from_json(config: &Value) -> ConfigResult<DitConfig> {
         let data_shape = image_shape(config, "dit")?;
         let cfg = DitConfig {

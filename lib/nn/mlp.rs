@@ -27,6 +27,9 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The config names, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["silu", "relu", "tanh"];
+
     pub fn name(self) -> &'static str {
         match self {
             Activation::Silu => "silu",
@@ -99,12 +102,18 @@ impl MlpConfig {
         if hidden.is_empty() || hidden.contains(&0) {
             return Err(format!("hidden widths must be positive, found {hidden:?}"));
         }
+        // Required: the tensors of a SiLU and a ReLU network are alike, so a default would
+        // load a file written with another one without a word.
         let activation = match &config["activation"] {
-            Value::Null => Activation::Silu,
-            v => v
-                .as_str()
-                .and_then(Activation::parse)
-                .ok_or_else(|| format!("unknown activation {v}"))?,
+            Value::Null => {
+                return Err(format!(
+                    "the mlp config has no 'activation' ({}; its tensors cannot tell which)",
+                    Activation::NAMES.join(", ")
+                ))
+            }
+            v => v.as_str().and_then(Activation::parse).ok_or_else(|| {
+                format!("unknown activation {v} ({})", Activation::NAMES.join(", "))
+            })?,
         };
         let time_features = config["time_features"].as_u64().unwrap_or(0) as usize;
         Ok(MlpConfig {

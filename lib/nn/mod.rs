@@ -19,6 +19,8 @@
 pub mod classifier;
 pub mod cmlp;
 pub mod config;
+#[cfg(test)]
+mod contract;
 pub mod dit;
 pub mod embed;
 pub mod init;
