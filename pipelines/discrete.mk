@@ -133,8 +133,8 @@ $(DS)/sweep.png: $(DS)/sweep.jsonl $(TOOLS)
 
 # ---- binarised Fashion-MNIST as a discrete image task: 14x14 pixels (2x2 pooled), a
 # class-conditional masked model, samples guided on the logits (w = 2), one row per class ----
-discrete-images: $(DS)/images-samples.png
-	@echo "discrete-images: $(DS)/images-samples.png"
+discrete-images: $(DS)/images-samples.png $(DS)/images-loss.png
+	@echo "discrete-images: $(DS)/images-samples.png, images-loss.png"
 $(DS)/images-tokens.npy: $(FASHION_TEST_IMAGES) $(TOOLS) | $(DS)/.dir
 	import-text $< --downsample 2 --threshold 0 --vocab-out $(DS)/images-vocab.json -o $@
 $(DS)/images-vocab.json: $(DS)/images-tokens.npy
@@ -142,6 +142,9 @@ $(DS)/images-vocab.json: $(DS)/images-tokens.npy
 $(DS)/images.safetensors: $(DS)/images-tokens.npy $(DS)/images-vocab.json $(FASHION_TEST_LABELS)
 	fit-denoiser --data $< --vocab $(DS)/images-vocab.json --labels $(FASHION_TEST_LABELS) \
 	  $(DS_IMG_NET) --steps $(DS_IMG_STEPS) --seed $(DISCRETE_SEED) --log $(DS)/images.log.jsonl $(DS_T) -q -o $@
+$(DS)/images-loss.png: $(DS)/images.safetensors
+	render-plot $(DS)/images.log.jsonl --y loss --smooth 5 --labels images \
+	  --title "Discrete diffusion on binarised Fashion-MNIST: training loss against the step" -o $@
 $(DS)/images-samples.npy: $(DS)/images.safetensors
 	simulate-ctmc --model $< --each 8 --guidance 2 --steps 50 --seed $(DISCRETE_SEED) $(DS_T) -q \
 	  | render-text --vocab $< --images -o $@

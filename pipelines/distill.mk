@@ -65,8 +65,18 @@ DIS_LR := 1e-3
 
 .PHONY: distill distill-2d distill-latent
 distill: distill-2d distill-latent
-distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png
-distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png
+distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png $(DIS)/nfe-2d.png \
+	$(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m)-loss.png)
+distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png $(DIS)/nfe-latent.png \
+	$(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m)-loss.png)
+
+# Each student's training loss, beside it.
+$(DIS)/%-loss.png: $(DIS)/%.safetensors $(TOOLS)
+	render-plot $(DIS)/$*.log.jsonl --y loss --log-y --smooth 5 --labels $(notdir $*) \
+	  --title "Distillation, $(notdir $*) student ($(patsubst %/,%,$(dir $*))): training loss against the step" -o $@
+
+# A table's rows as JSON lines, for render-plot.
+dis_rows = grep '"model"' $(1) | sed 's/^ *//; s/,$$//' > $(2)
 
 $(DIS)/2d $(DIS)/latent:
 	@mkdir -p $@
@@ -196,6 +206,18 @@ $(DIS)/table-latent.json: $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).eval.js
 	    printf '%-12s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
 	  done; } > $(DIS)/table-latent.txt
 	@cat $(DIS)/table-latent.txt
+
+# The tables as plots: quality against the network evaluations per sample, a line per model.
+$(DIS)/nfe-2d.png: $(DIS)/table-2d.json $(TOOLS)
+	$(call dis_rows,$<,$(DIS)/table-2d.jsonl)
+	render-plot $(DIS)/table-2d.jsonl --x nfe --y energy_distance --series model --log-x --log-y \
+	  --y-labels "energy distance to the target" --x-label "network evaluations per sample (NFE)" \
+	  --title "Checkerboard: teacher (Euler) and students" -o $@
+$(DIS)/nfe-latent.png: $(DIS)/table-latent.json $(TOOLS)
+	$(call dis_rows,$<,$(DIS)/table-latent.jsonl)
+	render-plot $(DIS)/table-latent.jsonl --x nfe --y classifier_fid,guided_accuracy --series model --log-x \
+	  --y-labels "classifier-FID;guided accuracy" --x-label "network evaluations per sample (NFE)" \
+	  --title "Latent DiT, CFG w = $(LAT_GUIDANCE): quality against NFE, teacher and students" -o $@
 
 DIS_LAT_GRID := teacher-1 teacher-4 teacher-32 $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 $(DIS)/grids-latent.png: $(foreach r,$(DIS_LAT_GRID),$(DIS)/latent/$(r).images.npy)

@@ -25,10 +25,18 @@ L2_SIM_STEPS := 20
 endif
 L2_FIT := --steps $(L2_STEPS) --batch 1000 --lr 1e-3 --hidden 64,64,64,64 -q
 
+# The four trained models; each one's loss curve is drawn beside it.
+L2_MODELS := fm-mixture sm-mixture fm-checkerboard bridge
+
 .PHONY: lab2
 lab2: $(L2)/paths.png $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
-      $(L2)/checkerboard.png $(L2)/bridge.png $(L2)/metrics.json
-	@echo "lab2: figures and metrics.json in $(L2)/"
+      $(L2)/checkerboard.png $(L2)/bridge.png $(L2)/metrics.json \
+      $(foreach m,$(L2_MODELS),$(L2)/$(m)-loss.png)
+	@echo "lab2: figures, loss curves (*-loss.png) and metrics.json in $(L2)/"
+
+$(L2)/%-loss.png: $(L2)/%.safetensors $(TOOLS)
+	render-plot $(L2)/$*.log.jsonl --y loss --log-y --smooth 5 --labels $* \
+	  --title "Lab 2, $*: training loss against the step" -o $@
 
 $(L2)/.dir:
 	@mkdir -p $(@D) && touch $@

@@ -20,7 +20,7 @@ KID_SUBSETS := 5
 endif
 
 .PHONY: classifier metrics-floor
-classifier: $(CLASSIFIER)
+classifier: $(CLASSIFIER) $(OUT)/models/classifier-loss.png
 metrics-floor: $(OUT)/metrics/fashion-floor.json
 
 $(CLASSIFIER): $(FASHION_TRAIN_IMAGES) $(FASHION_TRAIN_LABELS) $(FASHION_TEST_IMAGES) $(FASHION_TEST_LABELS) $(TOOLS)
@@ -28,6 +28,10 @@ $(CLASSIFIER): $(FASHION_TRAIN_IMAGES) $(FASHION_TRAIN_LABELS) $(FASHION_TEST_IM
 	$(call stage_time,classifier/fit-classifier) fit-classifier --data $(FASHION_TRAIN_IMAGES) --labels $(FASHION_TRAIN_LABELS) \
 	  --test-data $(FASHION_TEST_IMAGES) --test-labels $(FASHION_TEST_LABELS) \
 	  --steps $(CLASSIFIER_STEPS) --seed $(CLASSIFIER_SEED) --log $(@D)/classifier.jsonl -o $@
+
+$(OUT)/models/classifier-loss.png: $(CLASSIFIER)
+	render-plot $(@D)/classifier.jsonl --y loss --log-y --smooth 5 --labels classifier \
+	  --title "Metrics classifier: cross-entropy against the step" -o $@
 
 $(OUT)/metrics/fashion-floor.json: $(CLASSIFIER) $(TOOLS)
 	@mkdir -p $(@D)

@@ -47,6 +47,9 @@ struct Args {
     /// Logarithmic vertical axes (values <= 0 are left out)
     #[arg(long)]
     log_y: bool,
+    /// Logarithmic horizontal axes (values <= 0 are left out): NFE 1, 2, 4, ... evenly spaced
+    #[arg(long)]
+    log_x: bool,
     /// Also draw the centred moving average of K points over the faint raw line [default: off]
     #[arg(long, value_name = "K", default_value_t = 0)]
     smooth: usize,
@@ -113,6 +116,7 @@ fn run(args: Args) -> Result<()> {
         let opts = LineOptions {
             size: args.size,
             log_y: args.log_y,
+            log_x: args.log_x,
             smooth: args.smooth,
             x_desc: Some(args.x_label.clone().unwrap_or_else(|| args.x.clone())),
             y_desc: Some(y_label),

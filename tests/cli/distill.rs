@@ -466,6 +466,16 @@ fn distill_2d_pipeline_at_small_sizes() {
     assert_eq!(rows[15]["nfe"], 4);
     assert!(dir.join("grids-2d.png").is_file());
     assert!(dir.join("table-2d.txt").is_file());
+    // The table as a plot, and each student's loss curve beside it.
+    for f in [
+        "nfe-2d.png",
+        "2d/reflow-loss.png",
+        "2d/flowmap-loss.png",
+        "2d/consistency-loss.png",
+    ] {
+        let img = image::open(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 640 && img.height() >= 420, "{f}");
+    }
 }
 
 /// A tiny class-conditional DiT on (N, 4, 4, 4) latents: every method distils it with guidance

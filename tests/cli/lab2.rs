@@ -196,3 +196,43 @@ fn learned_sde_and_eval_field_run_on_a_trained_model() {
     );
     fails(&r, 2, &["--what"]);
 }
+
+/// `make lab2 SMALL=1`: every figure of the lab, each trained model's loss curve beside it, and
+/// the metrics, as valid PNGs and JSON.
+#[test]
+fn lab2_pipeline_draws_every_figure_at_small_sizes() {
+    let bin = std::path::Path::new(FIT)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = tmp();
+    let r = std::process::Command::new("make")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "-s", "lab2", "SMALL=1"])
+        .arg(format!("BIN={bin}"))
+        .arg(format!("OUT={}", out.path().display()))
+        .output()
+        .expect("the pipeline test needs GNU make");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let dir = out.path().join("lab2");
+    let figures = [
+        "paths.png",
+        "fm-mixture.png",
+        "sm-mixture.png",
+        "scores.png",
+        "checkerboard.png",
+        "bridge.png",
+        "fm-mixture-loss.png",
+        "sm-mixture-loss.png",
+        "fm-checkerboard-loss.png",
+        "bridge-loss.png",
+    ];
+    for f in figures {
+        let img = image::open(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 200 && img.height() >= 200, "{f}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    assert!(m.is_object(), "{m}");
+}

@@ -4,8 +4,8 @@
 //! ([`class_colour`] of its index), with a dot on every point when there are few (at most
 //! [`MARKERS_UP_TO`]), and a legend naming the series when there are several.
 //!
-//! - **Log scale** (`log_y`): the vertical coordinate is log10 y, ticks written as y itself;
-//!   points with y <= 0 (or not finite) have no logarithm and are left out.
+//! - **Log scale** (`log_y`, `log_x`): the coordinate is log10 y (log10 x), ticks written as y
+//!   (x) itself; points with y <= 0 (x <= 0) or not finite have no logarithm and are left out.
 //! - **Smoothing** (`smooth` = k > 1): each series is drawn faint as it is, and over it the
 //!   centred moving average of k points, s_i = mean(y_j : |j - i| <= k / 2, 0 <= j < n) (the
 //!   window shrinks at the ends), computed on the plotted coordinate (log10 y on a log scale,
@@ -37,6 +37,8 @@ pub struct LineOptions {
     pub size: (u32, u32),
     /// Logarithmic vertical axis.
     pub log_y: bool,
+    /// Logarithmic horizontal axis (NFE 1, 2, 4, ... evenly spaced).
+    pub log_x: bool,
     /// Moving-average window k (0 or 1: no smoothing).
     pub smooth: usize,
     /// Axis descriptions.
@@ -49,6 +51,7 @@ impl Default for LineOptions {
         LineOptions {
             size: (640, 420),
             log_y: false,
+            log_x: false,
             smooth: 0,
             x_desc: None,
             y_desc: None,
@@ -72,12 +75,18 @@ pub fn moving_average(y: &[f64], k: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The points as plotted: y -> log10 y on a log scale (points without a logarithm left out).
-fn plotted(points: &[(f64, f64)], log_y: bool) -> Vec<(f64, f64)> {
+/// The points as plotted: y -> log10 y (x -> log10 x) on a log scale (points without a
+/// logarithm left out).
+fn plotted(points: &[(f64, f64)], log_x: bool, log_y: bool) -> Vec<(f64, f64)> {
+    let axis = |v: f64, log: bool| match log {
+        true if v > 0.0 => Some(v.log10()),
+        true => None,
+        false => Some(v),
+    };
     points
         .iter()
-        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
-        .map(|&(x, y)| (x, if log_y { y.log10() } else { y }))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .filter_map(|&(x, y)| Some((axis(x, log_x)?, axis(y, log_y)?)))
         .collect()
 }
 
@@ -120,11 +129,12 @@ fn lines_with_area(
 ) -> Result<(RgbImage, PixelArea)> {
     let shown: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .map(|s| plotted(&s.points, opts.log_y))
+        .map(|s| plotted(&s.points, opts.log_x, opts.log_y))
         .collect();
     if shown.iter().all(|s| s.is_empty()) {
         bail!(
-            "nothing to plot: no series has a finite point{}",
+            "nothing to plot: no series has a finite point{}{}",
+            if opts.log_x { " with x > 0" } else { "" },
             if opts.log_y {
                 " with y > 0 (log scale)"
             } else {
@@ -139,13 +149,14 @@ fn lines_with_area(
     };
     let (log, plain) = (log_tick, compact_tick);
     let y_format: &dyn Fn(&f64) -> String = if opts.log_y { &log } else { &plain };
+    let x_format: &dyn Fn(&f64) -> String = if opts.log_x { &log } else { &plain };
     let axes = Axes {
         x: r.x,
         y: r.y,
         x_desc: opts.x_desc.as_deref(),
         y_desc: opts.y_desc.as_deref(),
         y_format: Some(y_format),
-        x_format: Some(&plain),
+        x_format: Some(x_format),
     };
     let smooth = opts.smooth > 1;
     panel_with_area(opts.size, title, axes, |chart, root| {
@@ -278,7 +289,7 @@ mod tests {
                 ..LineOptions::default()
             };
             let (img, area) = lines_with_area(&s, None, &opts).unwrap();
-            let shown = plotted(&pts, log_y);
+            let shown = plotted(&pts, false, log_y);
             let r = Rect {
                 x: auto_range(shown.iter().map(|p| p.0)),
                 y: auto_range(shown.iter().map(|p| p.1)),
@@ -307,9 +318,44 @@ mod tests {
     }
 
     #[test]
+    fn log_x_spaces_doublings_evenly() {
+        // NFE 1, 2, 4, ..., 64 against a straight line in log2 NFE: evenly spaced on a log x
+        // axis, so the midpoint of 8 and 16 on the line is at the geometric mean sqrt(128).
+        let c = class_colour(0);
+        let pts: Vec<(f64, f64)> = (0..=6).map(|k| (2f64.powi(k), k as f64)).collect();
+        let s = [Series {
+            name: "a".into(),
+            points: pts.clone(),
+        }];
+        let opts = LineOptions {
+            log_x: true,
+            ..LineOptions::default()
+        };
+        let (img, area) = lines_with_area(&s, None, &opts).unwrap();
+        let shown = plotted(&pts, true, false);
+        let r = Rect {
+            x: auto_range(shown.iter().map(|p| p.0)),
+            y: auto_range(shown.iter().map(|p| p.1)),
+        };
+        for &p in &shown {
+            assert!(coloured_near(&img, pixel(&area, &r, p), c), "{p:?}");
+        }
+        let mid = (128f64.sqrt().log10(), 3.5);
+        assert!(coloured_near(&img, pixel(&area, &r, mid), c));
+        // On a linear x axis the line from (8, 3) to (16, 4) passes x = 12 at y = 3.5, which
+        // the log axis puts at log10 12, off the line there.
+        let off = (12f64.log10(), 3.5);
+        assert!(!coloured_near(&img, pixel(&area, &r, off), c));
+        assert_eq!(
+            plotted(&[(0.0, 1.0), (-1.0, 1.0), (10.0, 1.0)], true, false),
+            vec![(1.0, 1.0)]
+        );
+    }
+
+    #[test]
     fn log_scale_leaves_out_non_positive_values_and_refuses_nothing_to_plot() {
         assert_eq!(
-            plotted(&[(0.0, -1.0), (1.0, 0.0), (2.0, 100.0)], true),
+            plotted(&[(0.0, -1.0), (1.0, 0.0), (2.0, 100.0)], false, true),
             vec![(2.0, 2.0)]
         );
         let s = [Series {
