@@ -282,3 +282,29 @@ fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Python reference package (python/) computes every architecture's forward as the tools
+/// do: its own check script against eval-field, encode-vae, decode-vae and evaluate, to 1e-5.
+#[test]
+fn the_python_package_forwards_match_the_tools() {
+    assert!(
+        python_with(&["numpy", "safetensors"]),
+        "the interop tests need python3 with numpy and safetensors"
+    );
+    let bin = std::path::Path::new(bin!("eval-field")).parent().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/tests/test_forward.py");
+    let out = Command::new("python3")
+        .args([script, "--bin", bin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("all checks passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().filter(|l| l.starts_with("ok")).count() >= 20,
+        "{text}"
+    );
+}
