@@ -135,11 +135,11 @@ impl Field for Ou {
 
 /// The linear ODE dX = -theta X dt, solved by x_0 e^{-theta t}.
 #[derive(Clone, Copy, Debug)]
-pub struct Linear {
+pub struct LinearOde {
     pub theta: f64,
 }
 
-impl Field for Linear {
+impl Field for LinearOde {
     fn drift(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
         x.affine(-self.theta, 0.0)
     }
@@ -326,7 +326,7 @@ pub fn from_json(
             theta: k.num("theta", Some(1.0))?,
             sigma: sigma(&mut k)?,
         }),
-        "linear" => Box::new(Linear {
+        "linear" => Box::new(LinearOde {
             theta: k.num("theta", Some(1.0))?,
         }),
         "learned" => learned_from_json(&mut k, device)?,

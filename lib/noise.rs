@@ -9,9 +9,10 @@ use crate::io::npy;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
-/// A source distribution p_init.
+/// A source distribution p_init (the name of the notes; `discrete::paths::Noise` is its
+/// counterpart on tokens).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Noise {
+pub enum PInit {
     /// N(0, std^2 I)
     Gaussian { std: f32 },
     /// U[low, high)^d
@@ -20,7 +21,7 @@ pub enum Noise {
 
 /// `n` samples of `shape` from `noise`, samples `first..first + n` of the seed's sequence.
 pub fn sample(
-    noise: &Noise,
+    noise: &PInit,
     n: usize,
     shape: &[usize],
     seed: u64,
@@ -28,12 +29,12 @@ pub fn sample(
 ) -> Result<ArrayD<f32>> {
     let dim: usize = shape.iter().product();
     let data = match *noise {
-        Noise::Gaussian { std } => {
+        PInit::Gaussian { std } => {
             let mut d = rng::normal_rows(seed, Purpose::Noise, first, n, dim);
             d.iter_mut().for_each(|v| *v *= std);
             d
         }
-        Noise::Uniform { low, high } => {
+        PInit::Uniform { low, high } => {
             rng::uniform_rows(seed, Purpose::Noise, first, n, dim, low, high)
         }
     };
@@ -48,8 +49,8 @@ mod tests {
 
     #[test]
     fn gaussian_std_and_prefix_property() {
-        let big = sample(&Noise::Gaussian { std: 2.0 }, 5000, &[2], 4, 0).unwrap();
-        let small = sample(&Noise::Gaussian { std: 2.0 }, 10, &[2], 4, 0).unwrap();
+        let big = sample(&PInit::Gaussian { std: 2.0 }, 5000, &[2], 4, 0).unwrap();
+        let small = sample(&PInit::Gaussian { std: 2.0 }, 10, &[2], 4, 0).unwrap();
         assert_eq!(big.as_slice().unwrap()[..20], small.as_slice().unwrap()[..]);
         let var = big.iter().map(|v| v * v).sum::<f32>() / big.len() as f32;
         assert!((var - 4.0).abs() < 0.25, "var {var}");
@@ -58,7 +59,7 @@ mod tests {
     #[test]
     fn uniform_bounds() {
         let x = sample(
-            &Noise::Uniform {
+            &PInit::Uniform {
                 low: -1.0,
                 high: 3.0,
             },

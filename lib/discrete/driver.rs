@@ -1,8 +1,8 @@
 //! The `fit-denoiser` driver: its flags, their checks, and the order of work of every tool
 //! (check flags, read and check every input, train, write the model). The training itself is
-//! [`super::fit`].
+//! [`super::train`].
 
-use super::fit::{self, FitOptions, TokenData};
+use super::train::{self, FitOptions, TokenData};
 use super::{tokens, DenoiserConfig, Kappa, Noise};
 use crate::cli::at_least_1;
 use crate::cli::Common;
@@ -101,7 +101,7 @@ pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
     };
     let opts = match &ckpt {
         Some(c) => {
-            let opts = fit::resumed_options(c, flags.steps, loop_opts)?;
+            let opts = train::resumed_options(c, flags.steps, loop_opts)?;
             check_resumed(flags, common, &opts, &c.name)?;
             opts
         }
@@ -113,7 +113,7 @@ pub fn run(flags: &DenoiserFlags, common: &Common) -> Result<()> {
             opts.config.num_classes
         );
     }
-    let fitted = fit::fit(&opts, &data, ckpt.as_ref(), &device)?;
+    let fitted = train::fit(&opts, &data, ckpt.as_ref(), &device)?;
     checkpoint::save_model(&common.output, &fitted.config, &fitted.state)?;
     let s = &fitted.summary;
     if s.steps > 0 {

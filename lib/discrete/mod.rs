@@ -12,11 +12,11 @@
 //! - [`net`]: the token transformer p^theta_{1|t}(. | x_t, y).
 //! - [`sample`]: simulating the learned CTMC from noise (with prompts for infilling).
 //! - [`tokens`]: vocabularies, text <-> tokens, binarised images.
-//! - [`fit`]: training and evaluating a denoiser (`fit-denoiser`, `evaluate --model`).
+//! - [`train`]: training and evaluating a denoiser (`evaluate --model`); [`driver`]: the
+//!   `fit-denoiser` tool's order of work.
 
 pub mod ctmc;
 pub mod driver;
-pub mod fit;
 pub mod net;
 pub mod objective;
 pub mod paths;
@@ -24,6 +24,7 @@ pub mod pixels;
 pub mod sample;
 pub mod schedule;
 pub mod tokens;
+pub mod train;
 
 pub use ctmc::{RateMatrix, Solver};
 pub use net::{Denoiser, DenoiserConfig};

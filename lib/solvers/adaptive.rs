@@ -252,7 +252,7 @@ fn initial_step(
 
 #[cfg(test)]
 mod tests {
-    use crate::fields::Linear;
+    use crate::fields::LinearOde;
     use crate::solvers::{solve, uniform_grid, Method, SolveOptions};
     use candle_core::{Device, Tensor};
 
@@ -271,7 +271,7 @@ mod tests {
                 atol: tol,
                 ..Default::default()
             };
-            let sol = solve(&Linear { theta }, &x0, &[0.0, 2.0], &opts, None).unwrap();
+            let sol = solve(&LinearOde { theta }, &x0, &[0.0, 2.0], &opts, None).unwrap();
             let x = sol.x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
             let exact = [(-2.0 * theta).exp(), -3.0 * (-2.0 * theta).exp()];
             let err = x
@@ -284,7 +284,7 @@ mod tests {
             // Heun with the same number of field evaluations is far less accurate.
             let heun_steps = (sol.stats.nfe / 2) as usize;
             let heun = solve(
-                &Linear { theta },
+                &LinearOde { theta },
                 &x0,
                 &uniform_grid(0.0, 2.0, heun_steps),
                 &SolveOptions {
@@ -324,7 +324,7 @@ mod tests {
             ..Default::default()
         };
         // A stiff-ish decay forces rejections after the first step guess.
-        let sol = solve(&Linear { theta: 40.0 }, &x0, &grid, &opts, None).unwrap();
+        let sol = solve(&LinearOde { theta: 40.0 }, &x0, &grid, &opts, None).unwrap();
         let traj = sol
             .trajectory
             .unwrap()
@@ -338,7 +338,7 @@ mod tests {
         }
         assert!(sol.stats.accepted > 4);
         // A solution that blows up is an error, not a file of infinities.
-        let up = Linear { theta: -100.0 };
+        let up = LinearOde { theta: -100.0 };
         let x32 = Tensor::new(&[[1.0f32], [2.0]], &cpu()).unwrap();
         let loose = SolveOptions {
             rtol: 1e-4,
@@ -360,6 +360,6 @@ mod tests {
             max_steps: 3,
             ..opts
         };
-        assert!(solve(&Linear { theta: 40.0 }, &x0, &grid, &tight, None).is_err());
+        assert!(solve(&LinearOde { theta: 40.0 }, &x0, &grid, &tight, None).is_err());
     }
 }

@@ -73,7 +73,7 @@ pub fn euler_maruyama_step(
 #[cfg(test)]
 mod tests {
     use crate::densities::Gaussian;
-    use crate::fields::{Brownian, Field, Langevin, Linear, Ou};
+    use crate::fields::{Brownian, Field, Langevin, LinearOde, Ou};
     use crate::solvers::{solve, uniform_grid, Method, SolveOptions};
     use candle_core::{Device, Tensor};
 
@@ -90,7 +90,7 @@ mod tests {
             ..Default::default()
         };
         let sol = solve(
-            &Linear { theta },
+            &LinearOde { theta },
             &x0,
             &uniform_grid(0.0, 1.0, steps),
             &opts,

@@ -1,6 +1,6 @@
 //! The flags the trainers share: one declaration, one range check and one comparison with a
 //! resumed checkpoint, so the tools cannot drift apart. [`OptimFlags`] and [`RunFlags`] are
-//! every resumable trainer's (the fit-* tools built on [`crate::train::fit`],
+//! every resumable trainer's (the fit-* tools built on [`crate::train::driver`],
 //! [`crate::train::vae`] and [`crate::discrete::driver`]); fit-classifier and distill use
 //! [`LogFlags`] (and fit-classifier [`CheckpointFlags`]) and the checks [`check_lr`],
 //! [`check_weight_decay`] and [`check_ema`] for their own optimiser flags. The flags that shape a run are optional, so that a resumed run can

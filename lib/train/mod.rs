@@ -6,13 +6,16 @@
 //! [`trainer::run`]. Resuming rebuilds the same state from a checkpoint: weights via
 //! `Params::from_model`, moments, EMA and step via `TrainState::restore`. Every random draw of
 //! step s is keyed by s, so a resumed run ends bit-identical to an uninterrupted one.
-//! [`fit`] is the driver of the `fit-velocity` and `fit-score` tools.
+//! [`driver`] is the work of the `fit-velocity` and `fit-score` tools. Every module that trains
+//! names its files alike: `driver.rs` for a tool's order of work (flags, inputs, train, write;
+//! here, [`crate::discrete::driver`], [`crate::distill::driver`]) and `train.rs` or the shared
+//! [`trainer`] for the training itself.
 
 pub mod arch;
 pub mod checkpoint;
 pub mod classify;
+pub mod driver;
 pub mod ema;
-pub mod fit;
 pub mod flags;
 pub mod losses;
 pub mod optim;

@@ -41,7 +41,7 @@ struct Args {
     reference: Option<String>,
     /// A denoiser (fit-denoiser): the input is held-out tokens (N, L) int64 and the report is
     /// their ELBO in bits per token for masked noise, the CTMC path bound for uniform noise
-    /// (see flowpipe::discrete::fit::elbo)
+    /// (see flowpipe::discrete::train::elbo)
     #[arg(long, value_name = "PATH", conflicts_with_all = ["reference", "classifier"])]
     model: Option<String>,
     /// With --model: Monte Carlo draws of (t, x_t) per sequence
@@ -85,7 +85,7 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup_text()?;
     if let Some(m) = &args.model {
-        let report = flowpipe::discrete::fit::evaluate_file(
+        let report = flowpipe::discrete::train::evaluate_file(
             &args.input,
             m,
             args.draws,

@@ -4,7 +4,7 @@
 use clap::{Parser, ValueEnum};
 use flowpipe::cli::{self, Common};
 use flowpipe::paths::{GaussianPath, Param, Path};
-use flowpipe::train::fit::{self, FitFlags, FitSpec, PathArg};
+use flowpipe::train::driver::{self, FitFlags, FitSpec, PathArg};
 use flowpipe::Result;
 use std::process::ExitCode;
 
@@ -54,7 +54,7 @@ fn run(args: Args) -> Result<()> {
         default_path: Path::Gaussian(GaussianPath::SQRT),
         source: None,
     };
-    fit::run(spec, &args.fit, &args.common)
+    driver::run(spec, &args.fit, &args.common)
 }
 
 flowpipe::tool_allocator!();

@@ -5,7 +5,7 @@
 use clap::Parser;
 use flowpipe::cli::{self, Common};
 use flowpipe::paths::{GaussianPath, Param, Path};
-use flowpipe::train::fit::{self, FitFlags, FitSpec, PathArg};
+use flowpipe::train::driver::{self, FitFlags, FitSpec, PathArg};
 use flowpipe::Result;
 use std::process::ExitCode;
 
@@ -50,7 +50,7 @@ fn run(args: Args) -> Result<()> {
         default_path: Path::Gaussian(GaussianPath::CONDOT),
         source: args.source,
     };
-    fit::run(spec, &args.fit, &args.common)
+    driver::run(spec, &args.fit, &args.common)
 }
 
 flowpipe::tool_allocator!();

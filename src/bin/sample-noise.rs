@@ -3,7 +3,7 @@
 use clap::{Parser, ValueEnum};
 use flowpipe::cli::{self, Common};
 use flowpipe::io::npy;
-use flowpipe::noise::{self, Noise};
+use flowpipe::noise::{self, PInit};
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
 
@@ -61,10 +61,10 @@ fn run(args: Args) -> Result<()> {
             if !(args.std > 0.0 && args.std.is_finite()) {
                 usage_bail!("--std must be positive, got {}", args.std);
             }
-            Noise::Gaussian { std: args.std }
+            PInit::Gaussian { std: args.std }
         }
         Dist::Uniform => match args.range[..] {
-            [low, high] if low < high => Noise::Uniform { low, high },
+            [low, high] if low < high => PInit::Uniform { low, high },
             _ => usage_bail!(
                 "--range must be `low,high` with low < high, got {:?}",
                 args.range

@@ -5,7 +5,7 @@ use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::{self, npy};
 use flowpipe::paths::noising;
 use flowpipe::paths::Path;
-use flowpipe::train::fit::PathArg;
+use flowpipe::train::driver::PathArg;
 use flowpipe::{usage_bail, Result};
 use ndarray::{Axis, Slice};
 use std::process::ExitCode;
