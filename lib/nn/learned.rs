@@ -13,7 +13,7 @@
 //! under `"model"`), use the EMA weights when the file has them ([`Weights::Auto`]), check that x
 //! has the model's data shape, and name the file in every error.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
@@ -52,48 +52,82 @@ impl Learned {
             "checkpoint" => model.field("model")?.clone(),
             _ => model.config.clone(),
         };
-        let field = |key: &str| -> Result<&Value> {
+        // Every problem of the file is collected and reported in one message, not one per try.
+        let mut problems: Vec<String> = Vec::new();
+        let mut field = |key: &str, valid: &str| -> Option<Value> {
             match config.get(key) {
-                Some(v) if !v.is_null() => Ok(v),
-                _ => bail!("{name}: the model config has no '{key}'"),
+                Some(v) if !v.is_null() => Some(v.clone()),
+                _ => {
+                    problems.push(format!("the model config has no '{key}' ({valid})"));
+                    None
+                }
             }
         };
-        let param = field("parametrisation")?
-            .as_str()
-            .and_then(Param::parse)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{name}: unknown parametrisation {} (velocity, score, noise or denoiser)",
-                    config["parametrisation"]
-                )
-            })?;
+        const PARAMS: &str = "velocity, score, noise or denoiser";
+        let param_field = field("parametrisation", PARAMS);
+        let path_field = field("path", "see docs/model-format.md");
+        let shape_field = field("data_shape", "the shape of one sample");
+        let param = param_field.and_then(|v| {
+            let p = v.as_str().and_then(Param::parse);
+            if p.is_none() {
+                problems.push(format!("unknown parametrisation {v} ({PARAMS})"));
+            }
+            p
+        });
         let kind = config["kind"].as_str().unwrap_or("unknown");
         let agree = match kind {
             "velocity" => &[Param::Velocity][..],
             "score" => &[Param::Score, Param::Noise, Param::Denoiser][..],
             _ => &[][..],
         };
-        if !agree.contains(&param) {
+        if let Some(p) = param.filter(|p| !agree.contains(p)) {
             let names: Vec<&str> = agree.iter().map(|p| p.name()).collect();
-            bail!(
-                "{name}: a {kind} model with parametrisation '{}' (a {kind} model predicts {})",
-                param.name(),
+            problems.push(format!(
+                "a {kind} model with parametrisation '{}' (a {kind} model predicts {})",
+                p.name(),
                 if names.is_empty() {
                     "nothing a field samples".to_string()
                 } else {
                     names.join(" or ")
                 }
-            );
+            ));
         }
-        let path = Path::from_json(field("path")?).map_err(|e| anyhow!("{name}: {e}"))?;
+        let path = path_field.and_then(|v| Path::from_json(&v).map_err(|e| problems.push(e)).ok());
         let gaussian_source = config["source"].as_str().unwrap_or("gaussian") == "gaussian";
-        let data_shape: Vec<usize> = field("data_shape")?
-            .as_array()
-            .and_then(|a| a.iter().map(|v| v.as_u64().map(|u| u as usize)).collect())
-            .ok_or_else(|| anyhow!("{name}: bad data_shape {}", config["data_shape"]))?;
+        let data_shape: Option<Vec<usize>> = shape_field.and_then(|v| {
+            let shape = v
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_u64().map(|u| u as usize)).collect());
+            if shape.is_none() {
+                problems.push(format!("bad data_shape {v} (a list of sizes)"));
+            }
+            shape
+        });
         let params = Params::from_model(model, weights, device)?;
-        let net = build(&config, &params).with_context(|| format!("loading {name}"))?;
-        params.ensure_all_used()?;
+        let own = |e: anyhow::Error| {
+            let text = format!("{e:#}");
+            match text.strip_prefix(&format!("{name}: ")) {
+                Some(rest) => rest.to_string(),
+                None => text,
+            }
+        };
+        let net = match build(&config, &params) {
+            Ok(net) => {
+                if let Err(e) = params.ensure_all_used() {
+                    problems.push(own(e));
+                }
+                Some(net)
+            }
+            Err(e) => {
+                problems.push(own(e));
+                None
+            }
+        };
+        let (Some(net), Some(param), Some(path), Some(data_shape), true) =
+            (net, param, path, data_shape, problems.is_empty())
+        else {
+            bail!("{name}: {}", problems.join("; "));
+        };
         Ok(Learned {
             net,
             param,

@@ -247,6 +247,23 @@ fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
                 "condot, sqrt, cosine, linear-interp",
             ],
         ),
+        (
+            save(
+                "several.safetensors",
+                &|c| {
+                    c["path"] = "vp".into();
+                    c["parametrisation"] = "noise".into();
+                    c.as_object_mut().unwrap().remove("activation");
+                },
+                &[],
+            ),
+            vec![
+                "several.safetensors",
+                "parametrisation 'noise'",
+                "unknown path",
+                "no 'activation'",
+            ],
+        ),
     ];
     for (file, needles) in cases {
         let err = fails(&run(field, &[&x, "--model", &file], b""), 1, &needles);
