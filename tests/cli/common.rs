@@ -126,3 +126,24 @@ pub fn checkerboard_files(dir: &tempfile::TempDir) -> (String, String, String) {
     );
     (data, reference, noise)
 }
+
+/// Runs `make -s SMALL=1 TARGETS` in the checkout, with the tools under test (`BIN`), outputs
+/// under `out` and the extra `VAR=value` settings; fails the test with make's stderr.
+pub fn make_small(targets: &[&str], out: &Path, extra: &[String]) {
+    let bin = Path::new(bin!("simulate-sde")).parent().unwrap();
+    let r = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg(format!("BIN={}", bin.display()))
+        .arg(format!("OUT={}", out.display()))
+        .args(extra)
+        .args(["-s", "SMALL=1"])
+        .args(targets)
+        .output()
+        .expect("the pipeline tests need GNU make");
+    assert!(
+        r.status.success(),
+        "make {}: {}",
+        targets.join(" "),
+        String::from_utf8_lossy(&r.stderr)
+    );
+}

@@ -252,16 +252,7 @@ fn make_discrete_small_runs_every_stage() {
         .collect();
     std::fs::write(&dict, words).unwrap();
     let out = tmp();
-    let bin = std::path::Path::new(SIM).parent().unwrap();
-    let r = std::process::Command::new("make")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg(format!("BIN={}", bin.display()))
-        .arg(format!("OUT={}", out.path().display()))
-        .arg(format!("WORDS_DICT={dict}"))
-        .args(["-s", "SMALL=1", "discrete"])
-        .output()
-        .expect("cannot run make");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    make_small(&["discrete"], out.path(), &[format!("WORDS_DICT={dict}")]);
     let ds = out.path().join("discrete");
     let samples = std::fs::read_to_string(ds.join("samples.txt")).unwrap();
     assert_eq!(samples.lines().count(), 50);

@@ -430,26 +430,8 @@ fn bad_teachers_and_flags_fail_without_writing() {
 /// row a finite energy distance) and the grid picture.
 #[test]
 fn distill_2d_pipeline_at_small_sizes() {
-    let bin = std::path::Path::new(DISTILL)
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
     let out = tmp();
-    let r = std::process::Command::new("make")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "-s",
-            "distill-2d",
-            "SMALL=1",
-        ])
-        .arg(format!("BIN={bin}"))
-        .arg(format!("OUT={}", out.path().display()))
-        .output()
-        .expect("the pipeline test needs GNU make");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    make_small(&["distill-2d"], out.path(), &[]);
     let dir = out.path().join("distill");
     let table: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("table-2d.json")).unwrap()).unwrap();

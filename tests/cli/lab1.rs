@@ -3,7 +3,6 @@
 use crate::common::*;
 use flowpipe::io::npy;
 use ndarray::{ArrayD, IxDyn};
-use std::process::Command;
 
 const SIM: &str = bin!("simulate-sde");
 const DENSITY: &str = bin!("density");
@@ -349,24 +348,8 @@ fn density_bad_inputs() {
 
 #[test]
 fn lab1_pipeline_data_at_small_sizes() {
-    if Command::new("make").arg("--version").output().is_err() {
-        panic!("the pipeline test needs GNU make");
-    }
-    let bin = std::path::Path::new(SIM)
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
     let out = tmp();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let r = Command::new("make")
-        .args(["-C", root, "lab1-data", "SMALL=1"])
-        .arg(format!("BIN={bin}"))
-        .arg(format!("OUT={}", out.path().display()))
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    make_small(&["lab1-data"], out.path(), &[]);
     let lab = out.path().join("lab1");
     let traj = npy::read_f32(lab.join("langevin.traj.npy").to_str().unwrap()).unwrap();
     assert_eq!(traj.shape(), &[100, 11, 2]);

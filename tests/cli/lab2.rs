@@ -201,20 +201,8 @@ fn learned_sde_and_eval_field_run_on_a_trained_model() {
 /// the metrics, as valid PNGs and JSON.
 #[test]
 fn lab2_pipeline_draws_every_figure_at_small_sizes() {
-    let bin = std::path::Path::new(FIT)
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
     let out = tmp();
-    let r = std::process::Command::new("make")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "-s", "lab2", "SMALL=1"])
-        .arg(format!("BIN={bin}"))
-        .arg(format!("OUT={}", out.path().display()))
-        .output()
-        .expect("the pipeline test needs GNU make");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    make_small(&["lab2"], out.path(), &[]);
     let dir = out.path().join("lab2");
     let figures = [
         "paths.png",

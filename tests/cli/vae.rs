@@ -301,17 +301,8 @@ fn make_latent_and_lab3_run_every_stage() {
         .unwrap();
     }
     let out = tmp();
-    let bin = std::path::Path::new(FIT).parent().unwrap();
-    let o = out.path().to_string_lossy().into_owned();
-    let status = std::process::Command::new("make")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg(format!("BIN={}", bin.display()))
-        .arg(format!("OUT={o}"))
-        .arg(format!("FLOWPIPE_DATA={}", data.path().display()))
-        .args(["-s", "SMALL=1", "latent", "lab3"])
-        .status()
-        .expect("cannot run make");
-    assert!(status.success());
+    let data_dir = format!("FLOWPIPE_DATA={}", data.path().display());
+    make_small(&["latent", "lab3"], out.path(), &[data_dir]);
     let lat = out.path().join("latent");
     let read = |name: &str| std::fs::read(lat.join(name)).unwrap();
     assert_eq!(npy_f32(&read("latents.npy")).shape(), &[20, 4, 8, 8]);
