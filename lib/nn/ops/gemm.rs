@@ -1,5 +1,10 @@
 //! Matrix products on slices, by the `gemm` crate that candle's own matrix product uses: for
 //! fused ops that multiply tiles of their operands on the calling thread.
+//!
+//! A row of a product is the same bits however many rows are multiplied with it, so a
+//! network's output for a sample does not depend on the batch, the tile or the part of a large
+//! run it is computed in (CONVENTIONS: the same seed gives the same bytes however the batch is
+//! split). gemm itself takes other kernels for small products; `gemm_raw` pads those.
 
 use std::mem::MaybeUninit;
 
@@ -53,7 +58,9 @@ impl<'a> Mat<'a> {
 /// row-major output as its transpose, whose rows (our few columns) fill a fraction of its
 /// kernel: 4 columns ran at a seventh of the speed, 16 columns (one AVX-512 vector) at 0.7 of
 /// it (144 x 16 x 256: 91 -> 132 GFLOP/s). Left operands that are row-major would need
-/// packing, and 32 columns or a single column gain nothing (measured per shape).
+/// packing, and 32 columns or a single column gain nothing (measured per shape). The choice
+/// looks at the columns and the layout only, never at the number of rows, so that a row's
+/// result does not depend on the rows computed with it.
 const NARROW_COLUMNS: usize = 16;
 
 /// dst (a.rows x b.cols, row-major) += a b, on the calling thread (callers run tiles in
@@ -68,7 +75,7 @@ pub fn matmul_add(dst: &mut [f32], a: Mat, b: Mat) {
         return;
     }
     let (rows, cols) = (a.rows, b.cols);
-    if (2..=NARROW_COLUMNS).contains(&cols) && rows > cols && a.row_stride == 1 {
+    if (2..=NARROW_COLUMNS).contains(&cols) && a.row_stride == 1 {
         let column_major = product_at(a, b, 1, rows);
         for (i, row) in dst.chunks_mut(cols).enumerate() {
             for (j, d) in row.iter_mut().enumerate() {
@@ -139,6 +146,76 @@ fn product_at(a: Mat, b: Mat, row_stride: usize, col_stride: usize) -> Vec<f32> 
 /// dst must hold a.rows x b.cols values at those strides, borrowed exclusively; a and b must be
 /// in bounds.
 unsafe fn gemm_raw(
+    dst: *mut f32,
+    row_stride: usize,
+    col_stride: usize,
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+) {
+    let (rows, cols, k) = (a.rows, b.cols, a.cols);
+    let fewest = fewest_rows(cols, k);
+    if rows == 0 || rows >= fewest {
+        return gemm_call(dst, row_stride, col_stride, a, b, accumulate);
+    }
+    // Too few rows for gemm's general kernel: compute them with zero rows added below, in a
+    // scratch output laid out as dst is (and holding dst's values where they are added to).
+    let padded = match a.col_stride {
+        1 => pad_rows(a, fewest, |i, p| i * k + p),
+        _ => pad_rows(a, fewest, |i, p| p * fewest + i),
+    };
+    let a_pad = match a.col_stride {
+        1 => Mat::row_major(&padded, fewest, k),
+        _ => Mat::transposed(&padded, k, fewest),
+    };
+    let (at_row, at_col) = if col_stride == 1 {
+        (cols, 1)
+    } else {
+        (1, fewest)
+    };
+    let mut out = vec![0f32; fewest * cols];
+    if accumulate {
+        for i in 0..rows {
+            for j in 0..cols {
+                out[i * at_row + j * at_col] = *dst.add(i * row_stride + j * col_stride);
+            }
+        }
+    }
+    gemm_call(out.as_mut_ptr(), at_row, at_col, a_pad, b, accumulate);
+    for i in 0..rows {
+        for j in 0..cols {
+            *dst.add(i * row_stride + j * col_stride) = out[i * at_row + j * at_col];
+        }
+    }
+}
+
+/// The fewest rows a product with `cols` output columns and inner dimension `k` is computed
+/// with, so that gemm sums every output value in one order whatever the number of rows (and so
+/// a sample's result does not depend on the batch or the tile it is computed in). gemm 0.19
+/// takes other kernels for small products: a dot-product kernel where rows x cols <= 256, a
+/// matrix-vector kernel for one row, and for at most 64 rows and 64 columns it blocks the inner
+/// dimension in 512s where its general rule (for k > 512) blocks it into equal parts.
+fn fewest_rows(cols: usize, k: usize) -> usize {
+    let mut fewest = (256 / cols.max(1) + 1).max(2);
+    if k > 512 && cols <= 64 {
+        fewest = fewest.max(65);
+    }
+    fewest
+}
+
+/// The `rows` x k values of `a` with zero rows below, at index `at(row, p)`.
+fn pad_rows(a: Mat, rows: usize, at: impl Fn(usize, usize) -> usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * a.cols];
+    for i in 0..a.rows {
+        for p in 0..a.cols {
+            out[at(i, p)] = a.data[i * a.row_stride + p * a.col_stride];
+        }
+    }
+    out
+}
+
+/// gemm itself, as [`gemm_raw`] (whose safety contract it has).
+unsafe fn gemm_call(
     dst: *mut f32,
     row_stride: usize,
     col_stride: usize,
@@ -238,6 +315,54 @@ mod tests {
                             (got - dot).abs() < 1e-4,
                             "product ({i}, {j}): {got} vs {dot}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row's product is the same bits whether it is computed alone, in a small tile or with
+    /// all the others: for outputs narrow and wide, inner dimensions that gemm sums in one
+    /// block or in several, both layouts of each operand, written or added to an output.
+    #[test]
+    fn a_rows_product_does_not_depend_on_the_rows_beside_it() {
+        let all = 140;
+        for k in [1, 3, 40, 600] {
+            let a: Vec<f32> = (0..all * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            for cols in [1, 2, 5, 16, 17, 64, 65, 130] {
+                let b: Vec<f32> = (0..k * cols).map(|i| (i as f32 * 0.91).cos()).collect();
+                for b_mat in [Mat::row_major(&b, k, cols), Mat::transposed(&b, cols, k)] {
+                    for a_rows in [true, false] {
+                        // Rows first..first + n of a, in either layout.
+                        let tile = |first: usize, n: usize| match a_rows {
+                            true => Mat::row_major(&a[first * k..(first + n) * k], n, k),
+                            false => Mat {
+                                data: &a[first..],
+                                rows: n,
+                                cols: k,
+                                row_stride: 1,
+                                col_stride: all,
+                            },
+                        };
+                        let whole = matmul(tile(0, all), b_mat);
+                        let start = |first: usize, n: usize| -> Vec<f32> {
+                            (first * cols..(first + n) * cols)
+                                .map(|i| i as f32)
+                                .collect()
+                        };
+                        let mut whole_added = start(0, all);
+                        matmul_add(&mut whole_added, tile(0, all), b_mat);
+                        for n in [1, 2, 3, 16, 64, 65] {
+                            for first in [0, 7, all - n] {
+                                let part = matmul(tile(first, n), b_mat);
+                                let want = &whole[first * cols..(first + n) * cols];
+                                assert!(part == want, "k {k}, {cols} cols, rows {first}+{n}");
+                                let mut added = start(first, n);
+                                matmul_add(&mut added, tile(first, n), b_mat);
+                                let want = &whole_added[first * cols..(first + n) * cols];
+                                assert!(added == want, "added: k {k}, {cols} cols, {first}+{n}");
+                            }
+                        }
                     }
                 }
             }

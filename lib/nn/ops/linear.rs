@@ -21,8 +21,8 @@ use super::{par, slice};
 
 /// Rows of x per parallel task out of `m`: one share per thread, at most 512 rows (larger
 /// tiles multiply in fewer, longer gemm calls; past 512 the operands leave the cache). The split
-/// never changes a result: gemm blocks the sum over the inner dimension by that dimension's
-/// length alone, so every output row is summed in the same order whatever the tile.
+/// never changes a result: `gemm::matmul_add` sums every output row in one order whatever the
+/// number of rows beside it (small tiles are padded past gemm's special small-product kernels).
 fn tile_rows(m: usize) -> usize {
     m.div_ceil(par::threads())
         .next_multiple_of(64)
