@@ -13,6 +13,7 @@ pub mod npy;
 pub mod output;
 #[cfg(test)]
 mod proptests;
+pub mod shards;
 
 pub use output::{check_output, check_output_opt, Outputs};
 

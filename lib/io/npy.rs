@@ -189,6 +189,70 @@ fn parse_header_only(bytes: &[u8], name: &str) -> Result<Header> {
     Ok(header)
 }
 
+/// Reads the header of the `.npy` stream `input` (the file `path`, or stdin for `-`), leaving
+/// the stream at the first byte of the body: for tools that stream bodies instead of reading
+/// them whole.
+pub fn read_header_from(input: &mut dyn Read, path: &str) -> Result<Header> {
+    let name = display_name(path);
+    let mut head = Vec::with_capacity(256);
+    input
+        .take(12)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading {name}"))?;
+    if head.is_empty() {
+        return Err(empty_input(path));
+    }
+    let Some(prefix) = prefix_len(&head) else {
+        return parse_header_only(&head, &name); // the error that says what it is instead
+    };
+    let rest = prefix.saturating_sub(head.len()) as u64;
+    input
+        .take(rest)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading {name}"))?;
+    parse_header_only(&head, &name)
+}
+
+/// The header bytes of a C-order `.npy` array of dtype `descr` (`<f4`) and `shape`, exactly
+/// as [`encode`] writes them (ndarray-npy's layout: version 1.0 unless the dict needs more
+/// than 65,535 bytes, padded with spaces to a multiple of 64 bytes, ending in a newline), so
+/// that a body written after it gives the same file as [`encode`] of the whole array.
+pub fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims = match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}}}");
+    // magic (6) + version (2) + length (2 or 4), then the dict and at least the newline.
+    let total = |len_bytes: usize| (8 + len_bytes + dict.len() + 1).div_ceil(64) * 64;
+    let (version, len_bytes) = if total(2) - 10 <= u16::MAX as usize {
+        (1u8, 2)
+    } else {
+        (2, 4)
+    };
+    let total = total(len_bytes);
+    let header_len = total - 8 - len_bytes;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(b"\x93NUMPY");
+    out.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(header_len as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(total - 1, b' ');
+    out.push(b'\n');
+    out
+}
+
 /// Finds the raw text of `key`'s value in the header's Python dict literal.
 fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let at = text

@@ -14,6 +14,7 @@ mod lab1;
 mod lab2;
 mod metrics;
 mod render;
+mod shards;
 mod toydata;
 mod train;
 mod vae;
