@@ -33,6 +33,10 @@ struct Args {
     /// Write posterior samples (seeded by --seed and the image index)
     #[arg(long)]
     sample: bool,
+    /// Index of the first image, whose posterior stream --sample uses (to encode a large set
+    /// in shards)
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    first: u64,
     /// Images per forward pass
     #[arg(long, default_value_t = 256, value_parser = at_least_1::<usize>)]
     batch: usize,
@@ -51,6 +55,7 @@ fn run(args: Args) -> Result<()> {
         true => Encoding::Mean,
         false => Encoding::Sample {
             seed: args.common.seed,
+            first: args.first,
         },
     };
     let z = vae::encode_all(&model, &images, args.batch, how, &device)?;

@@ -29,8 +29,9 @@ pub fn open(path: &str, device: &candle_core::Device) -> Result<Vae> {
 pub enum Encoding {
     /// The posterior mean mu(x): deterministic.
     Mean,
-    /// mu + sigma eps, eps of image i from stream (seed, Latent, i).
-    Sample { seed: u64 },
+    /// mu + sigma eps, eps of image i from stream (seed, Latent, first + i): the images are
+    /// rows first.. of a larger set (a shard, lib/io/shards.rs).
+    Sample { seed: u64, first: u64 },
 }
 
 /// Standard normals for images first..first + n, each from its own stream (seed, Latent, i),
@@ -66,9 +67,13 @@ pub fn encode_all(
         let post = vae.encode(&x)?;
         let z = match how {
             Encoding::Mean => post.mean,
-            Encoding::Sample { seed } => {
-                post.sample(&posterior_noise(seed, first as u64, m, latent, device)?)?
-            }
+            Encoding::Sample { seed, first: at } => post.sample(&posterior_noise(
+                seed,
+                at + first as u64,
+                m,
+                latent,
+                device,
+            )?)?,
         };
         let z = (z * vae.config.scale_factor)?;
         out.extend(from_tensor(&z)?.iter().copied());
@@ -266,14 +271,35 @@ mod tests {
         let cfg = tiny([1, 16, 16], &[8, 16], 2);
         let vae = Vae::new(&cfg, &Params::new(1, &Device::Cpu)).unwrap();
         let x = crate::device::from_tensor(&wobbly(&[7, 1, 16, 16], 4)).unwrap();
-        for how in [Encoding::Mean, Encoding::Sample { seed: 2 }] {
+        for how in [Encoding::Mean, Encoding::Sample { seed: 2, first: 0 }] {
             let a = encode_all(&vae, &x, 7, how, &Device::Cpu).unwrap();
             let b = encode_all(&vae, &x, 3, how, &Device::Cpu).unwrap();
             assert_eq!(a, b, "{how:?}");
         }
         let z = encode_all(&vae, &x, 7, Encoding::Mean, &Device::Cpu).unwrap();
-        let s = encode_all(&vae, &x, 7, Encoding::Sample { seed: 2 }, &Device::Cpu).unwrap();
+        let s = encode_all(
+            &vae,
+            &x,
+            7,
+            Encoding::Sample { seed: 2, first: 0 },
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_ne!(z, s);
+        // Images 3..7 encoded as a shard with --first 3 are rows 3..7 of the whole run.
+        let tail = x.slice_axis(ndarray::Axis(0), (3..7).into()).to_owned();
+        let shard = encode_all(
+            &vae,
+            &tail,
+            2,
+            Encoding::Sample { seed: 2, first: 3 },
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(
+            shard,
+            s.slice_axis(ndarray::Axis(0), (3..7).into()).to_owned()
+        );
         assert_eq!(
             decode_all(&vae, &z, 4, &Device::Cpu).unwrap().shape(),
             &[7, 1, 16, 16]
