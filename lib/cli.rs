@@ -25,7 +25,7 @@ pub struct Common {
     /// Where tensors are computed (cuda needs the `cuda` cargo feature)
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// Worker threads [default: all cores]
+    /// Worker threads [default: $FLOWPIPE_THREADS, else all cores; cores / J under make -j J]
     #[arg(long, value_name = "N", value_parser = at_least_1::<usize>)]
     pub threads: Option<usize>,
     /// Print nothing on stderr but errors
@@ -53,7 +53,12 @@ impl Common {
     }
 
     fn setup_inner(&self) -> Result<candle_core::Device> {
-        if let Some(n) = self.threads {
+        let env = |key: &str| std::env::var(key).ok();
+        let threads = match self.threads {
+            Some(n) => Some(n),
+            None => default_threads(env, candle_core::utils::get_num_threads())?,
+        };
+        if let Some(n) = threads {
             set_threads(n);
         }
         self.device.open()
@@ -72,6 +77,53 @@ impl Common {
             eprintln!("{}", msg.as_ref());
         }
     }
+}
+
+/// The worker threads of a tool run without `--threads`, from the environment `env` reads, on a
+/// machine of `cores` cores; `None` leaves candle's default (every core).
+///
+/// In order: `FLOWPIPE_THREADS=N`; then `RAYON_NUM_THREADS` or `CANDLE_NUM_THREADS`, which
+/// candle reads itself (`None`); then make's job count. A tool run by `make -j J` (MAKEFLAGS
+/// holds `-jJ`) takes `cores / J` threads (at least 1), and one run by `make -j` without a
+/// count takes 1: make's jobs then share the cores instead of each starting a pool of all of
+/// them whose workers spin on cores the other jobs hold. (GNU make before 4.4 closes its
+/// jobserver pipe to every recipe that is not a recursive make, so a tool cannot borrow the
+/// tokens of idle jobs; the job count is what it can read.)
+pub fn default_threads(
+    env: impl Fn(&str) -> Option<String>,
+    cores: usize,
+) -> Result<Option<usize>> {
+    if let Some(v) = env("FLOWPIPE_THREADS") {
+        return match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => crate::usage_bail!(
+                "FLOWPIPE_THREADS must be a whole number of at least 1, got '{v}'"
+            ),
+        };
+    }
+    if env("RAYON_NUM_THREADS").is_some() || env("CANDLE_NUM_THREADS").is_some() {
+        return Ok(None);
+    }
+    let jobs = env("MAKEFLAGS").and_then(|flags| make_jobs(&flags));
+    Ok(match jobs {
+        Some(None) => Some(1),
+        Some(Some(j)) if j > 1 => Some((cores / j).max(1)),
+        _ => None,
+    })
+}
+
+/// make's job count from its MAKEFLAGS: `Some(Some(j))` for `-jJ`, `Some(None)` for `-j`
+/// without a count (no limit), `None` when no `-j` is there (one job).
+fn make_jobs(flags: &str) -> Option<Option<usize>> {
+    let word = flags
+        .split_whitespace()
+        .rev()
+        .find(|w| w.starts_with("-j"))?;
+    let count = &word[2..];
+    if count.is_empty() {
+        return Some(None);
+    }
+    count.parse().ok().map(Some)
 }
 
 /// Limits candle's and our own worker pools to `n` threads.
@@ -165,4 +217,41 @@ pub fn parse_list<T: std::str::FromStr>(s: &str) -> std::result::Result<Vec<T>, 
                 .map_err(|_| format!("'{p}' is not a number"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(vars: &[(&str, &str)], cores: usize) -> Result<Option<usize>> {
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        };
+        default_threads(env, cores)
+    }
+
+    #[test]
+    fn make_jobs_share_the_cores_and_the_environment_wins() {
+        // GNU make 4.3 and 4.4 write MAKEFLAGS like these (`r` from --no-builtin-rules).
+        assert_eq!(threads(&[], 16).unwrap(), None);
+        assert_eq!(threads(&[("MAKEFLAGS", "r")], 16).unwrap(), None);
+        let j4 = [("MAKEFLAGS", "r -j4 --jobserver-auth=3,4")];
+        assert_eq!(threads(&j4, 16).unwrap(), Some(4));
+        assert_eq!(threads(&j4, 2).unwrap(), Some(1));
+        let fifo = [("MAKEFLAGS", "-j2 --jobserver-auth=fifo:/tmp/GMfifo1")];
+        assert_eq!(threads(&fifo, 2).unwrap(), Some(1));
+        assert_eq!(threads(&fifo, 7).unwrap(), Some(3));
+        assert_eq!(threads(&[("MAKEFLAGS", " -j")], 16).unwrap(), Some(1));
+        assert_eq!(threads(&[("MAKEFLAGS", " -j1")], 16).unwrap(), None);
+        let both = [("MAKEFLAGS", " -j2"), ("FLOWPIPE_THREADS", "3")];
+        assert_eq!(threads(&both, 16).unwrap(), Some(3));
+        let rayon = [("MAKEFLAGS", " -j2"), ("RAYON_NUM_THREADS", "5")];
+        assert_eq!(threads(&rayon, 16).unwrap(), None);
+        let e = threads(&[("FLOWPIPE_THREADS", "0")], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOWPIPE_THREADS") && e.contains("'0'"), "{e}");
+    }
 }
