@@ -252,3 +252,39 @@ $(LAT)/guidance.png: $(LAT)/guidance.json $(TOOLS)
 		--y "evaluate.classifier_fid.value=samples+evaluate.floor.classifier_fid.value=real test images,evaluate.guided_accuracy.value=samples+evaluate.floor.guided_accuracy.value=real test images" \
 		--y-labels "classifier-FID;guided accuracy" --x-label "guidance scale w" \
 		--title "Classifier-free guidance on t in [$(LAT_INTERVAL)]: quality against class fidelity ($(LAT_EVAL_N) samples, $(LAT_SOLVER), $(LAT_SIM_STEPS) steps)" -o $@
+
+# Many guided samples in parts, for several cores or machines (issue 31): part i of SHARDS
+# draws samples [i N / SHARDS, (i + 1) N / SHARDS) by their index (sample-noise --first,
+# simulate-sde --first: each sample's noise and Brownian path follow its index, and the guide
+# spec holds every sample's label), and concat-npy joins the parts. The joined file is the same
+# bytes for any SHARDS. LAT_MANY_PER_CLASS samples of every class, class by class.
+#   make latent-many SHARDS=4 -j4     $(LAT)/many/samples.npy (N, 1, 32, 32) in [-1, 1], and
+#                                     $(LAT)/many/labels.npy; each part runs on cores / 4 threads
+#   make latent-many-part SHARD=i SHARDS=K   only part i (one task of a cluster's job array on a
+#                                     shared file system; README: "Sampling on many machines"),
+#                                     then `make latent-many SHARDS=K` joins the parts
+LAT_MANY_PER_CLASS ?= 100
+SHARDS ?= 1
+LAT_MANY := $(LAT)/many
+LAT_MANY_N = $(shell echo $$(( $(LAT_CLASSES) * $(LAT_MANY_PER_CLASS) )))
+LAT_MANY_PARTS = $(foreach i,$(shell seq 0 $$(( $(SHARDS) - 1 ))),$(LAT_MANY)/part-$(i)-of-$(SHARDS).npy)
+
+.PHONY: latent-many latent-many-part
+latent-many: $(LAT_MANY)/samples.npy
+	@echo "latent-many: $(LAT_MANY_N) samples in $(LAT_MANY)/samples.npy, labels in $(LAT_MANY)/labels.npy"
+latent-many-part: $(LAT_MANY)/part-$(SHARD)-of-$(SHARDS).npy
+
+$(LAT_MANY)/guided.json $(LAT_MANY)/labels.npy &: $(LAT)/flow.safetensors $(TOOLS)
+	@mkdir -p $(@D)
+	guide --model $< --each $(LAT_MANY_PER_CLASS) --scale $(LAT_GUIDANCE) --interval $(LAT_INTERVAL) \
+		--labels-out $(LAT_MANY)/labels.npy -o $(LAT_MANY)/guided.json
+
+$(LAT_MANY)/part-%-of-$(SHARDS).npy: $(LAT_MANY)/guided.json $(LAT)/vae.safetensors $(TOOLS)
+	first=$$(( $* * $(LAT_MANY_N) / $(SHARDS) )); end=$$(( ($* + 1) * $(LAT_MANY_N) / $(SHARDS) )); \
+	sample-noise --first $$first -n $$(( end - first )) --shape $(LAT_LATENT) --seed $$(( $(LAT_SEED) + 200 )) \
+		| $(call stage_time,latent/many-part-$*) simulate-sde --field $< --first $$first --solver $(LAT_SOLVER) \
+			--steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
+		| decode-vae - --model $(LAT)/vae.safetensors -q -o $@
+
+$(LAT_MANY)/samples.npy: $(LAT_MANY_PARTS) $(TOOLS)
+	concat-npy $(LAT_MANY_PARTS) -o $@
