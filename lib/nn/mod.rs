@@ -23,6 +23,8 @@ pub mod config;
 mod contract;
 pub mod dit;
 pub mod embed;
+#[cfg(test)]
+mod fallback;
 pub mod init;
 pub mod layers;
 pub mod learned;

@@ -20,7 +20,7 @@
 //! checkpoint's config) they restore the optimiser bit for bit.
 
 use anyhow::{anyhow, bail};
-use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout};
+use candle_core::{backprop::GradStore, CpuStorage, InplaceOp2, InplaceOp3, Layout};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -156,7 +156,7 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            if slot.var.device().is_cpu() && slot.var.dtype() == DType::F32 {
+            if crate::nn::ops::fused_for(slot.var.as_tensor()) {
                 let g = g.contiguous()?;
                 slot.m.inplace_op2(&g, &Moment::new(c.beta1, false))?;
                 slot.v.inplace_op2(&g, &Moment::new(c.beta2, true))?;

@@ -10,7 +10,7 @@
 //! nothing. On the CPU the patch matrix is never built whole: [`conv_rows`] gathers and
 //! multiplies it in tiles of rows. Weights keep PyTorch's (O, C, k, k) layout.
 
-use candle_core::{DType, Device, DeviceLocation, Tensor};
+use candle_core::{Device, DeviceLocation, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -224,7 +224,7 @@ impl Conv2d {
                 view,
                 device: x.device().location(),
             };
-            let fused = x.device().is_cpu() && x.dtype() == DType::F32;
+            let fused = crate::nn::ops::fused_for(x);
             match self.cache.get(key, x.device(), fused)? {
                 Gather::Rows(g) => {
                     let bias = match cond {

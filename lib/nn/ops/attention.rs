@@ -20,7 +20,7 @@ use super::{par, slice};
 /// order); the result is (N, L, D) with head h at columns h D/heads.. . Fused for f32 on the
 /// CPU; None where it does not apply (the caller composes candle's ops).
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Option<Tensor>> {
-    let applies = qkv.device().is_cpu()
+    let applies = super::fused_for(qkv)
         && qkv.dtype() == DType::F32
         && qkv.rank() == 3
         && heads > 0

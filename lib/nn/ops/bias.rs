@@ -7,7 +7,7 @@ use super::{par, slice};
 
 /// x + b, b: (C,) broadcast over the leading dimensions of x (..., C).
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let fused = x.device().is_cpu()
+    let fused = super::fused_for(x)
         && x.dtype() == DType::F32
         && b.dtype() == DType::F32
         && b.rank() == 1
@@ -26,7 +26,7 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// row-by-row sum per sample, in parallel over samples.
 pub fn add_sample_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (n, c) = b.dims2()?;
-    let fused = x.device().is_cpu()
+    let fused = super::fused_for(x)
         && x.dtype() == DType::F32
         && b.dtype() == DType::F32
         && x.rank() >= 2

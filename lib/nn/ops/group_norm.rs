@@ -32,7 +32,7 @@ pub fn group_norm(
     eps: f64,
     after: AfterNorm,
 ) -> Result<Option<Tensor>> {
-    let fused = x.device().is_cpu()
+    let fused = super::fused_for(x)
         && x.dtype() == DType::F32
         && x.rank() >= 2
         && groups > 0

@@ -84,7 +84,7 @@ fn linear_then<P: Pointwise>(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Optio
 
 /// Whether the fused dense layer serves x (M, K), W (O, K), b (O,).
 fn fits(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<bool> {
-    Ok(x.device().is_cpu()
+    Ok(super::fused_for(x)
         && [x, w, b].iter().all(|t| t.dtype() == DType::F32)
         && x.rank() == 2
         && w.rank() == 2

@@ -73,7 +73,7 @@ fn run<P: Pointwise>(
 /// [K_0, O_0, ..., O_L] when the fused op serves x and `layers`: f32 on the CPU, x (M, K_0),
 /// each W_l (O_l, K_l) with K_l = O_(l-1), b_l (O_l,).
 fn widths(x: &Tensor, layers: &[(&Tensor, &Tensor)]) -> Result<Option<Vec<usize>>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let f32_cpu = |t: &Tensor| super::fused_for(t);
     if layers.is_empty() || !f32_cpu(x) || x.rank() != 2 {
         return Ok(None);
     }

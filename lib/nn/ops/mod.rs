@@ -26,9 +26,13 @@
 //!   computed in tiles of rows, so the whole patch matrix is never built.
 //!
 //! The fused paths serve f32 tensors on the CPU; any other tensor goes through candle's own
-//! operations, so CUDA works unchanged.
+//! operations, so CUDA works unchanged. Each op decides by [`fused_for`], and [`composed`] runs
+//! a computation on the CPU through those same fallbacks, the code CUDA runs: a test compares
+//! every architecture's outputs and gradients both ways (`nn::fallback`).
 
-use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
+use std::cell::Cell;
+
+use candle_core::{backend::BackendStorage, CpuStorage, DType, Layout, Result, Tensor};
 
 mod attention;
 mod bias;
@@ -53,6 +57,31 @@ pub use mlp::mlp_stack;
 pub use modulate::{gated_residual, norm_modulate};
 pub use pointwise::{gelu, silu};
 pub use rows::{rms_norm, softmax_last_dim};
+
+thread_local! {
+    /// Set inside [`composed`]: the fused ops step aside on this thread.
+    static COMPOSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the fused CPU kernels serve `t`: an f32 tensor on the CPU, outside [`composed`].
+/// Every fused op (and the in-place AdamW step) asks this before taking its own path.
+pub fn fused_for(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !COMPOSED.with(Cell::get)
+}
+
+/// Runs `f` with every fused op on this thread replaced by candle's own operations: on the CPU,
+/// the code path that CUDA (and any dtype but f32) takes. For tests and for checking a
+/// suspected kernel; the backward of a graph follows the path its forward took.
+pub fn composed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSED.with(|c| c.replace(true)));
+    f()
+}
 
 /// Elements per parallel chunk of a loop over rows.
 const CHUNK: usize = 1 << 14;

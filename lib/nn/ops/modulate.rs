@@ -63,7 +63,7 @@ fn vectors_fit(x: &Tensor, m: &Tensor, last: usize) -> Result<usize> {
 
 /// Whether the fused ops apply: f32 on the CPU.
 fn fused(ts: &[&Tensor]) -> bool {
-    ts[0].device().is_cpu() && ts.iter().all(|t| t.dtype() == DType::F32)
+    super::fused_for(ts[0]) && ts.iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// Vector i of m (N, k D) as (N, 1, D), for the composed path.

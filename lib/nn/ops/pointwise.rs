@@ -1,13 +1,13 @@
 //! Pointwise activations as fused ops: SiLU and exact GELU, one pass forward and one pass
 //! backward each (the [`Pointwise`] trait: f and f').
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::{exp, map1, map2, normal_cdf, sigmoid, slice};
 
 /// SiLU(x) = x sigmoid(x), with a fused backward pass on the CPU.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if super::fused_for(x) {
         x.contiguous()?.apply_op1(Fused(SiluFn))
     } else {
         x.silu()
@@ -19,7 +19,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 /// candle's `gelu_erf` evaluates libm's erf per value and builds its backward from about ten
 /// elementwise passes.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if super::fused_for(x) {
         x.contiguous()?.apply_op1(Fused(GeluFn))
     } else {
         x.gelu_erf()

@@ -1,6 +1,6 @@
 //! Normalisations over the last dimension as fused ops: softmax and RMSNorm.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::{dot, last_dim, map_rows, map_rows2, slice, softmax_row};
 
@@ -8,7 +8,7 @@ use super::{dot, last_dim, map_rows, map_rows2, slice, softmax_row};
 /// the CPU with the backward dx = y (dy - sum_j dy_j y_j) in one pass (candle 0.11's own
 /// `softmax_last_dim` has no backward at all). None off the CPU or for another dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+    if !(super::fused_for(x)) {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op1(Softmax)?))
@@ -68,7 +68,7 @@ impl CustomOp2 for SoftmaxGrad {
 /// (Zhang & Sennrich 2019), fused on the CPU with the backward dx = r (dy - y mean(dy y)).
 /// None off the CPU or for another dtype.
 pub fn rms_norm(x: &Tensor, eps: f64) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+    if !(super::fused_for(x)) {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op1(RmsNormOp(eps as f32))?))
