@@ -218,17 +218,7 @@ pub fn read_header_from(input: &mut dyn Read, path: &str) -> Result<Header> {
 /// than 65,535 bytes, padded with spaces to a multiple of 64 bytes, ending in a newline), so
 /// that a body written after it gives the same file as [`encode`] of the whole array.
 pub fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let dims = match shape {
-        [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    let dims = shape_str(shape);
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}}}");
     // magic (6) + version (2) + length (2 or 4), then the dict and at least the newline.
     let total = |len_bytes: usize| (8 + len_bytes + dict.len() + 1).div_ceil(64) * 64;
