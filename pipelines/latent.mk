@@ -257,32 +257,41 @@ $(LAT)/guidance.png: $(LAT)/guidance.json $(TOOLS)
 # draws samples [i N / SHARDS, (i + 1) N / SHARDS) by their index (sample-noise --first,
 # simulate-sde --first: each sample's noise and Brownian path follow its index, and the guide
 # spec holds every sample's label), and concat-npy joins the parts. The joined file is the same
-# bytes for any SHARDS. LAT_MANY_PER_CLASS samples of every class, class by class.
-#   make latent-many SHARDS=4 -j4     $(LAT)/many/samples.npy (N, 1, 32, 32) in [-1, 1], and
-#                                     $(LAT)/many/labels.npy; each part runs on cores / 4 threads
-#   make latent-many-part SHARD=i SHARDS=K   only part i (one task of a cluster's job array on a
-#                                     shared file system; README: "Sampling on many machines"),
-#                                     then `make latent-many SHARDS=K` joins the parts
-LAT_MANY_PER_CLASS ?= 100
+# bytes for any SHARDS. N / 10 samples of every class, class by class (N a multiple of 10).
+#   make latent-samples N=50000 SHARDS=4 -j4   $(LAT)/samples-N/samples.npy (N, 1, 32, 32) in
+#                           [-1, 1] and labels.npy; each part runs on cores / 4 threads
+#   make latent-samples-part SHARD=i SHARDS=K N=...   only part i (one task of a cluster's job
+#                           array on a shared file system; README, "Beyond one CPU"), then
+#                           `make latent-samples SHARDS=K N=...` joins the parts
+N ?= 1000
 SHARDS ?= 1
-LAT_MANY := $(LAT)/many
-LAT_MANY_N = $(shell echo $$(( $(LAT_CLASSES) * $(LAT_MANY_PER_CLASS) )))
+LAT_MANY := $(LAT)/samples-$(N)
 LAT_MANY_PARTS = $(foreach i,$(shell seq 0 $$(( $(SHARDS) - 1 ))),$(LAT_MANY)/part-$(i)-of-$(SHARDS).npy)
 
-.PHONY: latent-many latent-many-part
-latent-many: $(LAT_MANY)/samples.npy
-	@echo "latent-many: $(LAT_MANY_N) samples in $(LAT_MANY)/samples.npy, labels in $(LAT_MANY)/labels.npy"
-latent-many-part: $(LAT_MANY)/part-$(SHARD)-of-$(SHARDS).npy
+.PHONY: latent-samples latent-samples-part
+ifneq ($(filter latent-samples%,$(MAKECMDGOALS)),)
+ifneq ($(shell [ $$(( $(N) % $(LAT_CLASSES) )) -eq 0 ] 2>/dev/null && [ $(N) -gt 0 ] && echo ok),ok)
+$(error latent-samples needs N, a positive multiple of $(LAT_CLASSES) (the classes), got N=$(N))
+endif
+endif
+ifneq ($(filter latent-samples-part,$(MAKECMDGOALS)),)
+ifneq ($(shell [ "$(SHARD)" -ge 0 ] 2>/dev/null && [ "$(SHARD)" -lt "$(SHARDS)" ] && echo ok),ok)
+$(error latent-samples-part needs SHARD=i with 0 <= i < SHARDS (SHARDS=$(SHARDS)), got SHARD=$(SHARD))
+endif
+endif
+latent-samples: $(LAT_MANY)/samples.npy
+	@echo "latent-samples: $(N) samples in $(LAT_MANY)/samples.npy, labels in $(LAT_MANY)/labels.npy"
+latent-samples-part: $(LAT_MANY)/part-$(SHARD)-of-$(SHARDS).npy
 
 $(LAT_MANY)/guided.json $(LAT_MANY)/labels.npy &: $(LAT)/flow.safetensors $(TOOLS)
 	@mkdir -p $(@D)
-	guide --model $< --each $(LAT_MANY_PER_CLASS) --scale $(LAT_GUIDANCE) --interval $(LAT_INTERVAL) \
+	guide --model $< --each $$(( $(N) / $(LAT_CLASSES) )) --scale $(LAT_GUIDANCE) --interval $(LAT_INTERVAL) \
 		--labels-out $(LAT_MANY)/labels.npy -o $(LAT_MANY)/guided.json
 
 $(LAT_MANY)/part-%-of-$(SHARDS).npy: $(LAT_MANY)/guided.json $(LAT)/vae.safetensors $(TOOLS)
-	first=$$(( $* * $(LAT_MANY_N) / $(SHARDS) )); end=$$(( ($* + 1) * $(LAT_MANY_N) / $(SHARDS) )); \
+	first=$$(( $* * $(N) / $(SHARDS) )); end=$$(( ($* + 1) * $(N) / $(SHARDS) )); \
 	sample-noise --first $$first -n $$(( end - first )) --shape $(LAT_LATENT) --seed $$(( $(LAT_SEED) + 200 )) \
-		| $(call stage_time,latent/many-part-$*) simulate-sde --field $< --first $$first --solver $(LAT_SOLVER) \
+		| $(call stage_time,latent/samples-part-$*) simulate-sde --field $< --first $$first --solver $(LAT_SOLVER) \
 			--steps $(LAT_SIM_STEPS) --seed $(LAT_SEED) -q \
 		| decode-vae - --model $(LAT)/vae.safetensors -q -o $@
 

@@ -352,21 +352,17 @@ fn make_latent_and_lab3_run_every_stage() {
     // Issue 31: the same samples in one part and in three parts run side by side (-j3), byte
     // for byte; the labels hold every sample's class.
     let many = |shards: &str, jobs: &str| {
-        let extra = [
-            format!("SHARDS={shards}"),
-            "LAT_MANY_PER_CLASS=2".into(),
-            jobs.into(),
-        ];
-        make_small(&["latent-many"], out.path(), &extra);
-        std::fs::read(lat.join("many/samples.npy")).unwrap()
+        let extra = [format!("SHARDS={shards}"), "N=20".into(), jobs.into()];
+        make_small(&["latent-samples"], out.path(), &extra);
+        std::fs::read(lat.join("samples-20/samples.npy")).unwrap()
     };
     let one = many("1", "-j1");
-    std::fs::remove_file(lat.join("many/samples.npy")).unwrap();
+    std::fs::remove_file(lat.join("samples-20/samples.npy")).unwrap();
     assert!(many("3", "-j3") == one, "3 parts joined differ from 1");
     assert_eq!(npy_f32(&one).shape(), &[20, 1, 32, 32]);
-    assert!(lat.join("many/part-2-of-3.npy").exists());
+    assert!(lat.join("samples-20/part-2-of-3.npy").exists());
     assert_eq!(
-        npy::read_i64(lat.join("many/labels.npy").to_str().unwrap())
+        npy::read_i64(lat.join("samples-20/labels.npy").to_str().unwrap())
             .unwrap()
             .len(),
         20
