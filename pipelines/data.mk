@@ -25,6 +25,8 @@ FASHION_TEST_IMAGES := $(call fashion_images,test,)
 FASHION_TEST_LABELS := $(OUT)/data/fashion-test-labels.npy
 FASHION_TRAIN_IMAGES_PADDED := $(call fashion_images,train,$(FASHION_PAD))
 FASHION_TEST_IMAGES_PADDED := $(call fashion_images,test,$(FASHION_PAD))
+# The names of Fashion-MNIST's labels 0-9 (the data set's documentation), for grids' row labels.
+FASHION_CLASS_NAMES := T-shirt/top;Trouser;Pullover;Dress;Coat;Sandal;Shirt;Sneaker;Bag;Ankle boot
 
 export FLOWPIPE_DATA
 FASHION_DIRS ?= $(if $(FLOWPIPE_DATA),$(FLOWPIPE_DATA)/fashion-mnist $(FLOWPIPE_DATA)) /usr/share/datasets/fashion-mnist

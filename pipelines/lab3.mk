@@ -105,8 +105,8 @@ $(L3)/$(ARCH)-w%.npy: $(L3)/$(ARCH)-w%.json $(L3)/x0-$(ARCH).npy $(TOOLS)
 		--device $(DEVICE) -q -o $@
 
 $(L3)/$(ARCH)-w%.png: $(L3)/$(ARCH)-w%.npy $(TOOLS)
-	render-grid $< --cols $(L3_K) --range -1,1 --upscale 2 \
-		--title "$(ARCH), w = $*: classes 0-9, last row unguided" -o $@
+	render-grid $< --cols $(L3_K) --range -1,1 --upscale 2 --row-labels "$(FASHION_CLASS_NAMES);unguided" \
+		--title "$(ARCH), w = $*: a row per class, the last unguided" -o $@
 
 # Metrics: fresh noise (another seed than the grids), each class L3_EVAL_PER_CLASS times.
 $(L3)/$(ARCH)-eval-w%.json $(L3)/$(ARCH)-eval-w%.labels.npy &: $(L3_MODEL) $(TOOLS)

@@ -180,7 +180,7 @@ $(LAT)/samples.npy: $(LAT)/samples-latent.npy $(LAT)/vae.safetensors $(TOOLS)
 	$(call stage_time,latent/decode-vae) decode-vae $< --model $(LAT)/vae.safetensors -q -o $@
 
 $(LAT)/grid.png: $(LAT)/samples.npy $(TOOLS)
-	render-grid $< --cols $(LAT_PER_CLASS) --range -1,1 --upscale 2 \
+	render-grid $< --cols $(LAT_PER_CLASS) --range -1,1 --upscale 2 --row-labels "$(FASHION_CLASS_NAMES)" \
 		--title "Latent flow matching, CFG w = $(LAT_GUIDANCE)" -o $@
 
 # Metrics: fresh noise (another seed than the grid), each class LAT_EVAL_PER_CLASS times.

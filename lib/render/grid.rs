@@ -84,6 +84,8 @@ pub struct GridOptions {
     pub upscale: u32,
     /// Colour of the padding (white by default, so dark digits and dark photos both stand out).
     pub pad_colour: [u8; 3],
+    /// One label per row, drawn left of the grid (`super::row_labelled`); empty: none.
+    pub row_labels: Vec<String>,
 }
 
 impl Default for GridOptions {
@@ -94,6 +96,7 @@ impl Default for GridOptions {
             range: ValueRange::Auto,
             upscale: 1,
             pad_colour: [255, 255, 255],
+            row_labels: Vec::new(),
         }
     }
 }
@@ -267,6 +270,7 @@ mod tests {
             upscale: 2,
             range: ValueRange::Fixed(0.0, 1.0),
             pad_colour: [9, 9, 9],
+            row_labels: Vec::new(),
         };
         let img = image_grid(&x, &o).unwrap();
         assert_eq!(img.dimensions(), (2 * (4 + 1) + 1, 2 + 1 + 1));

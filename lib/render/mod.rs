@@ -174,7 +174,10 @@ pub fn render_array(
     let p = &opts.plot;
     let view = |what: &str| anyhow!("reading {what} from {name}");
     match kind {
-        Kind::Images => titled(grid::image_grid_named(data, &opts.grid, name)?, title),
+        Kind::Images => {
+            let img = grid::image_grid_named(data, &opts.grid, name)?;
+            titled(row_labelled(img, data.shape(), &opts.grid, name)?, title)
+        }
         Kind::Scatter | Kind::Hist | Kind::Quiver => {
             let x = data
                 .view()
@@ -354,6 +357,62 @@ pub fn titled(img: RgbImage, title: Option<&str>) -> Result<RgbImage> {
     let mut out = RgbImage::from_pixel(w, h + TITLE_BAND, Rgb([255, 255, 255]));
     image::imageops::replace(&mut out, &band, 0, 0);
     image::imageops::replace(&mut out, &img, 0, TITLE_BAND as i64);
+    Ok(out)
+}
+
+/// Pixel height of row labels (less for small cells).
+const ROW_LABEL_PX: u32 = 16;
+
+/// Adds a band left of an image grid of images `shape` with `opts.row_labels[r]` beside row r,
+/// right-aligned and centred on the row (unchanged without labels or a font). The labels must
+/// number the grid's rows.
+pub fn row_labelled(
+    img: RgbImage,
+    shape: &[usize],
+    opts: &GridOptions,
+    name: &str,
+) -> Result<RgbImage> {
+    let labels = &opts.row_labels;
+    if labels.is_empty() {
+        return Ok(img);
+    }
+    let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    let layout = grid::layout(shape[0], h, w, opts);
+    if labels.len() != layout.rows {
+        bail!(
+            "expected {} row labels (one per row of {name}), found {}",
+            layout.rows,
+            labels.len()
+        );
+    }
+    if !font::available() {
+        return Ok(img);
+    }
+    let px = ROW_LABEL_PX.min(layout.cell_h.max(8));
+    let font = (font::FAMILY, px as f64).into_font();
+    let widest = labels
+        .iter()
+        .map(|l| font.box_size(l).map_or(0, |(w, _)| w))
+        .max()
+        .unwrap_or(0);
+    let (band_w, (img_w, img_h)) = (widest + 12, img.dimensions());
+    let mut buf = vec![255u8; band_w as usize * img_h as usize * 3];
+    {
+        let band = BitMapBackend::with_buffer(&mut buf, (band_w, img_h)).into_drawing_area();
+        let style = font.color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+        for (r, label) in labels.iter().enumerate() {
+            let y = opts.pad + r as u32 * (layout.cell_h + opts.pad) + layout.cell_h / 2;
+            let at = ((band_w - 6) as i32, y as i32);
+            band.draw(&Text::new(label.clone(), at, style.clone()))
+                .map_err(|e| anyhow!("drawing the row labels: {e}"))?;
+        }
+        band.present()
+            .map_err(|e| anyhow!("drawing the row labels: {e}"))?;
+    }
+    let band = RgbImage::from_raw(band_w, img_h, buf).ok_or_else(|| anyhow!("label buffer"))?;
+    let mut out = RgbImage::from_pixel(band_w + img_w, img_h, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, &band, 0, 0);
+    image::imageops::replace(&mut out, &img, band_w as i64, 0);
     Ok(out)
 }
 

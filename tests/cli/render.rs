@@ -311,3 +311,51 @@ fn render_plot_draws_logs_and_tables_and_refuses_bad_input() {
     fails(&o, 2, &["--labels"]);
     assert!(!std::path::Path::new(&fresh).exists());
 }
+
+#[test]
+fn row_labels_stand_left_of_their_rows() {
+    // Four white 8x8 images in 2 rows: the grid is 22 x 22 (pad 2).
+    let dir = tmp();
+    let x = save(&dir, "white.npy", &[4, 1, 8, 8], |_| 1.0);
+    let plain = png(&ok(RENDER, &[&x, "--cols", "2", "--range", "0,1"], b""));
+    assert_eq!(plain.dimensions(), (22, 22));
+    let args = [
+        &x,
+        "--cols",
+        "2",
+        "--range",
+        "0,1",
+        "--row-labels",
+        "top;bottom",
+    ];
+    let labelled = png(&ok(RENDER, &args, b""));
+    if !flowpipe::render::font::available() {
+        assert_eq!(labelled, plain);
+        return;
+    }
+    // A band on the left, the grid unchanged beside it.
+    let band = labelled.width() - 22;
+    assert!(
+        band > 10 && labelled.height() == 22,
+        "{:?}",
+        labelled.dimensions()
+    );
+    for (x, y, p) in plain.enumerate_pixels() {
+        assert_eq!(labelled.get_pixel(x + band, y), p);
+    }
+    // Ink in the band at each row's height (rows span y 2..10 and 12..20), none between them.
+    let ink = |y0: u32, y1: u32| {
+        (y0..y1).any(|y| (0..band).any(|x| labelled.get_pixel(x, y).0.iter().any(|&c| c < 128)))
+    };
+    assert!(ink(2, 10) && ink(12, 20));
+    assert!(!ink(0, 1) && !ink(21, 22));
+    // As many labels as rows, or an error naming the input and both counts.
+    let out = path(&dir, "bad.png");
+    let r = run(
+        RENDER,
+        &[&x, "--cols", "2", "--row-labels", "a;b;c", "-o", &out],
+        b"",
+    );
+    fails(&r, 1, &["white.npy", "2 row labels", "found 3"]);
+    assert!(!std::path::Path::new(&out).exists());
+}
