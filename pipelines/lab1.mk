@@ -3,7 +3,8 @@
 #   make lab1-data   every simulation and density grid behind them, out/lab1/*.npy
 # Brownian motion and its end points; OU paths for theta = 0.25 and four sigmas; the 3x3 grid
 # sigma x D = sigma^2/(2 theta) with time rescaled by sigma^2; Langevin dynamics towards the
-# course's 5-mode mixture, as snapshots over the target's density. SMALL=1 shrinks every size.
+# course's 5-mode mixture, as snapshots over the target's density and as kernel density
+# estimates of the particles (langevin.png, two rows). SMALL=1 shrinks every size.
 # Rules with two targets in a pattern rule make both files in one run (trajectory and X_1).
 
 L1 := $(OUT)/lab1
@@ -117,9 +118,19 @@ $(L1)/ou-grid.png: $(foreach r,$(L1_GRID_RUNS),$(L1)/ou-grid-$(r).traj.npy) $(TO
 	render-grid $(filter-out $(TOOLS),$^) --kind traj --t0 0 --t1 10 --panel-cols 3 \
 		--titles "$(L1_GRID_TITLES)" --title "OU with D = sigma^2/(2 theta); time axis sigma^2 t" -o $@
 
-$(L1)/langevin.png: $(L1)/langevin.traj.npy $(L1)/target-density.npy $(TOOLS)
+# Langevin as the lab draws it: the particles over the target's density, and below them a
+# kernel density estimate of the particles at the same times.
+$(L1)/langevin-particles.png: $(L1)/langevin.traj.npy $(L1)/target-density.npy $(TOOLS)
 	render-grid $< --snapshots 6 --t1 5 --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \
-		--title "Langevin dynamics, sigma = 0.6, t from 0 to 5" -o $@
+		--title "Particles over the target density" -o $@
+
+$(L1)/langevin-kde.png: $(L1)/langevin.traj.npy $(TOOLS)
+	render-grid $< --snapshots 6 --t1 5 --kind kde --bounds $(L1_BOUNDS) \
+		--title "Kernel density estimate of the particles" -o $@
+
+$(L1)/langevin.png: $(L1)/langevin-particles.png $(L1)/langevin-kde.png $(TOOLS)
+	render-grid $(filter-out $(TOOLS),$^) --panel-cols 1 \
+		--title "Langevin dynamics towards the 5-mode mixture, sigma = 0.6, t from 0 to 5" -o $@
 
 $(L1)/target.png: $(L1)/target-samples.npy $(L1)/target-density.npy $(TOOLS)
 	render-grid $< --kind scatter --background $(L1)/target-density.npy --bounds $(L1_BOUNDS) \

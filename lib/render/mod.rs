@@ -46,6 +46,9 @@ pub enum Kind {
     /// 1-D histogram of (N, 1) or (N,).
     #[value(name = "hist1d")]
     Hist1d,
+    /// Gaussian kernel density estimate of points (N, 2) as a heat map (Scott's bandwidth per
+    /// axis), on --bins cells a side.
+    Kde,
     /// Trajectories (N, T, 1) or (N, T, 2).
     Traj,
     /// Arrows from rows (x, y, u, v): (N, 4), scaled so the longest spans 0.9 of the mean
@@ -125,7 +128,7 @@ pub fn resolve_kind(kind: Kind, shape: &[usize], name: &str) -> Result<Kind> {
             grid::check_images(shape, name).is_ok(),
             "images (N, 1|3, H, W) or (N, H, W)",
         ),
-        Kind::Scatter | Kind::Hist => (matches!(shape, [_, 2]), "points (N, 2)"),
+        Kind::Scatter | Kind::Hist | Kind::Kde => (matches!(shape, [_, 2]), "points (N, 2)"),
         Kind::Hist1d => (matches!(shape, [_] | [_, 1]), "values (N, 1) or (N,)"),
         Kind::Traj => (
             matches!(shape, [_, t, 1 | 2] if *t > 0),
@@ -164,7 +167,7 @@ pub fn render_array(
     if let (Some(k), true) = (opts.snapshots, is_traj) {
         if matches!(
             opts.kind,
-            Kind::Auto | Kind::Traj | Kind::Scatter | Kind::Hist | Kind::Hist1d
+            Kind::Auto | Kind::Traj | Kind::Scatter | Kind::Hist | Kind::Hist1d | Kind::Kde
         ) {
             let strip = snapshots(data, name, k, opts)?;
             return titled(strip, title);
@@ -178,7 +181,7 @@ pub fn render_array(
             let img = grid::image_grid_named(data, &opts.grid, name)?;
             titled(row_labelled(img, data.shape(), &opts.grid, name)?, title)
         }
-        Kind::Scatter | Kind::Hist | Kind::Quiver => {
+        Kind::Scatter | Kind::Hist | Kind::Kde | Kind::Quiver => {
             let x = data
                 .view()
                 .into_dimensionality::<Ix2>()
@@ -186,6 +189,7 @@ pub fn render_array(
             match kind {
                 Kind::Scatter => plot::scatter(x, title, p, name),
                 Kind::Hist => plot::hist2d(x, title, p),
+                Kind::Kde => plot::kde(x, title, p),
                 _ => plot::quiver(x, title, p),
             }
         }
@@ -253,6 +257,7 @@ fn snapshots(x: &ArrayD<f32>, name: &str, k: usize, opts: &FigureOptions) -> Res
         panels.push(match (d, opts.kind) {
             (1, _) => plot::hist1d(&s.iter().copied().collect::<Vec<_>>(), Some(&title), &p)?,
             (_, Kind::Hist) => plot::hist2d(s.view(), Some(&title), &p)?,
+            (_, Kind::Kde) => plot::kde(s.view(), Some(&title), &p)?,
             _ => plot::scatter(s.view(), Some(&title), &p, name)?,
         });
     }

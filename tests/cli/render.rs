@@ -88,6 +88,7 @@ fn point_plots_have_the_panel_size() {
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("scatter", vec![&pts, "--labels", &labels, "--alpha", "0.3"]),
         ("hist", vec![&pts, "--kind", "hist", "--bins", "20"]),
+        ("kde", vec![&pts, "--kind", "kde", "--bins", "40"]),
         ("hist1d", vec![&vals, "--bins", "30"]),
         ("hist1d-col", vec![&col, "--bounds=-2,2"]),
     ];

@@ -131,6 +131,54 @@ pub fn histogram2d(points: ArrayView2<f32>, r: &Rect, bins: usize) -> Array2<f32
     h
 }
 
+/// A Gaussian kernel density estimate (B, B) of `points` over `r`, at the cells' centres, row 0
+/// at the top (as [`histogram2d`]):
+///   p(x, y) = 1/N sum_i N(x; x_i, h_x^2) N(y; y_i, h_y^2),
+/// with Scott's rule for each axis, h = std · N^(-1/6) (d = 2; scipy's `gaussian_kde` default,
+/// here with a diagonal covariance). An axis with no spread takes h = 1/B of the bounds' span.
+pub fn kde2d(points: ArrayView2<f32>, r: &Rect, bins: usize) -> Array2<f32> {
+    let n = points.nrows();
+    let mut p = Array2::<f32>::zeros((bins, bins));
+    if n == 0 || bins == 0 {
+        return p;
+    }
+    let bandwidth = |col: usize, (lo, hi): (f64, f64)| {
+        let v: Vec<f64> = points.column(col).iter().map(|&x| x as f64).collect();
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+        let h = var.sqrt() * (n as f64).powf(-1.0 / 6.0);
+        if h > 0.0 {
+            h
+        } else {
+            (hi - lo) / bins as f64
+        }
+    };
+    let (hx, hy) = (bandwidth(0, r.x), bandwidth(1, r.y));
+    let centre = |(lo, hi): (f64, f64), k: usize| lo + (k as f64 + 0.5) * (hi - lo) / bins as f64;
+    let kernel = |v: f64, h: f64, (lo, hi): (f64, f64)| -> Vec<f64> {
+        (0..bins)
+            .map(|k| (-0.5 * ((centre((lo, hi), k) - v) / h).powi(2)).exp())
+            .collect()
+    };
+    let mut acc = Array2::<f64>::zeros((bins, bins));
+    for pt in points.outer_iter() {
+        let kx = kernel(pt[0] as f64, hx, r.x);
+        let ky = kernel(pt[1] as f64, hy, r.y);
+        for (i, &y) in ky.iter().enumerate() {
+            if y < 1e-12 {
+                continue;
+            }
+            let mut row = acc.row_mut(bins - 1 - i);
+            for (a, &x) in row.iter_mut().zip(&kx) {
+                *a += y * x;
+            }
+        }
+    }
+    let norm = 1.0 / (n as f64 * 2.0 * std::f64::consts::PI * hx * hy);
+    p.zip_mut_with(&acc, |d, &a| *d = (a * norm) as f32);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +217,53 @@ mod tests {
         assert_eq!(runs[0].len(), 3);
         assert_eq!(runs[1].len(), 3);
         assert_eq!(runs[1][2], (0.2, 0.5));
+    }
+
+    #[test]
+    fn kde_is_the_formula_integrates_to_one_and_orients() {
+        // Three points: Scott's bandwidths from the sample std, the density at a cell centre
+        // by the formula, and (on bounds that hold it all) a total mass of one.
+        let pts = ndarray::arr2(&[[0.0f32, 0.0], [1.0, 0.5], [3.0, -1.0]]);
+        let r = Rect {
+            x: (-10.0, 12.0),
+            y: (-11.0, 10.0),
+        };
+        let bins = 220;
+        let p = kde2d(pts.view(), &r, bins);
+        let std = |v: [f64; 3]| {
+            let m = v.iter().sum::<f64>() / 3.0;
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 2.0).sqrt()
+        };
+        let scott = 3f64.powf(-1.0 / 6.0);
+        let (hx, hy) = (std([0.0, 1.0, 3.0]) * scott, std([0.0, 0.5, -1.0]) * scott);
+        let (i, j) = (100, 120); // row i from the top, column j
+        let (cx, cy) = (
+            -10.0 + (j as f64 + 0.5) * 0.1,
+            10.0 - (i as f64 + 0.5) * (21.0 / 220.0),
+        );
+        let want: f64 = pts
+            .outer_iter()
+            .map(|q| {
+                let (dx, dy) = ((cx - q[0] as f64) / hx, (cy - q[1] as f64) / hy);
+                (-0.5 * (dx * dx + dy * dy)).exp() / (2.0 * std::f64::consts::PI * hx * hy)
+            })
+            .sum::<f64>()
+            / 3.0;
+        assert!(
+            (p[[i, j]] as f64 - want).abs() < 1e-5 * want.max(1e-3),
+            "{} vs {want}",
+            p[[i, j]]
+        );
+        let mass = p.iter().map(|&v| v as f64).sum::<f64>() * 0.1 * (21.0 / 220.0);
+        assert!((mass - 1.0).abs() < 1e-3, "mass {mass}");
+        // The point at (3, -1) is right of and below the others: the density there is in the
+        // lower right of the grid.
+        let at = |x: f64, y: f64| {
+            let j = ((x + 10.0) / 0.1) as usize;
+            let i = bins - 1 - ((y + 11.0) / (21.0 / 220.0)) as usize;
+            p[[i, j]]
+        };
+        assert!(at(3.0, -1.0) > 10.0 * at(3.0, 5.0) && at(3.0, -1.0) > 10.0 * at(-3.0, -1.0));
     }
 
     #[test]

@@ -29,9 +29,9 @@ mod quiver;
 mod traj;
 
 pub use canvas::{class_colour, viridis};
-pub use geometry::{auto_range, clip_polyline, clip_segment, histogram, histogram2d, Rect};
+pub use geometry::{auto_range, clip_polyline, clip_segment, histogram, histogram2d, kde2d, Rect};
 pub use lines::{lines, moving_average, LineOptions, Series, MARKERS_UP_TO};
-pub use points::{hist1d, hist2d, scatter};
+pub use points::{hist1d, hist2d, kde, scatter};
 pub use quiver::quiver;
 pub use traj::{times, traj1d, traj2d};
 

@@ -1,12 +1,12 @@
-//! Panels of points (N, 2) and values (N,): the scatter plot, the 2-D histogram heat map and the
-//! 1-D histogram drawn as a density.
+//! Panels of points (N, 2) and values (N,): the scatter plot, the 2-D histogram and kernel density
+//! heat maps, and the 1-D histogram drawn as a density.
 
 use image::RgbImage;
 use ndarray::ArrayView2;
 use plotters::prelude::*;
 
 use super::canvas::{background, dots, heat_layer, ink, pairs, panel, plot_err, Axes};
-use super::{auto_range, histogram, histogram2d, PlotOptions};
+use super::{auto_range, histogram, histogram2d, kde2d, PlotOptions};
 use crate::Result;
 
 /// A scatter plot of `points` (N, 2), optionally over the background heat map.
@@ -37,6 +37,16 @@ pub fn hist2d(
     let counts = histogram2d(points, &r, opts.bins);
     panel(opts.size, title, Axes::plane(r), |chart, root| {
         heat_layer(chart, root, counts.view())
+    })
+}
+
+/// A Gaussian kernel density estimate of `points` (N, 2) as a heat map over the bounds
+/// ([`kde2d`], on `opts.bins` cells a side).
+pub fn kde(points: ArrayView2<f32>, title: Option<&str>, opts: &PlotOptions) -> Result<RgbImage> {
+    let r = opts.plane(pairs(points).into_iter());
+    let density = kde2d(points, &r, opts.bins);
+    panel(opts.size, title, Axes::plane(r), |chart, root| {
+        heat_layer(chart, root, density.view())
     })
 }
 
