@@ -1,10 +1,11 @@
 # Lab 3: conditional image generation with classifier-free guidance (notes sections 5-6).
 #   make lab3            trains the conditional U-Net on Fashion-MNIST and draws, under out/lab3/:
 #                        noising.png      images along the CondOT path at t = 0, .25, .5, .75, 1
-#                        unet-w{1,3,5}.png  one row per class (0 T-shirt .. 9 ankle boot) and a
-#                                         last unguided row, guided with scale w (notes eq. 65)
+#                        unet-w{1,3,5}.png  one row per class (0 T-shirt .. 9 ankle boot, named)
+#                                         and a last unguided row, guided with scale w (eq. 65)
 #                        unet-training.png  samples at the last checkpoint (updated as it trains)
 #   make lab3 ARCH=dit   the same with the diffusion transformer (files dit-*)
+#   make lab3-sanity     the lab's 2D sanity check first: sanity/gmm-sanity.png (at the end)
 #   FULL=1               the lab's sizes (32x32 padded images, U-Net 32,64,128 x 2 blocks,
 #                        batch 250, 5000 steps) for a GPU: add DEVICE=cuda
 #   SMALL=1              a smoke test in seconds (a few steps; the pictures are noise)
@@ -136,3 +137,61 @@ $(L3)/metrics.json: $(foreach w,$(L3_WS),$(L3)/$(ARCH)-eval-w$(w).metrics.json)
 # Keep the guided specs and samples that the grids are drawn from.
 .SECONDARY: $(foreach w,$(L3_WS),$(L3)/$(ARCH)-w$(w).json $(L3)/$(ARCH)-w$(w).npy \
 	$(L3)/$(ARCH)-eval-w$(w).json $(L3)/$(ARCH)-eval-w$(w).labels.npy $(L3)/$(ARCH)-eval-w$(w).npy)
+
+# Lab 3's sanity check (2026): classifier-free guidance on three labelled Gaussians in 2D before
+# any image, with a conditional MLP (fit-velocity picks `cmlp` for labelled points).
+#   make lab3-sanity     $(L3)/sanity/gmm-sanity.png: the loss curve, the target coloured by
+#                        class, L3S_EACH guided samples of each class at every w in L3S_WS
+#                        (coloured by the class asked for) and the unguided samples (w = 0)
+L3S := $(L3)/sanity
+L3S_MIX := {"density": "mixture", "means": [[-3, 0], [3, 0], [0, 4]], "stds": [0.6, 0.6, 0.6], "weights": [0.3, 0.3, 0.4]}
+L3S_WS := 1 2 4
+L3S_BOUNDS := -7,7,-5,9
+ifneq ($(SMALL),)
+L3S_N := 300
+L3S_STEPS := 20
+L3S_EACH := 20
+else
+L3S_N := 6000
+L3S_STEPS := 1500
+L3S_EACH := 200
+endif
+
+.PHONY: lab3-sanity
+lab3-sanity: $(L3S)/gmm-sanity.png
+	@echo "lab3-sanity: $(L3S)/gmm-sanity.png"
+
+$(L3S)/data.npy $(L3S)/labels.npy &: $(TOOLS)
+	@mkdir -p $(@D)
+	sample-data '$(L3S_MIX)' -n $(L3S_N) --seed $(LAB3_SEED) --labels $(L3S)/labels.npy -o $(L3S)/data.npy
+
+$(L3S)/cmlp.safetensors $(L3S)/loss.jsonl &: $(L3S)/data.npy $(L3S)/labels.npy $(TOOLS)
+	fit-velocity --data $(L3S)/data.npy --labels $(L3S)/labels.npy --label-dropout 0.2 \
+		--hidden 64,64 --steps $(L3S_STEPS) --batch 256 --lr 3e-3 --decay cosine --seed $(LAB3_SEED) \
+		--log $(L3S)/loss.jsonl --log-every 25 -q -o $(L3S)/cmlp.safetensors
+
+$(L3S)/x0.npy: $(TOOLS)
+	@mkdir -p $(@D)
+	sample-noise -n $$(( 3 * $(L3S_EACH) )) --shape 2 --seed $(LAB3_SEED) -o $@
+
+# Guided samples at scale w, from the same noise for every w; w = 0 is the unguided model
+# (kept, not deleted as intermediate files).
+.SECONDARY: $(foreach w,$(L3S_WS) 0,$(L3S)/w$(w).npy $(L3S)/w$(w).png)
+$(L3S)/w%.npy: $(L3S)/cmlp.safetensors $(L3S)/x0.npy $(TOOLS)
+	guide --model $< --each $(L3S_EACH) --scale $* --labels-out $(L3S)/w$*-labels.npy -o $(L3S)/w$*.json
+	simulate-sde $(L3S)/x0.npy --field $(L3S)/w$*.json --solver heun --steps 50 -q -o $@
+
+$(L3S)/target.png: $(L3S)/data.npy $(L3S)/labels.npy $(TOOLS)
+	render-grid $< --labels $(L3S)/labels.npy --bounds $(L3S_BOUNDS) --size 360x360 --alpha 0.4 \
+		--title "target (by class)" -o $@
+
+$(L3S)/w%.png: $(L3S)/w%.npy $(TOOLS)
+	render-grid $< $(if $(filter 0,$*),,--labels $(L3S)/w$*-labels.npy) --bounds $(L3S_BOUNDS) \
+		--size 360x360 --alpha 0.5 --title "$(if $(filter 0,$*),unguided (w = 0),w = $*: each class $(L3S_EACH) times)" -o $@
+
+$(L3S)/loss.png: $(L3S)/loss.jsonl $(TOOLS)
+	render-plot $< --y loss --smooth 5 --size 360x360 --title "loss" -o $@
+
+$(L3S)/gmm-sanity.png: $(L3S)/loss.png $(L3S)/target.png $(foreach w,$(L3S_WS) 0,$(L3S)/w$(w).png) $(TOOLS)
+	render-grid $(filter-out $(TOOLS),$^) --panel-cols 3 \
+		--title "Lab 3 sanity check: classifier-free guidance on three Gaussians" -o $@

@@ -302,7 +302,7 @@ fn make_latent_and_lab3_run_every_stage() {
     }
     let out = tmp();
     let data_dir = format!("FLOWPIPE_DATA={}", data.path().display());
-    make_small(&["latent", "lab3"], out.path(), &[data_dir]);
+    make_small(&["latent", "lab3", "lab3-sanity"], out.path(), &[data_dir]);
     let lat = out.path().join("latent");
     let read = |name: &str| std::fs::read(lat.join(name)).unwrap();
     assert_eq!(npy_f32(&read("latents.npy")).shape(), &[20, 4, 8, 8]);
@@ -369,6 +369,12 @@ fn make_latent_and_lab3_run_every_stage() {
     );
 
     let lab3 = out.path().join("lab3");
+    let sanity = std::fs::read(lab3.join("sanity/gmm-sanity.png")).unwrap();
+    assert!(sanity.starts_with(b"\x89PNG"));
+    assert_eq!(
+        npy_f32(&std::fs::read(lab3.join("sanity/w4.npy")).unwrap()).shape(),
+        &[60, 2]
+    );
     for w in [1, 3, 5] {
         assert!(std::fs::read(lab3.join(format!("unet-w{w}.png")))
             .unwrap()
