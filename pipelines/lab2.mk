@@ -1,9 +1,11 @@
 # Lab 2: flow matching and score matching in 2D (notes sections 3-4), through the tools only.
 #   make lab2   figures out/lab2/*.png and out/lab2/metrics.json (evaluate's figures per model)
-# Parts: the ground-truth conditional path; flow matching on symmetric_2D(5 modes, std 1,
+# Parts: the ground-truth conditional path, and the conditional ODE and SDE towards one z
+# beside it (conditional-ode.png, conditional-sde.png); flow matching on symmetric_2D(5 modes, std 1,
 # scale 10) with the sqrt(1 - t) path (samples, trajectories); score matching and the SDE
 # sampler with sigma = 2 (Theorem 17); the learned score against the score derived from the
-# velocity (quiver grids); Gaussian -> checkerboard(4) with CondOT; circles -> checkerboard(4)
+# velocity (quiver grids at four times); Gaussian -> checkerboard(4) with CondOT, beside the
+# ground truth; circles -> checkerboard(4)
 # by the linear interpolant between the two data sets. SMALL=1 shrinks every size.
 
 L2 := $(OUT)/lab2
@@ -29,7 +31,8 @@ L2_FIT := --steps $(L2_STEPS) --batch 1000 --lr 1e-3 --hidden 64,64,64,64 -q
 L2_MODELS := fm-mixture sm-mixture fm-checkerboard bridge
 
 .PHONY: lab2
-lab2: $(L2)/paths.png $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
+lab2: $(L2)/paths.png $(L2)/conditional-ode.png $(L2)/conditional-sde.png \
+      $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
       $(L2)/checkerboard.png $(L2)/bridge.png $(L2)/metrics.json \
       $(foreach m,$(L2_MODELS),$(L2)/$(m)-loss.png)
 	@echo "lab2: figures, loss curves (*-loss.png) and metrics.json in $(L2)/"
@@ -97,14 +100,41 @@ $(L2)/sm-mixture.png: $(L2)/sm-mixture.x1.npy $(L2)/mixture-ref.npy
 	render-grid $(L2)/mixture-ref.npy $< --bounds $(L2_BOUNDS) --panel-cols 2 \
 	  --titles "data;SDE sampler, sigma = 2, learned score" -o $@
 
-# ---- learned score versus the score derived from the velocity (t = 0.5) ----
-$(L2)/score-learned.npy: $(L2)/sm-mixture.safetensors
-	eval-field --model $< --what score --t 0.5 --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
-$(L2)/score-from-velocity.npy: $(L2)/fm-mixture.safetensors
-	eval-field --model $< --what score --t 0.5 --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
-$(L2)/scores.png: $(L2)/score-learned.npy $(L2)/score-from-velocity.npy
-	render-grid $^ --kind quiver --bounds $(L2_BOUNDS) --panel-cols 2 \
-	  --titles "learned score, t = 0.5;score from the velocity, t = 0.5" -o $@
+# ---- learned score versus the score derived from the velocity, at four times ----
+L2_SCORE_TIMES := 0.2 0.4 0.6 0.8
+L2_SCORES := $(foreach t,$(L2_SCORE_TIMES),$(L2)/score-learned-t$(t).npy) \
+             $(foreach t,$(L2_SCORE_TIMES),$(L2)/score-from-velocity-t$(t).npy)
+.SECONDARY: $(L2_SCORES)
+$(L2)/score-learned-t%.npy: $(L2)/sm-mixture.safetensors
+	eval-field --model $< --what score --t $* --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
+$(L2)/score-from-velocity-t%.npy: $(L2)/fm-mixture.safetensors
+	eval-field --model $< --what score --t $* --grid $(L2_BOUNDS) --resolution 20 --with-points -o $@
+$(L2)/scores.png: $(L2_SCORES)
+	render-grid $^ --kind quiver --bounds $(L2_BOUNDS) --panel-cols 4 --size 400x400 \
+	  --titles "$(subst _, ,$(subst $(L1_SPACE),;,$(foreach t,$(L2_SCORE_TIMES),learned_score,_t_=_$(t)) $(foreach t,$(L2_SCORE_TIMES),from_the_velocity,_t_=_$(t))))" \
+	  --title "Score matching (top) against the score derived from the flow matching velocity (bottom)" -o $@
+
+# ---- the conditional vector field and the conditional SDE towards z = (6, 6) (lab part 2) ----
+# The exact field of the path towards a point mass at z (gaussian-target with std 1e-4), from
+# 300 N(0, I) samples: the ODE, and the SDE with sigma = 1 (Theorem 17 with the conditional
+# score); their states at the path's times under the ground truth's, and their trajectories.
+L2_COND := gaussian-target:mean=6;6,std=1e-4,path=sqrt
+$(L2)/cond-x0.npy: $(TOOLS) | $(L2)/.dir
+	sample-noise -n 300 --shape 2 --seed 109 -o $@
+$(L2)/conditional-ode.traj.npy: $(L2)/cond-x0.npy
+	simulate-sde -q $< --field '$(L2_COND)' --solver heun --steps $(L2_SIM_STEPS) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 20 )) --trajectory $@ -o $(L2)/conditional-ode.x1.npy
+$(L2)/conditional-sde.traj.npy: $(L2)/cond-x0.npy
+	simulate-sde -q $< --field '$(L2_COND),sigma=1' --steps $(L2_SIM_STEPS) --seed $(LAB2_SEED) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 20 )) --trajectory $@ -o $(L2)/conditional-sde.x1.npy
+$(L2)/conditional-%.png: $(L2)/conditional-%.traj.npy $(L2)/paths.png
+	render-grid $< --snapshots 5 --bounds $(L2_BOUNDS) \
+	  --title "$(if $(filter ode,$*),the conditional ODE,the conditional SDE (sigma = 1)): samples at t = 0, .25, .5, .75, 1" \
+	  -o $(L2)/conditional-$*-snapshots.png
+	render-grid $< --kind traj --bounds $(L2_BOUNDS) --max-lines 50 --size 500x500 \
+	  --title "its trajectories" -o $(L2)/conditional-$*-lines.png
+	render-grid $(L2)/paths-conditional.png $(L2)/conditional-$*-snapshots.png \
+	  $(L2)/conditional-$*-lines.png --panel-cols 1 -o $@
 
 # ---- Gaussian -> checkerboard(4), CondOT ----
 $(L2)/fm-checkerboard.safetensors: $(L2)/checkerboard.npy
@@ -112,9 +142,12 @@ $(L2)/fm-checkerboard.safetensors: $(L2)/checkerboard.npy
 $(L2)/fm-checkerboard.x1.npy: $(L2)/fm-checkerboard.safetensors $(L2)/noise.npy
 	simulate-sde -q $(L2)/noise.npy --field $< --steps $(L2_SIM_STEPS) \
 	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $(L2)/fm-checkerboard.traj.npy -o $@
-$(L2)/checkerboard.png: $(L2)/fm-checkerboard.x1.npy
+$(L2)/checkerboard.png: $(L2)/fm-checkerboard.x1.npy $(L2)/checkerboard-ref.npy
 	render-grid $(L2)/fm-checkerboard.traj.npy --snapshots 5 --bounds $(L2_CB_BOUNDS) \
-	  --title "N(0, I) -> checkerboard(4), CondOT (t = 0 .. 1)" -o $@
+	  --title "learned: N(0, I) -> checkerboard(4), CondOT (t = 0 .. 1)" -o $(L2)/checkerboard-learned.png
+	render-grid $(L2)/checkerboard-ref.npy --bounds $(L2_CB_BOUNDS) \
+	  --title "ground truth: checkerboard(4)" -o $(L2)/checkerboard-truth.png
+	render-grid $(L2)/checkerboard-truth.png $(L2)/checkerboard-learned.png --panel-cols 2 -o $@
 
 # ---- circles -> checkerboard(4), the linear interpolant between two data sets ----
 $(L2)/bridge.safetensors: $(L2)/checkerboard.npy $(L2)/circles.npy

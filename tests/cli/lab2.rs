@@ -206,6 +206,8 @@ fn lab2_pipeline_draws_every_figure_at_small_sizes() {
     let dir = out.path().join("lab2");
     let figures = [
         "paths.png",
+        "conditional-ode.png",
+        "conditional-sde.png",
         "fm-mixture.png",
         "sm-mixture.png",
         "scores.png",
