@@ -5,8 +5,8 @@
 # scale 10) with the sqrt(1 - t) path (samples, trajectories); score matching and the SDE
 # sampler with sigma = 2 (Theorem 17); the learned score against the score derived from the
 # velocity (quiver grids at four times); Gaussian -> checkerboard(4) with CondOT, beside the
-# ground truth; circles -> checkerboard(4)
-# by the linear interpolant between the two data sets. SMALL=1 shrinks every size.
+# ground truth; the linear interpolant between circles and checkerboard(4) (linear-path.png)
+# and the flow learned on it (bridge.png). SMALL=1 shrinks every size.
 
 L2 := $(OUT)/lab2
 LAB2_SEED := 2
@@ -33,7 +33,7 @@ L2_MODELS := fm-mixture sm-mixture fm-checkerboard bridge
 .PHONY: lab2
 lab2: $(L2)/paths.png $(L2)/conditional-ode.png $(L2)/conditional-sde.png \
       $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
-      $(L2)/checkerboard.png $(L2)/bridge.png $(L2)/metrics.json \
+      $(L2)/checkerboard.png $(L2)/linear-path.png $(L2)/bridge.png $(L2)/metrics.json \
       $(foreach m,$(L2_MODELS),$(L2)/$(m)-loss.png)
 	@echo "lab2: figures, loss curves (*-loss.png) and metrics.json in $(L2)/"
 
@@ -158,6 +158,16 @@ $(L2)/bridge.x1.npy: $(L2)/bridge.safetensors $(L2)/circles-x0.npy
 $(L2)/bridge.png: $(L2)/bridge.x1.npy
 	render-grid $(L2)/bridge.traj.npy --snapshots 5 --bounds $(L2_CB_BOUNDS) \
 	  --title "circles -> checkerboard(4), linear interpolant (t = 0 .. 1)" -o $@
+
+# The interpolant itself, before any training: x_t = (1 - t) x_0 + t z with x_0 from the circles
+# and z from the checkerboard, paired by index (the independent coupling), at the path's times.
+.SECONDARY: $(foreach t,$(L2_TIMES),$(L2)/linear-path-$(t).npy)
+$(L2)/linear-path-%.npy: $(L2)/checkerboard-ref.npy $(L2)/circles-x0.npy
+	sample-path $< --path linear-interp --source $(L2)/circles-x0.npy --times $* -o $@
+$(L2)/linear-path.png: $(foreach t,$(L2_TIMES),$(L2)/linear-path-$(t).npy)
+	render-grid $^ --bounds $(L2_CB_BOUNDS) --size 400x400 \
+	  --titles "$(subst $(L1_SPACE),;,$(foreach t,$(L2_TIMES),t=$(t)))" \
+	  --title "The linear interpolant from circles (t = 0) to checkerboard(4) (t = 1), independent pairs" -o $@
 
 # ---- evaluate's figures for every sampler, against held-out reference samples ----
 $(L2)/metrics.json: $(L2)/fm-mixture.x1.npy $(L2)/sm-mixture.x1.npy $(L2)/fm-checkerboard.x1.npy \

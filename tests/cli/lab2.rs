@@ -3,6 +3,7 @@
 //! learned SDEs sample, and eval-field evaluates a model's conversions.
 
 use crate::common::*;
+use flowpipe::io::npy;
 
 const DATA: &str = bin!("sample-data");
 const NOISE: &str = bin!("sample-noise");
@@ -212,6 +213,7 @@ fn lab2_pipeline_draws_every_figure_at_small_sizes() {
         "sm-mixture.png",
         "scores.png",
         "checkerboard.png",
+        "linear-path.png",
         "bridge.png",
         "fm-mixture-loss.png",
         "sm-mixture-loss.png",
@@ -225,4 +227,51 @@ fn lab2_pipeline_draws_every_figure_at_small_sizes() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
     assert!(m.is_object(), "{m}");
+}
+
+/// sample-path --path linear-interp --source: the straight line from source sample i to data
+/// sample i at each time; a source that does not fit is refused by name, and --source with a
+/// Gaussian path is a usage error.
+#[test]
+fn sample_path_draws_the_interpolant_between_two_data_sets() {
+    let dir = tmp();
+    let (z, x0) = (path(&dir, "z.npy"), path(&dir, "x0.npy"));
+    npy::write(
+        &z,
+        &npy::from_vec(&[2, 2], vec![1.0, 2.0, -3.0, 5.0]).unwrap(),
+    )
+    .unwrap();
+    npy::write(
+        &x0,
+        &npy::from_vec(&[3, 2], vec![0.0, 4.0, 1.0, -1.0, 9.0, 9.0]).unwrap(),
+    )
+    .unwrap();
+    let args = [
+        &z,
+        "--path",
+        "linear-interp",
+        "--source",
+        &x0,
+        "--times",
+        "0,0.25,1",
+    ];
+    let x = npy_f32(&ok(bin!("sample-path"), &args, b""));
+    assert_eq!(x.shape(), &[6, 2]);
+    // Sample 1 at t = 0.25: 0.75 (1, -1) + 0.25 (-3, 5) = (0, 0.5); at t = 1 the data.
+    assert_eq!([x[[4, 0]], x[[4, 1]]], [0.0, 0.5]);
+    assert_eq!([x[[2, 0]], x[[2, 1]]], [1.0, 2.0]);
+    let small = path(&dir, "small.npy");
+    npy::write(&small, &npy::from_vec(&[1, 2], vec![0.0, 0.0]).unwrap()).unwrap();
+    let r = run(
+        bin!("sample-path"),
+        &[&z, "--path", "linear-interp", "--source", &small],
+        b"",
+    );
+    fails(&r, 1, &["small.npy", "(2, 2)", "(1, 2)"]);
+    let r = run(
+        bin!("sample-path"),
+        &[&z, "--path", "sqrt", "--source", &x0],
+        b"",
+    );
+    fails(&r, 2, &["--source", "linear-interp"]);
 }
