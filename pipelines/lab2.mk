@@ -32,7 +32,8 @@ L2_MODELS := fm-mixture sm-mixture fm-checkerboard bridge
 
 .PHONY: lab2
 lab2: $(L2)/paths.png $(L2)/conditional-ode.png $(L2)/conditional-sde.png \
-      $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/scores.png \
+      $(L2)/fm-mixture.png $(L2)/sm-mixture.png $(L2)/fm-mixture-panels.png \
+      $(L2)/sm-mixture-panels.png $(L2)/scores.png \
       $(L2)/checkerboard.png $(L2)/linear-path.png $(L2)/bridge.png $(L2)/metrics.json \
       $(foreach m,$(L2_MODELS),$(L2)/$(m)-loss.png)
 	@echo "lab2: figures, loss curves (*-loss.png) and metrics.json in $(L2)/"
@@ -95,10 +96,23 @@ $(L2)/sm-mixture.safetensors: $(L2)/mixture.npy
 	fit-score --data $< --path sqrt --param noise $(L2_FIT) --seed $(LAB2_SEED) --log $(L2)/sm-mixture.log.jsonl -o $@
 $(L2)/sm-mixture.x1.npy: $(L2)/fm-mixture.safetensors $(L2)/sm-mixture.safetensors $(L2)/noise.npy
 	simulate-sde -q $(L2)/noise.npy --field learned:model=$<,score=$(L2)/sm-mixture.safetensors,sigma=2 \
-	  --steps $(L2_SIM_STEPS) --seed $(LAB2_SEED) -o $@
+	  --steps $(L2_SIM_STEPS) --seed $(LAB2_SEED) \
+	  --save-every $$(( $(L2_SIM_STEPS) / 4 )) --trajectory $(L2)/sm-mixture.traj.npy -o $@
 $(L2)/sm-mixture.png: $(L2)/sm-mixture.x1.npy $(L2)/mixture-ref.npy
 	render-grid $(L2)/mixture-ref.npy $< --bounds $(L2_BOUNDS) --panel-cols 2 \
 	  --titles "data;SDE sampler, sigma = 2, learned score" -o $@
+
+# The learned marginal flow as the lab shows it: the ground-truth marginal path at t = 0, .25,
+# .5, .75, 1 over the learned sampler's states at the same times, and its trajectories (the ODE
+# for flow matching, the SDE for score matching).
+$(L2)/%-mixture-panels.png: $(L2)/%-mixture.x1.npy $(L2)/paths.png
+	render-grid $(L2)/$*-mixture.traj.npy --snapshots 5 --bounds $(L2_BOUNDS) \
+	  --title "$(if $(filter fm,$*),flow matching: the learned ODE,score matching: the SDE with sigma = 2) at the same times" \
+	  -o $(L2)/$*-mixture-snapshots.png
+	render-grid $(L2)/$*-mixture.traj.npy --kind traj --bounds $(L2_BOUNDS) --max-lines 100 --size 500x500 \
+	  --title "its trajectories" -o $(L2)/$*-mixture-lines.png
+	render-grid $(L2)/paths-marginal.png $(L2)/$*-mixture-snapshots.png $(L2)/$*-mixture-lines.png \
+	  --panel-cols 1 -o $@
 
 # ---- learned score versus the score derived from the velocity, at four times ----
 L2_SCORE_TIMES := 0.2 0.4 0.6 0.8

@@ -211,6 +211,8 @@ fn lab2_pipeline_draws_every_figure_at_small_sizes() {
         "conditional-sde.png",
         "fm-mixture.png",
         "sm-mixture.png",
+        "fm-mixture-panels.png",
+        "sm-mixture-panels.png",
         "scores.png",
         "checkerboard.png",
         "linear-path.png",
