@@ -346,11 +346,29 @@ fn density_bad_inputs() {
     fails(&r, 2, &["--bounds"]);
 }
 
+/// `make lab1 SMALL=1`: the data behind the figures, and every figure of the lab as a PNG.
 #[test]
-fn lab1_pipeline_data_at_small_sizes() {
+fn lab1_pipeline_data_and_figures_at_small_sizes() {
     let out = tmp();
-    make_small(&["lab1-data"], out.path(), &[]);
+    make_small(&["lab1"], out.path(), &[]);
     let lab = out.path().join("lab1");
+    for f in [
+        "brownian.png",
+        "ou.png",
+        "ou-grid.png",
+        "langevin.png",
+        "target.png",
+    ] {
+        let img = image::open(lab.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 200 && img.height() >= 200, "{f}");
+    }
+    // The Langevin figure has two rows of six panels: particles, then their KDE.
+    let (p, k) = (
+        image::open(lab.join("langevin-particles.png")).unwrap(),
+        image::open(lab.join("langevin-kde.png")).unwrap(),
+    );
+    let both = image::open(lab.join("langevin.png")).unwrap();
+    assert!(both.height() >= p.height() + k.height() && both.width() >= p.width());
     let traj = npy::read_f32(lab.join("langevin.traj.npy").to_str().unwrap()).unwrap();
     assert_eq!(traj.shape(), &[100, 11, 2]);
     let grid = npy::read_f32(lab.join("target-density.npy").to_str().unwrap()).unwrap();
