@@ -65,7 +65,7 @@ DIS_LR := 1e-3
 
 .PHONY: distill distill-2d distill-latent
 distill: distill-2d distill-latent
-distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png $(DIS)/nfe-2d.png \
+distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png $(DIS)/nfe-2d.png $(DIS)/2d/teacher-loss.png \
 	$(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m)-loss.png)
 distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png $(DIS)/nfe-latent.png \
 	$(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m)-loss.png)
@@ -103,7 +103,11 @@ endif
 
 $(DIS_CB): $(OUT)/lab2/checkerboard.npy $(TOOLS) | $(DIS)/2d
 	fit-velocity --data $< --path condot --steps $(DIS_CB_STEPS) --batch 1000 --lr 1e-3 \
-	  --hidden 64,64,64,64 -q --seed 2 -o $@
+	  --hidden 64,64,64,64 -q --seed 2 --log $(DIS)/2d/teacher.log.jsonl -o $@
+
+$(DIS)/2d/teacher-loss.png: $(DIS_CB) $(TOOLS)
+	render-plot $(DIS)/2d/teacher.log.jsonl --y loss --log-y --smooth 5 --labels teacher \
+	  --title "Distillation, the 2D teacher (flow matching): training loss against the step" -o $@
 
 $(DIS)/2d/noise.npy: $(TOOLS) | $(DIS)/2d
 	sample-noise -n $(DIS_N) --shape 2 --seed $(DIS_SEED) -o $@

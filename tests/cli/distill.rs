@@ -448,9 +448,10 @@ fn distill_2d_pipeline_at_small_sizes() {
     assert_eq!(rows[15]["nfe"], 4);
     assert!(dir.join("grids-2d.png").is_file());
     assert!(dir.join("table-2d.txt").is_file());
-    // The table as a plot, and each student's loss curve beside it.
+    // The table as a plot, and the teacher's and each student's loss curve beside them.
     for f in [
         "nfe-2d.png",
+        "2d/teacher-loss.png",
         "2d/reflow-loss.png",
         "2d/flowmap-loss.png",
         "2d/consistency-loss.png",
