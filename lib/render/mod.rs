@@ -397,7 +397,7 @@ pub fn row_labelled(
     let font = (font::FAMILY, px as f64).into_font();
     let widest = labels
         .iter()
-        .map(|l| font.box_size(l).map_or(0, |(w, _)| w))
+        .map(|l| font.box_size(l.trim()).map_or(0, |(w, _)| w))
         .max()
         .unwrap_or(0);
     let (band_w, (img_w, img_h)) = (widest + 12, img.dimensions());
@@ -408,7 +408,7 @@ pub fn row_labelled(
         for (r, label) in labels.iter().enumerate() {
             let y = opts.pad + r as u32 * (layout.cell_h + opts.pad) + layout.cell_h / 2;
             let at = ((band_w - 6) as i32, y as i32);
-            band.draw(&Text::new(label.clone(), at, style.clone()))
+            band.draw(&Text::new(label.trim().to_string(), at, style.clone()))
                 .map_err(|e| anyhow!("drawing the row labels: {e}"))?;
         }
         band.present()

@@ -75,8 +75,8 @@ struct Args {
     titles: Option<String>,
     /// A label left of each row of an image grid, separated by `;` (class names, say), as
     /// many as the grid has rows
-    #[arg(long, value_name = "A;B;...")]
-    row_labels: Option<String>,
+    #[arg(long, value_name = "A;B;...", value_delimiter = ';')]
+    row_labels: Vec<String>,
     /// Pixels of one plot panel (image grids take the size of their images)
     #[arg(long, value_name = "WxH", default_value = "600x600", value_parser = render::parse_size)]
     size: (u32, u32),
@@ -163,11 +163,7 @@ fn run(args: Args) -> Result<()> {
             pad: args.pad,
             range: args.range,
             upscale: args.upscale,
-            row_labels: args
-                .row_labels
-                .as_deref()
-                .map(|l| l.split(';').map(|t| t.trim().to_string()).collect())
-                .unwrap_or_default(),
+            row_labels: args.row_labels.clone(),
             ..Default::default()
         },
         plot: PlotOptions {
