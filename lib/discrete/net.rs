@@ -15,6 +15,7 @@
 
 use anyhow::{anyhow, bail};
 use candle_core::{DType, Device, Tensor};
+use ndarray::{ArrayD, IxDyn};
 use serde_json::{json, Value};
 
 use super::paths::{MixturePath, Noise};
@@ -185,10 +186,25 @@ impl Denoiser {
     /// Loads a denoiser (or a checkpoint of one) from a model file, EMA weights when present.
     pub fn open(path: &str, device: &Device) -> Result<(Denoiser, ModelFile)> {
         let file = model::load_kind(path, &[KIND, crate::train::checkpoint::KIND], device)?;
+        Ok((Denoiser::from_file(&file, device)?, file))
+    }
+
+    /// Whether `file` holds a denoiser (or a checkpoint of one).
+    pub fn is_denoiser(file: &ModelFile) -> bool {
+        match file.kind() {
+            KIND => true,
+            crate::train::checkpoint::KIND => crate::train::checkpoint::model_config(file)
+                .is_ok_and(|m| m["kind"].as_str() == Some(KIND)),
+            _ => false,
+        }
+    }
+
+    /// The denoiser of a loaded denoiser or checkpoint file, EMA weights when present.
+    pub fn from_file(file: &ModelFile, device: &Device) -> Result<Denoiser> {
         let config = match file.kind() {
             KIND => file.config.clone(),
             _ => {
-                let m = crate::train::checkpoint::model_config(&file)?.clone();
+                let m = crate::train::checkpoint::model_config(file)?.clone();
                 if m["kind"].as_str() != Some(KIND) {
                     bail!(
                         "{}: a checkpoint of a {} model, not of a denoiser",
@@ -200,10 +216,40 @@ impl Denoiser {
             }
         };
         let cfg = DenoiserConfig::from_json(&config, &file.name)?;
-        let params = Params::from_model(&file, Weights::Auto, device)?;
+        let params = Params::from_model(file, Weights::Auto, device)?;
         let net = Denoiser::new(&cfg, &params)?;
         params.ensure_all_used()?;
-        Ok((net, file))
+        Ok(net)
+    }
+
+    /// The raw logits (N, L, K) at token ids `x` (N, L), time `t`, for `labels` (N,) or the
+    /// null label, in chunks of 64 sequences: what `eval-field` writes for a denoiser.
+    pub fn logits_array(
+        &self,
+        x: &ArrayD<i64>,
+        t: f64,
+        labels: Option<&[u32]>,
+        device: &Device,
+    ) -> Result<ArrayD<f32>> {
+        let (n, l, k) = (
+            x.shape()[0],
+            self.config.seq_len,
+            self.config.vocab.data_symbols(),
+        );
+        let ids: Vec<u32> = x.iter().map(|&v| v as u32).collect();
+        let mut out = Vec::with_capacity(n * l * k);
+        for start in (0..n).step_by(64) {
+            let b = 64.min(n - start);
+            let xs = Tensor::from_vec(ids[start * l..(start + b) * l].to_vec(), (b, l), device)?;
+            let ts = Tensor::full(t as f32, (b, 1), device)?;
+            let ys = match labels {
+                Some(y) => Some(Tensor::from_vec(y[start..start + b].to_vec(), b, device)?),
+                None => None,
+            };
+            let logits = self.forward(&xs, &ts, ys.as_ref())?;
+            out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(ArrayD::from_shape_vec(IxDyn(&[n, l, k]), out)?)
     }
 
     /// x: (N, L) token ids (u32) in 0..=K, t: (N, 1) or (N,), y: (N,) labels or None (null)

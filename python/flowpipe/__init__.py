@@ -11,7 +11,7 @@ The contract is docs/model-format.md in the flowpipe repository.
 
 from .config import ARCHS, ConfigError, check_tensors, expected_shapes, resolve
 from .io import FORMAT, Model, load, read_file, save, select_weights
-from .numpy_nets import cnn_logits, field_forward, vae_decode, vae_posterior
+from .numpy_nets import cnn_logits, denoiser_logits, field_forward, vae_decode, vae_posterior
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "Model",
     "check_tensors",
     "cnn_logits",
+    "denoiser_logits",
     "expected_shapes",
     "field_forward",
     "load",

@@ -7,7 +7,7 @@ the network reads, by name (without the `ema.` prefix), with its shape.
 
 import math
 
-ARCHS = ("mlp", "cmlp", "unet", "dit", "vae", "cnn")
+ARCHS = ("mlp", "cmlp", "unet", "dit", "vae", "cnn", "token-transformer")
 
 
 class ConfigError(ValueError):
@@ -189,6 +189,34 @@ def resolve(config):
             num_classes=k,
             groups=_groups(c, ch, 8),
         )
+    elif arch == "token-transformer":
+        vocab = c.get("vocab")
+        symbols = vocab.get("symbols") if isinstance(vocab, dict) else None
+        if not isinstance(symbols, list) or len(symbols) < 3 or not all(isinstance(s, str) for s in symbols):
+            raise ConfigError("a token-transformer needs 'vocab' with 'symbols' (at least two and [MASK])")
+        seq_len = _size(c, "seq_len", 0)
+        if seq_len == 0:
+            raise ConfigError("a token-transformer needs a positive 'seq_len'")
+        d = _positive(c, "width", 128)
+        heads = _positive(c, "heads", 4)
+        act = c.get("activation")
+        if act not in ("gelu", "silu"):
+            raise ConfigError(f"the token-transformer needs 'activation' gelu or silu, found {act!r}")
+        if d % heads:
+            raise ConfigError(f"{heads} heads do not divide the width {d}")
+        for key in ("kappa", "noise"):
+            if not isinstance(c.get(key), str):
+                raise ConfigError(f"a token-transformer needs '{key}' (its probability path), found {c.get(key)!r}")
+        c.update(
+            seq_len=seq_len,
+            width=d,
+            depth=_size(c, "depth", 4),
+            heads=heads,
+            mlp_ratio=_positive(c, "mlp_ratio", 4),
+            time_features=_positive(c, "time_features", 64),
+            num_classes=_size(c, "num_classes", 0),
+            symbols=len(symbols),  # [MASK] included; the logits cover the others
+        )
     else:
         raise ConfigError(f"unknown or unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
     return c
@@ -239,6 +267,23 @@ def _vae_mid(out, name, c, cfg):
     _vae_res(out, f"{name}.res1", c)
 
 
+def _dit_trunk(out, cfg):
+    """The time MLP, label embedding, adaLN-Zero blocks and final modulation of the dit and the
+    token transformer."""
+    d, r = cfg["width"], cfg["mlp_ratio"]
+    _linear(out, "time_embed.0", cfg["time_features"], d)
+    _linear(out, "time_embed.1", d, d)
+    if cfg["num_classes"]:
+        out["label_embed.weight"] = (cfg["num_classes"] + 1, d)
+    for i in range(cfg["depth"]):
+        _linear(out, f"blocks.{i}.modulation", d, 6 * d)
+        _linear(out, f"blocks.{i}.qkv", d, 3 * d)
+        _linear(out, f"blocks.{i}.proj", d, d)
+        _linear(out, f"blocks.{i}.fc1", d, r * d)
+        _linear(out, f"blocks.{i}.fc2", r * d, d)
+    _linear(out, "final.modulation", d, 2 * d)
+
+
 def expected_shapes(config):
     """{tensor name: shape} of every tensor the network of `config` uses (no `ema.` prefix)."""
     cfg = resolve(config)
@@ -273,23 +318,19 @@ def expected_shapes(config):
         _conv(out, "final_conv", ch[0], c_in)
     elif arch == "dit":
         c, h, w = cfg["data_shape"]
-        p, d, r = cfg["patch_size"], cfg["width"], cfg["mlp_ratio"]
+        p, d = cfg["patch_size"], cfg["width"]
         _conv(out, "patchify", c, d, k=p)
         out["pos_embed"] = (1, (h // p) * (w // p), d)
-        _linear(out, "time_embed.0", cfg["time_features"], d)
-        _linear(out, "time_embed.1", d, d)
-        if cfg["num_classes"]:
-            out["label_embed.weight"] = (cfg["num_classes"] + 1, d)
-        for i in range(cfg["depth"]):
-            _linear(out, f"blocks.{i}.modulation", d, 6 * d)
-            _linear(out, f"blocks.{i}.qkv", d, 3 * d)
-            _linear(out, f"blocks.{i}.proj", d, d)
-            _linear(out, f"blocks.{i}.fc1", d, r * d)
-            _linear(out, f"blocks.{i}.fc2", r * d, d)
-        _linear(out, "final.modulation", d, 2 * d)
+        _dit_trunk(out, cfg)
         _linear(out, "final.fc1", d, d)
         _linear(out, "final.fc2", d, p * p * c)
         _conv(out, "final_conv", c, c)
+    elif arch == "token-transformer":
+        d, v = cfg["width"], cfg["symbols"]
+        out["token_embed"] = (v, d)
+        out["pos_embed"] = (1, cfg["seq_len"], d)
+        _dit_trunk(out, cfg)
+        _linear(out, "head", d, v - 1)
     elif arch == "vae":
         c_in = cfg["data_shape"][0]
         ch, k = cfg["channels"], cfg["latent_channels"]

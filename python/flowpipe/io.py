@@ -199,6 +199,13 @@ class Model:
 
         return cnn_logits(self.net_config, self.tensors, x, dtype)
 
+    # Discrete denoiser (token-transformer)
+    def denoiser_logits(self, x, t, y=None, dtype=np.float32):
+        """Logits (N, L, K) at token ids x (N, L), as `eval-field` writes them for a denoiser."""
+        from .numpy_nets import denoiser_logits
+
+        return denoiser_logits(self.net_config, self.tensors, x, t, y, dtype)
+
     def to_torch(self):
         """A torch.nn.Module with these weights (needs PyTorch)."""
         from .torch_nets import build

@@ -250,20 +250,20 @@ def _modulate(z, m, i, d):
     return rms_norm(z) * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
-def dit_forward(cfg, W, x, t, y=None):
-    n = x.shape[0]
-    c, h, w = cfg["data_shape"]
-    p, d = cfg["patch_size"], cfg["width"]
-    act = ACTIVATIONS[cfg["activation"]]
+def _dit_condition(cfg, W, t, y, n):
+    """SiLU(TimeMlp(t) + E(y)): the adaLN input of the dit and the token transformer, (N, D)."""
     t32 = time_column(t, n)
     cond = W.lin("time_embed.1", silu(W.lin("time_embed.0", sinusoidal(t32, cfg["time_features"]))))
     ids = label_ids(y, n, cfg["num_classes"])
     if cfg["num_classes"]:
         cond = cond + W("label_embed.weight")[ids]
-    c_act = silu(cond)
-    # Patches in row-major order: token r * (W / p) + s is the patch at (r, s).
-    z = W.conv("patchify", x, stride=p, padding=0)  # (N, D, H/p, W/p)
-    z = z.transpose(0, 2, 3, 1).reshape(n, -1, d) + W("pos_embed")
+    return silu(cond)
+
+
+def _dit_trunk(cfg, W, z, c_act):
+    """The adaLN-Zero blocks on tokens z (N, L, D), then the final modulation: (N, L, D)."""
+    d = cfg["width"]
+    act = ACTIVATIONS[cfg["activation"]]
     for i in range(cfg["depth"]):
         b = f"blocks.{i}"
         m = W.lin(f"{b}.modulation", c_act)  # (N, 6D): s1, a1, g1, s2, a2, g2
@@ -272,7 +272,19 @@ def dit_forward(cfg, W, x, t, y=None):
         hh = _modulate(z, m, 3, d)
         z = z + m[:, None, 5 * d : 6 * d] * W.lin(f"{b}.fc2", act(W.lin(f"{b}.fc1", hh)))
     m = W.lin("final.modulation", c_act)  # (N, 2D): s, a
-    hh = _modulate(z, m, 0, d)
+    return _modulate(z, m, 0, d)
+
+
+def dit_forward(cfg, W, x, t, y=None):
+    n = x.shape[0]
+    c, h, w = cfg["data_shape"]
+    p, d = cfg["patch_size"], cfg["width"]
+    act = ACTIVATIONS[cfg["activation"]]
+    c_act = _dit_condition(cfg, W, t, y, n)
+    # Patches in row-major order: token r * (W / p) + s is the patch at (r, s).
+    z = W.conv("patchify", x, stride=p, padding=0)  # (N, D, H/p, W/p)
+    z = z.transpose(0, 2, 3, 1).reshape(n, -1, d) + W("pos_embed")
+    hh = _dit_trunk(cfg, W, z, c_act)
     patches = W.lin("final.fc2", act(W.lin("final.fc1", hh)))  # (N, L, p p C), (p_row, p_col, C)
     img = patches.reshape(n, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
     return W.conv("final_conv", img.transpose(0, 3, 1, 2))
@@ -296,6 +308,28 @@ def field_forward(config, tensors, x, t, y=None, dtype=F32):
     else:
         xx = _check_x(x, cfg["data_shape"], arch)
     return FIELD_FORWARDS[arch](cfg, _W(tensors), xx, t, y).astype(dtype)
+
+
+# ---------------------------------------------------------------- token transformer
+
+
+def denoiser_logits(config, tensors, x, t, y=None, dtype=F32):
+    """The token transformer's raw logits (N, L, K) over the K data symbols at token ids x (N, L)
+    (int, [MASK] = K allowed), t (N,) or one value, labels y: what `eval-field` writes for a
+    denoiser (notes section 8.3)."""
+    cfg = resolve(config)
+    if cfg["arch"] != "token-transformer":
+        raise ValueError(f"a {cfg['arch']} is not a discrete denoiser (token-transformer)")
+    x = np.asarray(x)
+    n, l = (x.shape + (0, 0))[:2]
+    if x.ndim != 2 or l != cfg["seq_len"] or not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"the token-transformer expects integer tokens (N, {cfg['seq_len']}), got {x.dtype} {x.shape}")
+    if x.size and (x.min() < 0 or x.max() >= cfg["symbols"]):
+        raise ValueError(f"token ids must be in 0..{cfg['symbols'] - 1} ([MASK] last), found {x.min()}..{x.max()}")
+    W = _W(tensors)
+    c_act = _dit_condition(cfg, W, t, y, n)
+    h = W("token_embed")[x] + W("pos_embed")
+    return W.lin("head", _dit_trunk(cfg, W, h, c_act)).astype(dtype)
 
 
 # ---------------------------------------------------------------- VAE

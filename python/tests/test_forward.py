@@ -10,7 +10,11 @@ Then files written by the tools (fit-velocity, fit-vae) are loaded and compared 
 
     python3 python/tests/test_forward.py [--bin target/release] [--keep DIR]
 
-Prints one line per check; exits 1 when any check fails. Needs numpy and safetensors only.
+Where PyTorch imports, every check also runs the package's torch modules (flowpipe.torch_nets)
+on the same inputs against the same tool output.
+
+Prints one line per check; exits 1 when any check fails. Needs numpy and safetensors only
+(and torch for the torch checks, which are skipped without it).
 """
 
 import argparse
@@ -27,6 +31,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import flowpipe  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+except ImportError:
+    torch = None
 
 TOL = 1e-5
 T = 0.37
@@ -69,6 +78,23 @@ class Tools:
         return os.path.join(self.work, name)
 
 
+def torch_check(name, ref, model, call):
+    """The same comparison through model.to_torch(): call(net) gives the torch output."""
+    if torch is None:
+        return
+    net = model.to_torch().double()
+    with torch.no_grad():
+        got = call(net)
+    got = got if isinstance(got, tuple) else (got,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for i, (r, g) in enumerate(zip(refs, got)):
+        compare(f"{name} [torch{'' if len(refs) == 1 else f' {i}'}]", r, g.numpy())
+
+
+def t64(a):
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
 def random_weights(config, rng):
     """Random tensors for every name the config's network uses, at scales that keep the
     activations of order one; norms, modulations, gates and embeddings all away from their
@@ -85,7 +111,9 @@ def random_weights(config, rng):
             v = z
         elif name == "pos_embed":
             v = 0.3 * z
-        elif ("norm" in name.split(".")[-2]) and name.endswith(".weight"):
+        elif name == "token_embed":
+            v = z
+        elif name.endswith(".weight") and "norm" in name.split(".")[-2]:
             v = 1.0 + 0.2 * z
         elif name.endswith(".bias"):
             v = 0.2 * z
@@ -111,6 +139,20 @@ def field_config(arch, data_shape, num_classes, **fields):
     return c
 
 
+def denoiser_config(symbols, seq_len, num_classes, noise="mask", **fields):
+    c = {
+        "kind": "denoiser",
+        "arch": "token-transformer",
+        "vocab": {"format": "flowpipe-vocab/1", "unit": "chars", "symbols": symbols, "pad": 0, "mask": len(symbols) - 1, "image_shape": None},
+        "seq_len": seq_len,
+        "num_classes": num_classes,
+        "kappa": "linear",
+        "noise": noise,
+    }
+    c.update(fields)
+    return c
+
+
 def check_field(tools, name, config, rng, n=5, with_labels=True):
     tensors = random_weights(config, rng)
     f = tools.path(f"{name}.safetensors")
@@ -127,8 +169,34 @@ def check_field(tools, name, config, rng, n=5, with_labels=True):
         np.save(tools.path(f"{name}-y.npy"), y)
         args += ["--labels", f"{name}-y.npy"]
     tools("eval-field", *args)
-    compare(name, np.load(tools.path(f"{name}-v.npy")), model.forward(x, T, y, dtype=np.float64))
+    ref = np.load(tools.path(f"{name}-v.npy"))
+    compare(name, ref, model.forward(x, T, y, dtype=np.float64))
+    torch_check(name, ref, model, lambda net: net(t64(x), T, None if y is None else torch.from_numpy(y)))
     return model
+
+
+def check_denoiser(tools, name, config, rng, n=6):
+    """A token transformer: eval-field's logits at random tokens ([MASK] among them)."""
+    tensors = random_weights(config, rng)
+    f = f"{name}.safetensors"
+    flowpipe.save(tools.path(f), config, tensors)
+    model = flowpipe.load(tools.path(f))
+    symbols = len(config["vocab"]["symbols"])
+    x = rng.integers(0, symbols, size=(n, config["seq_len"])).astype(np.int64)
+    x[0, :] = symbols - 1  # all [MASK]
+    np.save(tools.path(f"{name}-x.npy"), x)
+    args = [f"{name}-x.npy", "--model", f, "--t", T, "-q", "-o", f"{name}-l.npy"]
+    k = config.get("num_classes", 0)
+    y = None
+    if k:
+        y = rng.integers(0, k + 1, size=n).astype(np.int64)
+        y[0], y[-1] = k, 0
+        np.save(tools.path(f"{name}-y.npy"), y)
+        args += ["--labels", f"{name}-y.npy"]
+    tools("eval-field", *args)
+    ref = np.load(tools.path(f"{name}-l.npy"))
+    compare(f"{name} logits", ref, model.denoiser_logits(x, T, y, dtype=np.float64))
+    torch_check(f"{name} logits", ref, model, lambda net: net(torch.from_numpy(x), T, None if y is None else torch.from_numpy(y)))
 
 
 def check_tool_field(tools, name, model_file, x, y=None, raw_differs=True):
@@ -142,6 +210,7 @@ def check_tool_field(tools, name, model_file, x, y=None, raw_differs=True):
     tools("eval-field", *args)
     ref = np.load(tools.path(f"{name}-v.npy"))
     compare(name, ref, model.forward(x, T, y, dtype=np.float64))
+    torch_check(name, ref, model, lambda net: net(t64(x), T, None if y is None else torch.from_numpy(np.asarray(y))))
     if raw_differs:
         # The file has EMA weights, and the tools use them: the raw weights give other values.
         raw = flowpipe.load(tools.path(model_file), weights="raw").forward(x, T, y, dtype=np.float64)
@@ -159,8 +228,11 @@ def check_vae(tools, name, config, rng, n=3):
     tools("encode-vae", f"{name}-x.npy", "--model", f, "--mean", "-q", "-o", f"{name}-z.npy")
     z = np.load(tools.path(f"{name}-z.npy"))
     compare(f"{name} encode (scaled mean)", z, model.encode(x, dtype=np.float64))
+    torch_check(f"{name} encode (scaled mean)", z, model, lambda net: net.encode(t64(x)))
     tools("decode-vae", f"{name}-z.npy", "--model", f, "-q", "-o", f"{name}-d.npy")
-    compare(f"{name} decode", np.load(tools.path(f"{name}-d.npy")), model.decode(z, dtype=np.float64))
+    d = np.load(tools.path(f"{name}-d.npy"))
+    compare(f"{name} decode", d, model.decode(z, dtype=np.float64))
+    torch_check(f"{name} decode", d, model, lambda net: net.decode(t64(z)))
 
 
 def _sqrt_psd(a):
@@ -200,6 +272,14 @@ def check_cnn(tools, name, config, rng, n=24, m=16):
     report(f"{name} logits (argmax histogram)", ok and sum(c > 0 for c in counts) > 1, f"package {counts}, evaluate {rep['class_histogram']['counts']}")
     fid = frechet(model.features(x, dtype=np.float64), model.features(r, dtype=np.float64))
     compare(f"{name} features (classifier-FID)", np.array([rep["classifier_fid"]["value"]]), np.array([fid]))
+    if torch is not None:
+        net = model.to_torch().double()
+        with torch.no_grad():
+            logits = net(t64(x)).numpy()
+            tfid = frechet(net.features(t64(x)).numpy(), net.features(t64(r)).numpy())
+        tcounts = np.bincount(np.argmax(logits, axis=1), minlength=config["num_classes"]).tolist()
+        report(f"{name} logits [torch]", tcounts == counts, f"torch {tcounts}, evaluate {counts}")
+        compare(f"{name} features [torch]", np.array([rep["classifier_fid"]["value"]]), np.array([tfid]))
 
 
 def roundtrip(tools, rng):
@@ -252,6 +332,8 @@ def main():
             ("unet uncond", lambda: check_field(tools, "unet-uncond", field_config("unet", [1, 5, 4], 0, channels=[2, 4], blocks_per_level=1, time_embed_dim=4), rng, n=2)),
             ("vae attention", lambda: check_vae(tools, "vae-attn", {"kind": "vae", "arch": "vae", "data_shape": [1, 7, 6], "channels": [4, 8], "blocks_per_level": 1, "latent_channels": 2, "attention": True, "scale_factor": 1.7}, rng)),
             ("cnn", lambda: check_cnn(tools, "cnn", {"kind": "classifier", "arch": "cnn", "data_shape": [2, 7, 5], "channels": [4, 8], "features": 6, "num_classes": 4, "groups": 2}, rng)),
+            ("token-transformer", lambda: check_denoiser(tools, "tt", denoiser_config(["[PAD]", "a", "b", "c", "[MASK]"], 5, 3, width=12, depth=2, heads=3, mlp_ratio=2, time_features=10, activation="silu"), rng)),
+            ("token-transformer gelu K=0", lambda: check_denoiser(tools, "tt-gelu", denoiser_config(["[PAD]", "x", "y", "[MASK]"], 4, 0, width=8, depth=1, heads=2, mlp_ratio=1, time_features=7, activation="gelu", noise="uniform"), rng)),
             ("vae scalar", lambda: check_vae(tools, "vae-scalar", {"kind": "vae", "arch": "vae", "data_shape": [2, 8, 8], "channels": [4, 4, 8], "blocks_per_level": 2, "latent_channels": 3, "logvar": "scalar", "decoder_variance": "fixed", "groups": 2, "scale_factor": 0.6}, rng)),
         ]
         for name, run in checks:
@@ -284,6 +366,20 @@ def main():
             compare("fit-vae encode", z, vae.encode(np.load(tools.path("img.npy")), dtype=np.float64))
             tools("decode-vae", "vz.npy", "--model", "v.safetensors", "-q", "-o", "vd.npy")
             compare("fit-vae decode", np.load(tools.path("vd.npy")), vae.decode(z, dtype=np.float64))
+            with open(tools.path("words.txt"), "w") as fh:
+                fh.write("ab\nba\nabab\nbba\n" * 8)
+            tools("import-text", "words.txt", "--vocab-out", "vocab.json", "-o", "tok.npy")
+            np.save(tools.path("tl.npy"), (np.arange(32) % 2).astype(np.int64))
+            tools("fit-denoiser", "--data", "tok.npy", "--vocab", "vocab.json", "--labels", "tl.npy", "--width", 8, "--depth", 1, "--heads", 2, "--steps", 3, "--batch", 8, "--ema", 0.5, "-q", "-o", "den.safetensors")
+            den = flowpipe.load(tools.path("den.safetensors"))
+            tok = np.load(tools.path("tok.npy"))[:5]
+            tok[0, :2] = len(den.resolved["vocab"]["symbols"]) - 1
+            np.save(tools.path("tok5.npy"), tok)
+            np.save(tools.path("tl5.npy"), np.array([0, 1, 2, 1, 0], dtype=np.int64))
+            tools("eval-field", "tok5.npy", "--model", "den.safetensors", "--labels", "tl5.npy", "--t", T, "-q", "-o", "den-l.npy")
+            ref = np.load(tools.path("den-l.npy"))
+            compare("fit-denoiser logits", ref, den.denoiser_logits(tok, T, np.array([0, 1, 2, 1, 0]), dtype=np.float64))
+            torch_check("fit-denoiser logits", ref, den, lambda net: net(torch.from_numpy(tok), T, torch.tensor([0, 1, 2, 1, 0])))
         except Exception as e:
             report("tool-written models", False, f"{type(e).__name__}: {e}")
 

@@ -1,9 +1,12 @@
-//! eval-field: a trained model's velocity, score, noise or denoiser at given points and time.
+//! eval-field: a trained model's velocity, score, noise or denoiser at given points and time,
+//! or a discrete denoiser's logits at given tokens.
 
+use candle_core::Device;
 use clap::Parser;
 use flowpipe::cli::{self, Common};
-use flowpipe::discrete::tokens;
-use flowpipe::io::{display_name, model, npy};
+use flowpipe::discrete::{net::Denoiser, tokens};
+use flowpipe::io::model::{self, ModelFile};
+use flowpipe::io::{display_name, npy};
 use flowpipe::nn::learned::{predict_points, Learned};
 use flowpipe::nn::Weights;
 use flowpipe::paths::Param;
@@ -15,7 +18,9 @@ use std::process::ExitCode;
 /// Writes the values shaped like the points, or rows [x, value] (N, 2D) with --with-points,
 /// ready for `render-grid --kind quiver`. The grid's points are the centres of resolution^2
 /// cells in row-major order, as an image is drawn: point i * resolution + j is at (x_j, y_i),
-/// x_j rising from XMIN with j and y_i falling from YMAX with i (row 0 at the top).
+/// x_j rising from XMIN with j and y_i falling from YMAX with i (row 0 at the top). A discrete
+/// denoiser (token-transformer) is evaluated at token ids (N, L) int64 instead: the output is its
+/// raw logits (N, L, K) over the K data symbols.
 #[derive(Parser, Debug)]
 #[command(
     name = "eval-field",
@@ -23,7 +28,8 @@ use std::process::ExitCode;
     allow_negative_numbers = true,
     after_help = "Examples:\n  eval-field --model fm.safetensors --what score --t 0.5 --grid -10,10,-10,10 \
 --resolution 20 --with-points | render-grid --kind quiver -o score.png\n  \
-eval-field noise.npy --model out/latent/flow.safetensors --labels labels.npy --t 0.3 -o v.npy"
+eval-field noise.npy --model out/latent/flow.safetensors --labels labels.npy --t 0.3 -o v.npy\n  \
+eval-field tokens.npy --model out/discrete/words.safetensors --t 0.5 -o logits.npy"
 )]
 struct Args {
     /// Points (N, ...the model's data shape) to evaluate at (`-` = stdin); omit when --grid
@@ -32,9 +38,10 @@ struct Args {
     /// A velocity, score or checkpoint model file
     #[arg(long)]
     model: String,
-    /// What to output: velocity, score, noise or denoiser
-    #[arg(long, default_value = "velocity")]
-    what: String,
+    /// What to output: velocity, score, noise or denoiser [velocity]; logits for a discrete
+    /// denoiser (its only output)
+    #[arg(long)]
+    what: Option<String>,
     /// The time t in [0, 1]
     #[arg(long, default_value_t = 0.5)]
     t: f64,
@@ -57,15 +64,17 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.setup()?;
-    let Some(want) = Param::parse(&args.what) else {
-        usage_bail!(
-            "--what must be velocity, score, noise or denoiser, got '{}'",
-            args.what
-        );
-    };
     if !(0.0..=1.0).contains(&args.t) {
         usage_bail!("--t must be in [0, 1], got {}", args.t);
     }
+    let file = model::load(&args.model, &device)?;
+    if Denoiser::is_denoiser(&file) {
+        return eval_denoiser(&args, &file, &device);
+    }
+    let what = args.what.as_deref().unwrap_or("velocity");
+    let Some(want) = Param::parse(what) else {
+        usage_bail!("--what must be velocity, score, noise or denoiser, got '{what}'");
+    };
     let points = match (&args.points, &args.grid) {
         (Some(_), Some(_)) => usage_bail!("give points or --grid, not both"),
         (None, None) => usage_bail!("give points (a .npy, or - for stdin) or --grid"),
@@ -88,7 +97,6 @@ fn run(args: Args) -> Result<()> {
             x
         }
     };
-    let file = model::load(&args.model, &device)?;
     let learned = Learned::load(&file, Weights::Auto, &device)?;
     let name = args.points.as_deref().map_or("--grid".into(), display_name);
     let mut want_shape = vec!["N".to_string()];
@@ -115,6 +123,31 @@ fn run(args: Args) -> Result<()> {
         &device,
     )?;
     npy::write(&args.common.output, &out.into_dyn())
+}
+
+/// A discrete denoiser: token ids (N, L) in, logits (N, L, K) out.
+fn eval_denoiser(args: &Args, file: &ModelFile, device: &Device) -> Result<()> {
+    if args.grid.is_some() || args.with_points {
+        usage_bail!("{}: a denoiser is evaluated at token ids (N, L); --grid and --with-points are for vector fields", file.name);
+    }
+    if let Some(w) = args.what.as_deref().filter(|w| *w != "logits") {
+        usage_bail!(
+            "{}: a denoiser gives logits, not '{w}' (leave --what out)",
+            file.name
+        );
+    }
+    let Some(path) = &args.points else {
+        usage_bail!("give token ids (N, L) int64 (a .npy, or - for stdin)");
+    };
+    let net = Denoiser::from_file(file, device)?;
+    let x = tokens::read_tokens(path, &net.config.vocab, Some(net.config.seq_len), true)?;
+    let top = net.config.num_classes as u32;
+    let labels = match &args.labels {
+        Some(l) => Some(tokens::read_labels(l, Some(x.shape()[0]), Some(top))?),
+        None => None,
+    };
+    let out = net.logits_array(&x, args.t, labels.as_deref(), device)?;
+    npy::write(&args.common.output, &out)
 }
 
 flowpipe::tool_allocator!();

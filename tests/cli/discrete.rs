@@ -233,6 +233,59 @@ fn bad_inputs_are_refused_before_writing() {
     );
 }
 
+/// eval-field at token ids gives the denoiser's logits (N, L, K) over the data symbols; on the
+/// all-[MASK] sequence the trained model puts position 0 on 'a' or 'b' (every toy word starts
+/// with one), not on [PAD]. Flags for vector fields are refused.
+#[test]
+fn eval_field_gives_a_denoisers_logits() {
+    let (d, _, vocab, model) = trained();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vocab).unwrap()).unwrap();
+    let symbols = v["symbols"].as_array().unwrap().len();
+    let (k, l) = (symbols - 1, 4);
+    let masked = path(&d, "masked.npy");
+    npy::write(&masked, &ArrayD::from_elem(IxDyn(&[3, l]), k as i64)).unwrap();
+    let out = path(&d, "logits.npy");
+    let field = bin!("eval-field");
+    ok(
+        field,
+        &[&masked, "--model", &model, "--t", "0", "-q", "-o", &out],
+        b"",
+    );
+    let logits = npy::read_f32(&out).unwrap();
+    assert_eq!(logits.shape(), &[3, l, k]);
+    let row: Vec<f64> = (0..k).map(|j| logits[[0, 0, j]] as f64).collect();
+    let z: f64 = row.iter().map(|v| v.exp()).sum();
+    let p = |s: &str| {
+        let j = v["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|x| x == s)
+            .unwrap();
+        row[j].exp() / z
+    };
+    assert!(
+        p("a") + p("b") > 0.9,
+        "p(a) + p(b) at position 0: {}",
+        p("a") + p("b")
+    );
+    std::fs::remove_file(&out).unwrap();
+    let g = ["--model", &model, "--grid", "0,1,0,1", "-o", &out];
+    fails(
+        &flowpipe_run(field, &g),
+        2,
+        &["toy.safetensors", "token ids"],
+    );
+    let w = [&masked, "--model", &model, "--what", "velocity", "-o", &out];
+    fails(&flowpipe_run(field, &w), 2, &["logits", "velocity"]);
+    let short = path(&d, "short.npy");
+    npy::write(&short, &ArrayD::from_elem(IxDyn(&[2, 3]), 0i64)).unwrap();
+    let s = [&short, "--model", &model, "-o", &out];
+    fails(&flowpipe_run(field, &s), 1, &["short.npy", "(N, 4)", "(2, 3)"]);
+    assert!(!std::path::Path::new(&out).exists());
+}
+
 fn flowpipe_run(exe: &str, args: &[&str]) -> std::process::Output {
     run(exe, args, b"")
 }
