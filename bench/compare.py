@@ -5,7 +5,8 @@ bench-compare takes turns, flowpipe then PyTorch, figure by figure and round by 
 k-th line of a figure in one file is paired with the k-th line of it in the other. Prints one
 JSON line per figure: {"figure", "flowpipe_ms", "pytorch_ms" (medians over the rounds),
 "ratio" (the median of the rounds' ratios), "ratios" (each round's), "threads"}; ratio > 1
-means flowpipe is slower."""
+means flowpipe is slower. A pair whose configs differ (other sizes, another parameter count:
+the two sides ran different networks) is an error, exit 1."""
 import json
 import statistics
 import sys
@@ -26,6 +27,11 @@ def main():
     ours, theirs = load(sys.argv[1]), load(sys.argv[2])
     for fig, runs in ours.items():
         pairs = list(zip(runs, theirs.get(fig, [])))
+        for a, b in pairs:
+            if a["config"] != b["config"]:
+                diff = sorted(k for k in set(a["config"]) | set(b["config"]) if a["config"].get(k) != b["config"].get(k))
+                sys.exit(f"compare.py: {fig}: the two sides ran different configs ({', '.join(diff)} differ): "
+                         f"flowpipe {json.dumps(a['config'])}, pytorch {json.dumps(b['config'])}")
         pairs = [(a, b) for a, b in pairs if b["median_ms"] > 0]
         if not pairs:
             continue

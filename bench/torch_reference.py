@@ -1,16 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch reference for `run-bench` (make bench-compare): the same figures, the same
-architectures and sizes, on the CPU, printed as the same JSON lines with
-"implementation": "pytorch". Not part of CI (torch is not a dependency of flowpipe).
+networks and sizes, on the CPU, printed as the same JSON lines with "implementation": "pytorch".
+Not part of CI (torch is not a dependency of flowpipe).
 
-Architectures mirror lib/nn: the Lab 2 MLP on [x, t]; the Lab 3 U-Net (learned Fourier time
-features, label embedding with a null row, residual layers with GroupNorm -> SiLU -> conv and
-time/label adapters, stride-2 down convs, nearest-upsample convs cropped to the skip's size);
-the DiT (patchify conv, learned positions, sinusoidal time MLP, adaLN-Zero blocks with RMSNorm,
-fused QKV attention, GELU feed-forward, final modulation, fc1 -> GELU -> fc2, unpatchify,
-3x3 conv); the VAE (GroupNorm residual blocks with SiLU, stride-2 down convs, mean and
-log-variance heads, nearest-upsample convs, Gaussian NLL with a learned variance + KL). Training
-steps time forward + backward + AdamW on one fixed batch, as run-bench does.
+The networks are flowpipe's own PyTorch modules (python/flowpipe/torch_nets.py, the package's
+reference implementation, checked against the tools by python/tests/test_forward.py), built from
+run-bench's configs. Training steps time forward + backward + AdamW on one fixed batch, as
+run-bench does; the VAE's step is its negative ELBO (Gaussian NLL under the decoder's variance
+plus the KL).
 """
 import argparse
 import io
@@ -21,228 +18,88 @@ import statistics
 import threading
 import time
 
+import sys
+
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from flowpipe.torch_nets import build  # noqa: E402  (the checkout's package; or pip install ./python)
 
 
 # ---------------------------------------------------------------- networks
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        layers, w = [], dim + 1
-        for h in hidden:
-            layers += [nn.Linear(w, h), nn.SiLU()]
-            w = h
-        self.net = nn.Sequential(*layers, nn.Linear(w, dim))
-
-    def forward(self, x, t, y=None):
-        return self.net(torch.cat([x, t], 1))
+# The networks are flowpipe's own, as the package in python/ builds them (flowpipe.torch_nets:
+# the model-file tensor names, the trainer's initialisation, adaLN-Zero), from the configs that
+# run-bench prints. With --configs (make bench-compare passes the flowpipe side's lines) each
+# network figure uses exactly the config flowpipe ran; otherwise the defaults below, which mirror
+# lib/bench.rs. compare.py refuses a pair whose parameter counts differ.
 
 
-class Fourier(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.weights = nn.Parameter(torch.randn(1, dim // 2))
-
-    def forward(self, t):
-        arg = 2 * math.pi * t * self.weights
-        return math.sqrt(2) * torch.cat([arg.sin(), arg.cos()], 1)
-
-
-def adapter(d_in, c):
-    return nn.Sequential(nn.Linear(d_in, d_in), nn.SiLU(), nn.Linear(d_in, c))
-
-
-class Residual(nn.Module):
-    def __init__(self, c, cfg):
-        super().__init__()
-        g = cfg["groups"]
-        self.n1, self.c1 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
-        self.n2, self.c2 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
-        self.at = adapter(cfg["time_embed_dim"], c)
-        self.ay = adapter(cfg["label_embed_dim"], c) if cfg["num_classes"] else None
-
-    def forward(self, x, te, ye):
-        h = self.c1(F.silu(self.n1(x)))
-        cond = self.at(te)
-        if self.ay is not None:
-            cond = cond + self.ay(ye)
-        h = h + cond[:, :, None, None]
-        return x + self.c2(F.silu(self.n2(h)))
+def default_configs(tiny):
+    """{figure: network config} as run-bench prints them (batch and sampling settings included)."""
+    unet = {"arch": "unet", "data_shape": [1, 8, 8], "channels": [8, 16], "blocks_per_level": 1,
+            "time_embed_dim": 8, "label_embed_dim": 8, "num_classes": 10, "groups": 4}
+    if not tiny:
+        unet = {"arch": "unet", "data_shape": [1, 28, 28], "channels": [32, 64, 128], "blocks_per_level": 2,
+                "time_embed_dim": 40, "label_embed_dim": 40, "num_classes": 10, "groups": 8}
+    hidden, batch = (16, 8) if tiny else (256, 1024)
+    dit = ({"data_shape": [4, 4, 4], "width": 16, "depth": 1, "heads": 2, "time_features": 8} if tiny else
+           {"data_shape": [4, 8, 8], "width": 256, "depth": 6, "heads": 4, "time_features": 256})
+    return {
+        "train_step_mlp2d": {"arch": "mlp", "data_shape": [2], "hidden": [hidden] * 4, "activation": "silu",
+                             "time_features": 0, "batch": batch},
+        "train_step_unet": dict(unet, batch=2 if tiny else 128),
+        "train_step_dit": dict(dit, arch="dit", patch_size=2, num_classes=10, mlp_ratio=4, activation="gelu",
+                               batch=2 if tiny else 256),
+        "train_step_vae": {"arch": "vae", "data_shape": [1, 8, 8] if tiny else [1, 32, 32],
+                           "channels": [4, 8] if tiny else [16, 32, 64], "blocks_per_level": 1,
+                           "latent_channels": 4, "groups": 4, "attention": False, "logvar": "per-element",
+                           "decoder_variance": "learned", "decoder_std": 0.1, "scale_factor": 1.0,
+                           "latent_shape": [4, 4, 4] if tiny else [4, 8, 8], "batch": 2 if tiny else 128},
+        "sample_cfg_unet": dict(unet, batch=1 if tiny else 8, steps=2 if tiny else 100, guidance=3.0),
+    }
 
 
-class UNet(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        c_in, ch, b = cfg["data_shape"][0], cfg["channels"], cfg["blocks_per_level"]
-        res = lambda c: nn.ModuleList(Residual(c, cfg) for _ in range(b))
-        self.init_conv = nn.Conv2d(c_in, ch[0], 3, padding=1)
-        self.init_norm = nn.GroupNorm(cfg["groups"], ch[0])
-        self.time = Fourier(cfg["time_embed_dim"])
-        k = cfg["num_classes"]
-        self.label = nn.Embedding(k + 1, cfg["label_embed_dim"]) if k else None
-        self.enc_res = nn.ModuleList(res(a) for a in ch[:-1])
-        self.down = nn.ModuleList(nn.Conv2d(a, b_, 3, 2, 1) for a, b_ in zip(ch, ch[1:]))
-        self.mid = res(ch[-1])
-        self.up = nn.ModuleList(nn.Conv2d(b_, a, 3, padding=1) for a, b_ in zip(ch, ch[1:]))
-        self.dec_res = nn.ModuleList(res(a) for a in ch[:-1])
-        self.final = nn.Conv2d(ch[0], c_in, 3, padding=1)
-
-    def forward(self, x, t, y):
-        te = self.time(t)
-        ye = self.label(y) if self.label is not None else None
-        h = F.silu(self.init_norm(self.init_conv(x)))
-        skips = []
-        for rs, down in zip(self.enc_res, self.down):
-            for r in rs:
-                h = r(h, te, ye)
-            size = h.shape[2:]
-            h = down(h)
-            skips.append((h, size))
-        for r in self.mid:
-            h = r(h, te, ye)
-        for l in reversed(range(len(self.up))):
-            skip, (hh, ww) = skips.pop()
-            h = F.interpolate(h + skip, scale_factor=2, mode="nearest")[:, :, :hh, :ww]
-            h = self.up[l](h)
-            for r in self.dec_res[l]:
-                h = r(h, te, ye)
-        return self.final(h)
+def configs_from(path):
+    """{figure: config} of the last line of each figure in a run-bench JSON lines file."""
+    out = {}
+    with open(path) as f:
+        for v in map(json.loads, filter(str.strip, f)):
+            if "config" in v and "arch" in v["config"]:
+                out[v["figure"]] = v["config"]
+    return out
 
 
-def rms(x, eps=1e-6):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+def vae_loss(net, x, eps):
+    """The negative ELBO of run-bench's VAE figure: the reparametrised posterior sample, the
+    Gaussian NLL under the decoder's variance, and the KL to N(0, I), averaged over the batch."""
+    mean, logvar = net.posterior(x)
+    recon = net.decoder(mean + (0.5 * logvar).exp() * eps)
+    cfg = net.config
+    if cfg["decoder_variance"] == "learned":
+        dec_logvar = net.decoder.logvar
+    else:
+        dec_logvar = torch.tensor([math.log(cfg["decoder_std"] ** 2)])
+    d = x[0].numel()
+    nll = 0.5 * ((x - recon).pow(2).flatten(1).sum(1) / dec_logvar.exp() + d * (dec_logvar + math.log(2 * math.pi)))
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+    return (nll + kl).mean()
 
 
-def sinusoidal(t, dim):
-    half = dim // 2
-    k = torch.arange(half, dtype=t.dtype)
-    freqs = 1000.0 * torch.exp(-math.log(10000.0) * k / half)
-    arg = t * freqs[None]
-    return torch.cat([arg.cos(), arg.sin()], 1)
-
-
-class DitBlock(nn.Module):
-    def __init__(self, d, heads, ratio):
-        super().__init__()
-        self.mod = nn.Linear(d, 6 * d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc1, self.fc2 = nn.Linear(d, ratio * d), nn.Linear(ratio * d, d)
-        self.heads = heads
-
-    def attn(self, x):
-        n, l, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(n, l, d))
-
-    def forward(self, z, c):
-        s1, a1, g1, s2, a2, g2 = self.mod(c)[:, None].chunk(6, -1)
-        z = z + g1 * self.attn(rms(z) * (1 + a1) + s1)
-        return z + g2 * self.fc2(F.gelu(self.fc1(rms(z) * (1 + a2) + s2)))
-
-
-class Dit(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        c, h, w = cfg["data_shape"]
-        p, d = cfg["patch_size"], cfg["width"]
-        self.cfg = cfg
-        self.patchify = nn.Conv2d(c, d, p, p)
-        self.pos = nn.Parameter(0.02 * torch.randn(1, (h // p) * (w // p), d))
-        tf = cfg["time_features"]
-        self.time = nn.Sequential(nn.Linear(tf, d), nn.SiLU(), nn.Linear(d, d))
-        k = cfg["num_classes"]
-        self.label = nn.Embedding(k + 1, d) if k else None
-        self.blocks = nn.ModuleList(DitBlock(d, cfg["heads"], cfg["mlp_ratio"]) for _ in range(cfg["depth"]))
-        self.fmod, self.ffc1, self.ffc2 = nn.Linear(d, 2 * d), nn.Linear(d, d), nn.Linear(d, p * p * c)
-        self.final = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x, t, y):
-        c, h, w = self.cfg["data_shape"]
-        p, n = self.cfg["patch_size"], x.shape[0]
-        cond = self.time(sinusoidal(t, self.cfg["time_features"]))
-        if self.label is not None:
-            cond = cond + self.label(y)
-        ca = F.silu(cond)
-        z = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
-        for b in self.blocks:
-            z = b(z, ca)
-        s, a = self.fmod(ca)[:, None].chunk(2, -1)
-        patches = self.ffc2(F.gelu(self.ffc1(rms(z) * (1 + a) + s)))
-        img = patches.reshape(n, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
-        return self.final(img)
-
-
-class VaeRes(nn.Module):
-    def __init__(self, c, g):
-        super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
-        self.n2, self.c2 = nn.GroupNorm(g, c), nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.c2(F.silu(self.n2(self.c1(F.silu(self.n1(x))))))
-
-
-class Vae(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        c_in, ch, g, k = cfg["data_shape"][0], cfg["channels"], cfg["groups"], cfg["latent_channels"]
-        res = lambda c: nn.Sequential(*[VaeRes(c, g) for _ in range(cfg["blocks_per_level"])])
-        self.e_in = nn.Conv2d(c_in, ch[0], 3, padding=1)
-        self.e_levels = nn.ModuleList(res(c) for c in ch)
-        self.e_down = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(ch, ch[1:]))
-        self.e_mid = nn.Sequential(VaeRes(ch[-1], g), VaeRes(ch[-1], g))
-        self.e_norm = nn.GroupNorm(g, ch[-1])
-        self.mean, self.logvar = nn.Conv2d(ch[-1], k, 3, padding=1), nn.Conv2d(ch[-1], k, 3, padding=1)
-        self.d_in = nn.Conv2d(k, ch[-1], 3, padding=1)
-        self.d_mid = nn.Sequential(VaeRes(ch[-1], g), VaeRes(ch[-1], g))
-        self.d_levels = nn.ModuleList(res(c) for c in ch)
-        self.d_up = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(ch, ch[1:]))
-        self.d_norm = nn.GroupNorm(g, ch[0])
-        self.d_out = nn.Conv2d(ch[0], c_in, 3, padding=1)
-        self.dec_logvar = nn.Parameter(torch.tensor([math.log(0.01)]))
-
-    def loss(self, x, eps):
-        h = self.e_in(x)
-        for l, blocks in enumerate(self.e_levels):
-            h = blocks(h)
-            if l < len(self.e_down):
-                h = self.e_down[l](h)
-        h = F.silu(self.e_norm(self.e_mid(h)))
-        mean, logvar = self.mean(h), self.logvar(h).clamp(-30, 20)
-        h = self.d_mid(self.d_in(mean + (0.5 * logvar).exp() * eps))
-        for l in reversed(range(len(self.d_levels))):
-            h = self.d_levels[l](h)
-            if l > 0:
-                h = self.d_up[l - 1](F.interpolate(h, scale_factor=2, mode="nearest"))
-        recon = self.d_out(F.silu(self.d_norm(h)))
-        d = x[0].numel()
-        nll = 0.5 * ((x - recon).pow(2).flatten(1).sum(1) / self.dec_logvar.exp()
-                     + d * (self.dec_logvar + math.log(2 * math.pi)))
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)
-        return (nll + kl).mean()
-
-
-def vae_step(tiny, reps):
-    cfg = {"data_shape": [1, 8, 8] if tiny else [1, 32, 32], "channels": [4, 8] if tiny else [16, 32, 64],
-           "blocks_per_level": 1, "latent_channels": 4, "groups": 4}
-    batch = 2 if tiny else 128
-    net = Vae(cfg)
+def vae_step(cfg, reps):
+    batch = cfg["batch"]
+    net = build(cfg)
     g = torch.Generator().manual_seed(4)
     x = torch.randn([batch] + cfg["data_shape"], generator=g)
-    side = cfg["data_shape"][1] >> (len(cfg["channels"]) - 1)
-    eps = torch.randn([batch, cfg["latent_channels"], side, side], generator=g)
+    eps = torch.randn([batch] + net.config["latent_shape"], generator=g)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        net.loss(x, eps).backward()
+        vae_loss(net, x, eps).backward()
         opt.step()
 
-    config = dict(cfg, arch="vae", batch=batch, parameters=sum(p.numel() for p in net.parameters()))
+    config = dict(cfg, parameters=sum(p.numel() for p in net.parameters()))
     return line("train_step_vae", config, reps[0], timed(reps[0], reps[1], step))
 
 
@@ -276,7 +133,10 @@ def fm_batch(shape, classes):
     return tt * x1 + (1 - tt) * x0, t, x1 - x0, y
 
 
-def train_step(figure, config, net, shape, classes, reps):
+def train_step(figure, config, reps):
+    net = build(config)
+    shape = [config["batch"]] + config["data_shape"]
+    classes = config.get("num_classes", 0)
     xt, t, target, y = fm_batch(shape, classes)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
 
@@ -290,17 +150,10 @@ def train_step(figure, config, net, shape, classes, reps):
     return line(figure, config, reps[0], timed(reps[0], reps[1], step))
 
 
-def unet_config(tiny):
-    if tiny:
-        return {"arch": "unet", "data_shape": [1, 8, 8], "channels": [8, 16], "blocks_per_level": 1,
-                "time_embed_dim": 8, "label_embed_dim": 8, "num_classes": 10, "groups": 4}
-    return {"arch": "unet", "data_shape": [1, 28, 28], "channels": [32, 64, 128], "blocks_per_level": 2,
-            "time_embed_dim": 40, "label_embed_dim": 40, "num_classes": 10, "groups": 8}
-
-
-def figures(tiny, runs, only=()):
+def figures(tiny, runs, only=(), configs=None):
     want = lambda *names: not only or any(n in only for n in names)
     r = lambda default: (1, 2) if tiny else (1, runs or default)
+    cfgs = dict(default_configs(tiny), **(configs or {}))
     if want("matmul"):
         n = 64 if tiny else 1024
         g = torch.Generator().manual_seed(11)
@@ -311,49 +164,34 @@ def figures(tiny, runs, only=()):
                    gflops=round(2 * n ** 3 / (statistics.median(times) * 1e6), 1))
 
     if want("train_step_mlp2d"):
-        hidden, batch = (16, 8) if tiny else (256, 1024)
-        cfg = {"arch": "mlp", "data_shape": [2], "hidden": [hidden] * 4, "activation": "silu",
-               "time_features": 0, "batch": batch}
-        yield train_step("train_step_mlp2d", cfg, Mlp(2, cfg["hidden"]), [batch, 2], 0,
-                         (1, 2) if tiny else (5, runs or 30))
+        yield train_step("train_step_mlp2d", cfgs["train_step_mlp2d"], (1, 2) if tiny else (5, runs or 30))
 
-    if want("train_step_unet"):
-        cfg = unet_config(tiny)
-        batch = 2 if tiny else 128
-        yield train_step("train_step_unet", dict(cfg, batch=batch), UNet(cfg), [batch] + cfg["data_shape"], 10, r(5))
-
-    if want("train_step_dit"):
-        if tiny:
-            cfg = {"arch": "dit", "data_shape": [4, 4, 4], "patch_size": 2, "width": 16, "depth": 1, "heads": 2,
-                   "num_classes": 10, "mlp_ratio": 4, "time_features": 8}
-        else:
-            cfg = {"arch": "dit", "data_shape": [4, 8, 8], "patch_size": 2, "width": 256, "depth": 6, "heads": 4,
-                   "num_classes": 10, "mlp_ratio": 4, "time_features": 256}
-        batch = 2 if tiny else 256
-        yield train_step("train_step_dit", dict(cfg, batch=batch), Dit(cfg), [batch] + cfg["data_shape"], 10, r(5))
+    for fig in ("train_step_unet", "train_step_dit"):
+        if want(fig):
+            yield train_step(fig, cfgs[fig], r(5))
 
     if want("train_step_vae"):
-        yield vae_step(tiny, r(5))
+        yield vae_step(cfgs["train_step_vae"], r(5))
 
     if want("sample_cfg_unet"):
-        cfg = unet_config(tiny)
-        batch, steps, w = (1, 2, 3.0) if tiny else (8, 100, 3.0)
-        net = UNet(cfg)
+        cfg = cfgs["sample_cfg_unet"]
+        batch, steps, w = cfg["batch"], cfg["steps"], cfg["guidance"]
+        net = build(cfg)
+        k = cfg["num_classes"]
         x0 = torch.randn([batch] + cfg["data_shape"], generator=torch.Generator().manual_seed(3))
-        y = torch.cat([torch.arange(batch) % 10, torch.full((batch,), 10)])
+        y = torch.cat([torch.arange(batch) % k, torch.full((batch,), k)])
 
         @torch.inference_mode()
         def sample():
             x = x0.clone()
-            for k in range(steps):
-                t = torch.full((2 * batch, 1), k / steps)
+            for i in range(steps):
+                t = torch.full((2 * batch, 1), i / steps)
                 both = net(torch.cat([x, x]), t, y)
                 x = x + (w * both[:batch] + (1 - w) * both[batch:]) / steps
             return x
 
         warm = 0 if tiny else 1
         times = timed(warm, 1 if tiny else (runs or 3), sample)
-        cfg = dict(cfg, batch=batch, steps=steps, guidance=w)
         yield line("sample_cfg_unet", cfg, warm, times, images_per_s=batch / (statistics.median(times) / 1000))
 
     if want("npy_write_pipe", "npy_read_pipe"):
@@ -402,12 +240,14 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads [all cores]")
     ap.add_argument("--runs", type=int, default=None, help="timed runs per figure")
     ap.add_argument("--only", default="", help="only these figures, comma separated [all]")
+    ap.add_argument("--configs", help="run-bench JSON lines: build each network figure from its config there")
     ap.add_argument("-o", "--output", default="-", help="JSON lines file [stdout]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     only = tuple(f for f in args.only.split(",") if f)
-    out = [json.dumps(v) for v in figures(args.tiny, args.runs, only)]
+    configs = configs_from(args.configs) if args.configs else None
+    out = [json.dumps(v) for v in figures(args.tiny, args.runs, only, configs)]
     text = "\n".join(out) + "\n"
     if args.output == "-":
         print(text, end="")

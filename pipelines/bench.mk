@@ -45,6 +45,7 @@ bench-compare: $(TOOLS)
 	    run-bench $(BENCH_SIZE) $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) $(BENCH_FLAGS) \
 	      --only $$f >> $(BENCH_DIR)/flowpipe-pairs.jsonl || exit 1; \
 	    $(PYTHON) bench/torch_reference.py $(BENCH_SIZE) --only $$f \
+	      --configs $(BENCH_DIR)/flowpipe-pairs.jsonl \
 	      $(if $(BENCH_THREADS),--threads $(BENCH_THREADS)) >> $(BENCH_DIR)/pytorch.jsonl || exit 1; \
 	  done; done; \
 	  $(PYTHON) bench/compare.py $(BENCH_DIR)/flowpipe-pairs.jsonl $(BENCH_DIR)/pytorch.jsonl \

@@ -10,11 +10,13 @@ save as they are and a file's tensors load with `load_state_dict(..., strict=Tru
 
 Vector fields (mlp, cmlp, unet, dit): `net(x, t, y=None)` with x (N, ...data_shape), t (N,),
 (N, 1) or a number, y (N,) long labels or None (the null label, num_classes): the raw output,
-shaped like x. VAE: `net.posterior(x)`, `net.encode(x)` (scaled means), `net.decode(z)`
+shaped like x. Token transformer: `net(x, t, y=None)` with token ids x (N, L) gives the logits
+(N, L, K). VAE: `net.posterior(x)`, `net.encode(x)` (scaled means), `net.decode(z)`
 (scaled latents in). Classifier: `net(x)` gives the logits, `net.features(x)` the features.
 
-Untested in the flowpipe repository (its machines have no PyTorch); the NumPy forwards are the
-ones checked against the tools.
+python/tests/test_forward.py checks these modules against the tools wherever PyTorch imports
+(CI has no PyTorch and checks the NumPy forwards); bench/torch_reference.py times them against
+run-bench (make bench-compare).
 """
 
 import math
@@ -82,8 +84,8 @@ def self_attention(qkv, heads):
     d = d3 // 3
     dh = d // heads
     q, k, v = qkv.reshape(n, l, 3, heads, dh).permute(2, 0, 3, 1, 4)  # each (N, heads, L, dh)
-    att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dh), dim=-1)
-    return (att @ v).transpose(1, 2).reshape(n, l, d)
+    # PyTorch's fused kernel computes exactly this (scale 1 / sqrt(d_h), no mask).
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, l, d)
 
 
 def _act(name):
@@ -314,6 +316,49 @@ class Dit(nn.Module):
         return self.final_conv(img.permute(0, 3, 1, 2))
 
 
+# ---------------------------------------------------------------- token transformer
+
+
+class _FinalModulation(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.modulation = _zero(nn.Linear(d, 2 * d))
+
+
+class TokenTransformer(nn.Module):
+    """Discrete diffusion's denoiser: `net(x, t, y=None)` with token ids x (N, L) long gives the
+    raw logits (N, L, K) over the K data symbols, as `eval-field` writes them."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = cfg = resolve(config)
+        d = cfg["width"]
+        self.num_classes = cfg["num_classes"]
+        self.token_embed = nn.Parameter(0.02 * torch.randn(cfg["symbols"], d))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, cfg["seq_len"], d))
+        self.time_embed = nn.ModuleList([nn.Linear(cfg["time_features"], d), nn.Linear(d, d)])
+        if self.num_classes:
+            self.label_embed = nn.Embedding(self.num_classes + 1, d)
+        self.blocks = nn.ModuleList([DitBlock(cfg) for _ in range(cfg["depth"])])
+        self.final = _FinalModulation(d)
+        self.head = nn.Linear(d, cfg["symbols"] - 1)
+
+    def forward(self, x, t, y=None):
+        cfg = self.config
+        x = torch.as_tensor(x).long()
+        n = x.shape[0]
+        t = _time(t, n, x.device)
+        features = sinusoidal(t, cfg["time_features"]).to(self.pos_embed.dtype)
+        cond = self.time_embed[1](F.silu(self.time_embed[0](features)))
+        if self.num_classes:
+            cond = cond + self.label_embed(_labels(y, n, self.num_classes, x.device))
+        c_act = F.silu(cond)
+        z = self.token_embed[x] + self.pos_embed
+        for block in self.blocks:
+            z = block(z, c_act)
+        return self.head(_modulate(z, self.final.modulation(c_act), 0, cfg["width"]))
+
+
 # ---------------------------------------------------------------- vae
 
 
@@ -480,7 +525,7 @@ class Cnn(nn.Module):
 
 # ---------------------------------------------------------------- building and saving
 
-MODULES = {"mlp": Mlp, "cmlp": Mlp, "unet": UNet, "dit": Dit, "vae": Vae, "cnn": Cnn}
+MODULES = {"mlp": Mlp, "cmlp": Mlp, "unet": UNet, "dit": Dit, "vae": Vae, "cnn": Cnn, "token-transformer": TokenTransformer}
 
 
 def build(config, tensors=None):
