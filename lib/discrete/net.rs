@@ -215,11 +215,10 @@ impl Denoiser {
                 m
             }
         };
-        let cfg = DenoiserConfig::from_json(&config, &file.name)?;
-        let params = Params::from_model(file, Weights::Auto, device)?;
-        let net = Denoiser::new(&cfg, &params)?;
-        params.ensure_all_used()?;
-        Ok(net)
+        let build = |c: &Value, params: &Params| {
+            Denoiser::new(&DenoiserConfig::from_json(c, &file.name)?, params)
+        };
+        crate::nn::open_checked(file, Weights::Auto, device, &config, build)
     }
 
     /// The raw logits (N, L, K) at token ids `x` (N, L), time `t`, for `labels` (N,) or the

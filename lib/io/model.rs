@@ -91,6 +91,10 @@ pub fn encode(config: &Value, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
         .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    // safetensors panics on a repeated name: refuse it here.
+    if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!("two tensors named '{}' in one model file", w[0].0);
+    }
     safetensors::serialize(sorted, Some(metadata)).context("serialising safetensors")
 }
 

@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::{json, Value};
 
-use super::config::{image_shape, positive, sizes, ConfigResult};
+use super::config::{groups, image_shape, positive, sizes, ConfigResult};
 use super::init::{linear, Linear, Params, Weights};
 use super::layers::{to_channels_last, Conv2d, GatherCache, Geometry, GroupNorm};
 use super::ops::Activated;
@@ -77,12 +77,7 @@ impl ClassifierConfig {
                 "classifier channels must be positive, found {channels:?}"
             ));
         }
-        let groups = positive(config, "groups", 8)?;
-        if let Some(c) = channels.iter().find(|&&c| c % groups != 0) {
-            return Err(format!(
-                "{groups} GroupNorm groups do not divide {c} channels"
-            ));
-        }
+        let groups = groups(config, "classifier", &channels)?;
         let num_classes = match config["num_classes"].as_u64() {
             Some(k) if k >= 2 => k as usize,
             _ => {
@@ -169,11 +164,11 @@ impl Classifier {
     /// Loads a classifier model file (kind `classifier`; EMA weights when it has them).
     pub fn open(path: &str, device: &Device) -> Result<(Classifier, ModelFile)> {
         let model = crate::io::model::load_kind(path, &[KIND], device)?;
-        let cfg = ClassifierConfig::from_json(&model.config)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
-        let params = Params::from_model(&model, Weights::Auto, device)?;
-        let net = Classifier::new(&cfg, &params)?;
-        params.ensure_all_used()?;
+        let build = |c: &Value, params: &Params| {
+            let cfg = ClassifierConfig::from_json(c).map_err(anyhow::Error::msg)?;
+            Classifier::new(&cfg, params)
+        };
+        let net = super::open_checked(&model, Weights::Auto, device, &model.config, build)?;
         Ok((net, model))
     }
 

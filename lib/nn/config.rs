@@ -36,6 +36,24 @@ pub fn positive(config: &Value, key: &str, default: usize) -> ConfigResult<usize
     }
 }
 
+/// GroupNorm's group count `groups` (required: a model file's tensors cannot tell it, and a
+/// silent default would misread a file written with another), dividing every channel count.
+pub fn groups(config: &Value, arch: &str, channels: &[usize]) -> ConfigResult<usize> {
+    if config["groups"].is_null() {
+        return Err(format!(
+            "the {arch} config has no 'groups' (the GroupNorm group count, dividing every \
+             channel count {channels:?}; its tensors cannot tell it)"
+        ));
+    }
+    let groups = positive(config, "groups", 1)?;
+    match channels.iter().find(|&&c| c % groups != 0) {
+        Some(c) => Err(format!(
+            "{groups} GroupNorm groups do not divide {c} channels"
+        )),
+        None => Ok(groups),
+    }
+}
+
 /// The image shape [C, H, W] of `data_shape` (required).
 pub fn image_shape(config: &Value, arch: &str) -> ConfigResult<[usize; 3]> {
     match sizes(config, "data_shape")?.as_deref() {

@@ -17,8 +17,8 @@ use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use super::init::{Params, Weights};
-use super::{build, time_column, FieldNet};
+use super::init::Weights;
+use super::{build, build_from_file, time_column, FieldNet};
 use crate::io::model::{self, ModelFile};
 use crate::io::npy::shape_str;
 use crate::paths::{GaussianPath, Param, Path};
@@ -103,26 +103,7 @@ impl Learned {
             }
             shape
         });
-        let params = Params::from_model(model, weights, device)?;
-        let own = |e: anyhow::Error| {
-            let text = format!("{e:#}");
-            match text.strip_prefix(&format!("{name}: ")) {
-                Some(rest) => rest.to_string(),
-                None => text,
-            }
-        };
-        let net = match build(&config, &params) {
-            Ok(net) => {
-                if let Err(e) = params.ensure_all_used() {
-                    problems.push(own(e));
-                }
-                Some(net)
-            }
-            Err(e) => {
-                problems.push(own(e));
-                None
-            }
-        };
+        let net = build_from_file(model, weights, device, &config, build, &mut problems)?;
         let (Some(net), Some(param), Some(path), Some(data_shape), true) =
             (net, param, path, data_shape, problems.is_empty())
         else {
@@ -316,7 +297,7 @@ pub fn predict_points(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::MlpConfig;
+    use crate::nn::{MlpConfig, Params};
     use serde_json::json;
 
     fn model_file(param: &str, path: Value, source: &str) -> ModelFile {

@@ -82,6 +82,70 @@ pub fn build(config: &Value, params: &Params) -> Result<Box<dyn FieldNet>> {
     }
 }
 
+/// Builds a network from a model file's tensors with `build`, adding every problem of the file
+/// to `problems` (without the file's name): the config's (what `build` refuses) and the tensors
+/// the network leaves unused. When the config fails, the tensors are still checked against the
+/// network of the same config with `activation` and `groups` filled in (they decide no tensor's
+/// name or shape), so a misspelt or missing tensor is reported together with the config's
+/// problem.
+pub fn build_from_file<T>(
+    model: &crate::io::model::ModelFile,
+    weights: Weights,
+    device: &candle_core::Device,
+    config: &Value,
+    build: impl Fn(&Value, &Params) -> Result<T>,
+    problems: &mut Vec<String>,
+) -> Result<Option<T>> {
+    let own = |e: anyhow::Error| {
+        let text = format!("{e:#}");
+        match text.strip_prefix(&format!("{}: ", model.name)) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    };
+    let params = Params::from_model(model, weights, device)?;
+    match build(config, &params) {
+        Ok(net) => {
+            if let Err(e) = params.ensure_all_used() {
+                problems.push(own(e));
+            }
+            Ok(Some(net))
+        }
+        Err(e) => {
+            problems.push(own(e));
+            let mut lenient = config.clone();
+            if let Some(c) = lenient.as_object_mut() {
+                c.insert("activation".into(), "silu".into());
+                c.insert("groups".into(), 1.into());
+                let params = Params::from_model(model, weights, device)?;
+                let more = build(&lenient, &params).and_then(|_| params.ensure_all_used());
+                if let Err(e) = more.map_err(own) {
+                    if !problems.contains(&e) {
+                        problems.push(e);
+                    }
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// [`build_from_file`] for a loader with no other checks: the network, or one error naming the
+/// file and listing every problem.
+pub fn open_checked<T>(
+    model: &crate::io::model::ModelFile,
+    weights: Weights,
+    device: &candle_core::Device,
+    config: &Value,
+    build: impl Fn(&Value, &Params) -> Result<T>,
+) -> Result<T> {
+    let mut problems = Vec::new();
+    match build_from_file(model, weights, device, config, build, &mut problems)? {
+        Some(net) if problems.is_empty() => Ok(net),
+        _ => bail!("{}: {}", model.name, problems.join("; ")),
+    }
+}
+
 /// Times as a contiguous (N, 1) column: `t` is (N,), (N, 1), or one value for every row.
 pub fn time_column(t: &Tensor, n: usize) -> candle_core::Result<Tensor> {
     let flat = t.flatten_all()?;

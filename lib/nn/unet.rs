@@ -25,7 +25,7 @@
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
-use super::config::{image_shape, positive, size, sizes, ConfigResult};
+use super::config::{groups, image_shape, positive, size, sizes, ConfigResult};
 use super::embed::{label_ids, FourierFeatures, LabelEmbedding};
 use super::init::{linear, Linear, Params};
 use super::layers::{
@@ -93,16 +93,7 @@ impl UNetConfig {
                 "unet channels must be positive, found {channels:?}"
             ));
         }
-        let default_groups = [8, 4, 2, 1]
-            .into_iter()
-            .find(|g| channels.iter().all(|c| c % g == 0))
-            .unwrap_or(1);
-        let groups = positive(config, "groups", default_groups)?;
-        if let Some(c) = channels.iter().find(|&&c| c % groups != 0) {
-            return Err(format!(
-                "{groups} GroupNorm groups do not divide {c} channels"
-            ));
-        }
+        let groups = groups(config, "unet", &channels)?;
         let time_embed_dim = positive(config, "time_embed_dim", 40)?;
         if time_embed_dim % 2 != 0 {
             return Err(format!(
@@ -442,8 +433,14 @@ mod tests {
     fn config_round_trips_and_rebuilds_through_build() {
         let cfg = tiny([1, 8, 8], &[4, 8], 3);
         assert_eq!(UNetConfig::from_json(&cfg.to_json()).unwrap(), cfg);
-        let lab = UNetConfig::from_json(&json!({"data_shape": [1, 28, 28]})).unwrap();
+        let lab = UNetConfig::from_json(&json!({"data_shape": [1, 28, 28], "groups": 8})).unwrap();
         assert_eq!(lab, UNetConfig::lab([1, 28, 28], 0));
+        // groups is required: the tensors cannot tell it.
+        let e = UNetConfig::from_json(&json!({"data_shape": [1, 28, 28]})).unwrap_err();
+        assert!(
+            e.contains("no 'groups'") && e.contains("[32, 64, 128]"),
+            "{e}"
+        );
         let mut bad = cfg.to_json();
         bad["groups"] = json!(3);
         assert!(UNetConfig::from_json(&bad).unwrap_err().contains("groups"));

@@ -56,15 +56,18 @@ def _image_shape(c, arch):
 
 
 def default_groups(channels):
-    """The largest of 8, 4, 2, 1 dividing every channel count."""
+    """The largest of 8, 4, 2, 1 dividing every channel count (what the trainers choose)."""
     for g in (8, 4, 2, 1):
         if all(c % g == 0 for c in channels):
             return g
     return 1
 
 
-def _groups(c, channels, default):
-    g = _positive(c, "groups", default)
+def _groups(c, channels, arch):
+    """GroupNorm's group count: required (the tensors cannot tell it), dividing every channel."""
+    if c.get("groups") is None:
+        raise ConfigError(f"the {arch} config has no 'groups' (the GroupNorm group count, dividing every channel count {channels}; its tensors cannot tell it)")
+    g = _positive(c, "groups", 1)
     bad = [ch for ch in channels if ch % g]
     if bad:
         raise ConfigError(f"{g} GroupNorm groups do not divide {bad[0]} channels")
@@ -114,7 +117,7 @@ def resolve(config):
             time_embed_dim=ted,
             label_embed_dim=_positive(c, "label_embed_dim", 40),
             num_classes=_size(c, "num_classes", 0),
-            groups=_groups(c, ch, default_groups(ch)),
+            groups=_groups(c, ch, "unet"),
         )
     elif arch == "dit":
         s = _image_shape(c, "dit")
@@ -164,7 +167,7 @@ def resolve(config):
             blocks_per_level=_size(c, "blocks_per_level", 1),
             latent_channels=_positive(c, "latent_channels", 4),
             attention=bool(c.get("attention") or False),
-            groups=_groups(c, ch, default_groups(ch)),
+            groups=_groups(c, ch, "vae"),
             logvar=logvar,
             decoder_variance=dec,
             decoder_std=number("decoder_std", 0.1),
@@ -187,7 +190,7 @@ def resolve(config):
             channels=ch,
             features=_positive(c, "features", 128),
             num_classes=k,
-            groups=_groups(c, ch, 8),
+            groups=_groups(c, ch, "classifier"),
         )
     elif arch == "token-transformer":
         vocab = c.get("vocab")

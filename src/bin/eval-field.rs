@@ -67,18 +67,15 @@ fn run(args: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.t) {
         usage_bail!("--t must be in [0, 1], got {}", args.t);
     }
-    let file = model::load(&args.model, &device)?;
-    if Denoiser::is_denoiser(&file) {
-        return eval_denoiser(&args, &file, &device);
-    }
     let what = args.what.as_deref().unwrap_or("velocity");
-    let Some(want) = Param::parse(what) else {
-        usage_bail!("--what must be velocity, score, noise or denoiser, got '{what}'");
-    };
-    let points = match (&args.points, &args.grid) {
+    let want = Param::parse(what);
+    if want.is_none() && what != "logits" {
+        usage_bail!("--what must be velocity, score, noise, denoiser or logits, got '{what}'");
+    }
+    let grid = match (&args.points, &args.grid) {
         (Some(_), Some(_)) => usage_bail!("give points or --grid, not both"),
         (None, None) => usage_bail!("give points (a .npy, or - for stdin) or --grid"),
-        (None, Some(g)) => match g[..] {
+        (None, Some(g)) => Some(match g[..] {
             _ if args.resolution == 0 => usage_bail!("--resolution must be at least 1"),
             [x0, x1, y0, y1] if x0 < x1 && y0 < y1 => {
                 let r = args.resolution as u128;
@@ -90,8 +87,20 @@ fn run(args: Args) -> Result<()> {
                     .into_dyn()
             }
             _ => usage_bail!("--grid must be XMIN,XMAX,YMIN,YMAX with min < max"),
-        },
-        (Some(p), None) => {
+        }),
+        (Some(_), None) => None,
+    };
+    let file = model::load(&args.model, &device)?;
+    if Denoiser::is_denoiser(&file) {
+        return eval_denoiser(&args, &file, &device);
+    }
+    let Some(want) = want else {
+        usage_bail!("{}: logits are a discrete denoiser's; this model gives velocity, score, noise or denoiser", file.name);
+    };
+    let points = match (grid, &args.points) {
+        (Some(g), _) => g,
+        (None, p) => {
+            let p = p.as_deref().unwrap_or("-");
             let x = npy::read_f32(p)?;
             npy::expect_finite(&x, &display_name(p))?;
             x

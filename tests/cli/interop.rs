@@ -255,13 +255,14 @@ fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
                     c["parametrisation"] = "noise".into();
                     c.as_object_mut().unwrap().remove("activation");
                 },
-                &[],
+                &["blocks.0.qkv.wieght"],
             ),
             vec![
                 "several.safetensors",
                 "parametrisation 'noise'",
                 "unknown path",
                 "no 'activation'",
+                "does not use: blocks.0.qkv.wieght",
             ],
         ),
     ];

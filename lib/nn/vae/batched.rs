@@ -16,11 +16,17 @@ use crate::Result;
 /// Opens a `vae` model file (EMA weights when it has them), naming the file in errors.
 pub fn open(path: &str, device: &candle_core::Device) -> Result<Vae> {
     let model = crate::io::model::load_kind(path, &["vae"], device)?;
-    let cfg =
-        VaeConfig::from_json(&model.config).map_err(|e| anyhow::anyhow!("{}: {e}", model.name))?;
-    let params = Params::from_model(&model, crate::nn::Weights::Auto, device)?;
-    let vae = Vae::new(&cfg, &params)?;
-    params.ensure_all_used()?;
+    let build = |c: &serde_json::Value, params: &Params| {
+        let cfg = VaeConfig::from_json(c).map_err(anyhow::Error::msg)?;
+        Vae::new(&cfg, params)
+    };
+    let vae = crate::nn::open_checked(
+        &model,
+        crate::nn::Weights::Auto,
+        device,
+        &model.config,
+        build,
+    )?;
     Ok(vae)
 }
 
@@ -249,6 +255,43 @@ mod tests {
     use crate::nn::layers::tests::wobbly;
     use crate::nn::vae::testing::tiny;
     use candle_core::Device;
+
+    /// A hand-written file with several problems gets them all in one message: the config's
+    /// missing `groups` and the misspelt tensor, named together with the file.
+    #[test]
+    fn open_reports_the_configs_and_the_tensors_problems_together() {
+        let cfg = tiny([1, 8, 8], &[4, 8], 2);
+        let params = Params::new(1, &Device::Cpu);
+        Vae::new(&cfg, &params).unwrap();
+        let mut config = cfg.to_json();
+        config["kind"] = "vae".into();
+        config.as_object_mut().unwrap().remove("groups");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("v.safetensors").to_str().unwrap().to_string();
+        // A tensor too many (a misspelt copy), then one renamed (so one is missing).
+        let mut tensors = params.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let (name, t) = tensors[0].clone();
+        assert_eq!(name, "decoder.conv_in.bias");
+        tensors.push((name.clone(), t.clone()));
+        let e = crate::io::model::save(&f, &config, &tensors).unwrap_err();
+        assert!(e.to_string().contains("two tensors named"), "{e}");
+        tensors.pop();
+        let typo = name.replace("bias", "bais");
+        tensors.push((typo.clone(), t));
+        crate::io::model::save(&f, &config, &tensors).unwrap();
+        let e = format!("{:#}", open(&f, &Device::Cpu).err().unwrap());
+        assert!(
+            e.contains("v.safetensors") && e.contains("no 'groups'"),
+            "{e}"
+        );
+        assert!(e.contains(&typo) && e.lines().count() == 1, "{e}");
+        tensors.swap_remove(0);
+        crate::io::model::save(&f, &config, &tensors).unwrap();
+        let e = format!("{:#}", open(&f, &Device::Cpu).err().unwrap());
+        let missing = format!("no tensor '{name}'");
+        assert!(e.contains("no 'groups'") && e.contains(&missing), "{e}");
+    }
 
     #[test]
     fn posterior_noise_is_per_image() {

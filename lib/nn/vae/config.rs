@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::nn::config::{image_shape, positive, size, sizes, ConfigResult};
+use crate::nn::config::{groups, image_shape, positive, size, sizes, ConfigResult};
 
 /// How the encoder's posterior variance is parametrised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -132,11 +132,12 @@ impl VaeConfig {
         })
     }
 
-    /// Reads a config; absent keys take [`VaeConfig::default_for`]'s values.
+    /// Reads a config; absent keys take [`VaeConfig::default_for`]'s values, but `groups` is
+    /// required (the tensors cannot tell it).
     pub fn from_json(config: &Value) -> ConfigResult<VaeConfig> {
         let d = VaeConfig::default_for(image_shape(config, "vae")?);
         let channels = sizes(config, "channels")?.unwrap_or(d.channels.clone());
-        let groups = positive(config, "groups", default_groups(&channels))?;
+        let groups = groups(config, "vae", &channels)?;
         let text = |key: &str, default: &'static str| match &config[key] {
             Value::Null => Ok(default.to_string()),
             Value::String(s) => Ok(s.clone()),
