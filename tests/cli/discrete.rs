@@ -282,7 +282,11 @@ fn eval_field_gives_a_denoisers_logits() {
     let short = path(&d, "short.npy");
     npy::write(&short, &ArrayD::from_elem(IxDyn(&[2, 3]), 0i64)).unwrap();
     let s = [&short, "--model", &model, "-o", &out];
-    fails(&flowpipe_run(field, &s), 1, &["short.npy", "(N, 4)", "(2, 3)"]);
+    fails(
+        &flowpipe_run(field, &s),
+        1,
+        &["short.npy", "(N, 4)", "(2, 3)"],
+    );
     assert!(!std::path::Path::new(&out).exists());
 }
 
