@@ -9,7 +9,9 @@
 //! [`driver`] is the work of the `fit-velocity` and `fit-score` tools. Every module that trains
 //! names its files alike: `driver.rs` for a tool's order of work (flags, inputs, train, write;
 //! here, [`crate::discrete::driver`], [`crate::distill::driver`]) and `train.rs` or the shared
-//! [`trainer`] for the training itself.
+//! [`trainer`] for the training itself. A driver that outgrows one file becomes a folder of
+//! files of one idea: `mod.rs` the order of work, `flags.rs` the flags and their usage errors,
+//! `plan.rs` the run's plan, fresh or resumed (here [`driver`]).
 
 pub mod arch;
 pub mod checkpoint;
