@@ -11,7 +11,7 @@
 //! here, [`crate::discrete::driver`], [`crate::distill::driver`]) and `train.rs` or the shared
 //! [`trainer`] for the training itself. A driver that outgrows one file becomes a folder of
 //! files of one idea: `mod.rs` the order of work, `flags.rs` the flags and their usage errors,
-//! `plan.rs` the run's plan, fresh or resumed (here [`driver`]).
+//! `plan.rs` the run's plan, fresh or resumed (here [`driver`] and [`vae`]).
 
 pub mod arch;
 pub mod checkpoint;
