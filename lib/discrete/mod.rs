@@ -11,12 +11,14 @@
 //! - [`objective`]: the per-position cross-entropy and the masked-diffusion ELBO.
 //! - [`net`]: the token transformer p^theta_{1|t}(. | x_t, y).
 //! - [`sample`]: simulating the learned CTMC from noise (with prompts for infilling).
-//! - [`tokens`]: vocabularies, text <-> tokens, binarised images.
+//! - [`tokens`]: vocabularies, text <-> tokens; [`files`]: reading vocabularies, tokens,
+//!   prompts and labels; [`pixels`]: binarised images.
 //! - [`train`]: training and evaluating a denoiser (`evaluate --model`); [`driver`]: the
 //!   `fit-denoiser` tool's order of work.
 
 pub mod ctmc;
 pub mod driver;
+pub mod files;
 pub mod net;
 pub mod objective;
 pub mod paths;

@@ -88,3 +88,21 @@ pub fn pixels_to_images(tokens: &ArrayD<i64>, shape: [usize; 3]) -> Result<Array
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_binarise_and_come_back() {
+        let im =
+            ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 2]), vec![-1.0f32, 0.5, 0.9, -0.2]).unwrap();
+        let t = binarise(&im, 0.0);
+        assert_eq!(t.as_slice().unwrap(), &[0, 1, 1, 0]);
+        let back = pixels_to_images(&t, [1, 2, 2]).unwrap();
+        assert_eq!(back.as_slice().unwrap(), &[-1.0, 1.0, 1.0, -1.0]);
+        let small = downsample(&im, 2).unwrap();
+        assert_eq!(small.shape(), &[1, 1, 1, 1]);
+        assert!((small.as_slice().unwrap()[0] - 0.05).abs() < 1e-6);
+    }
+}
