@@ -71,6 +71,11 @@ pub trait Field {
     fn rows(&self, _start: u64, _len: usize) -> Result<Option<Box<dyn Field + '_>>> {
         Ok(None)
     }
+    /// The Gaussian path the field's velocity belongs to, for samplers that read the posterior
+    /// means through it (DDIM); `None` (the default) for other fields.
+    fn gaussian_path(&self) -> Option<crate::paths::GaussianPath> {
+        None
+    }
 }
 
 /// The drift of the SDE of notes Theorem 17, u_t(x) + sigma_t²/2 s_t(x), which keeps the

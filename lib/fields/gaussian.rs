@@ -59,6 +59,9 @@ impl Field for GaussianTarget {
     fn diffusion(&self, _t: f64) -> f64 {
         self.sigma
     }
+    fn gaussian_path(&self) -> Option<GaussianPath> {
+        Some(self.path)
+    }
 
     fn describe(&self) -> String {
         format!(

@@ -147,6 +147,9 @@ impl Field for GuidedField {
     fn diffusion(&self, _t: f64) -> f64 {
         self.sigma
     }
+    fn gaussian_path(&self) -> Option<crate::paths::GaussianPath> {
+        self.model.gaussian_path()
+    }
     fn describe(&self) -> String {
         let interval = match self.interval {
             (a, b) if a <= 0.0 && b >= 1.0 => String::new(),
@@ -213,6 +216,9 @@ impl Field for LabelledVelocity<'_> {
     }
     fn diffusion(&self, _t: f64) -> f64 {
         0.0
+    }
+    fn gaussian_path(&self) -> Option<crate::paths::GaussianPath> {
+        ConditionalVelocity::gaussian_path(self.model)
     }
     fn describe(&self) -> String {
         match self.labels {

@@ -133,6 +133,9 @@ impl Field for LearnedField {
             Sigma::Beta(c) => c * self.path.map_or(0.0, |p| p.beta.value(t)),
         }
     }
+    fn gaussian_path(&self) -> Option<GaussianPath> {
+        self.path
+    }
 
     fn describe(&self) -> String {
         let name = &self.velocity.0.name;

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use ndarray::{ArrayD, Axis};
 
 use super::adaptive::Dopri5;
+use super::ddim::ddim_step;
 use super::fixed::{euler_maruyama_step, euler_step, heun_step, rk4_step, BrownianNoise};
 use super::grid::{check_grid, is_stochastic, saved_indices};
 use super::{Method, Solution, SolveOptions, Stats};
@@ -50,8 +51,13 @@ pub fn solve(
         }
     } else {
         let n = x0.dims().first().copied().unwrap_or(1);
-        let mut noise = (method == Method::EulerMaruyama && stochastic)
-            .then(|| BrownianNoise::new(opts.seed, opts.first, n));
+        let ddim_path = match method {
+            Method::Ddim => Some(ddim_path(field, grid, opts.eta)?),
+            _ => None,
+        };
+        let noisy = (method == Method::EulerMaruyama && stochastic)
+            || (method == Method::Ddim && opts.eta > 0.0);
+        let mut noise = noisy.then(|| BrownianNoise::new(opts.seed, opts.first, n));
         let per_step = match method {
             Method::Heun => 2,
             Method::Rk4 => 4,
@@ -65,6 +71,14 @@ pub fn solve(
                 (Method::EulerMaruyama, Some(w)) => {
                     let z = w.next(&x)?;
                     euler_maruyama_step(field, &x, t, h, &z)?
+                }
+                (Method::Ddim, w) => {
+                    let xi = match w {
+                        Some(w) => Some(w.next(&x)?),
+                        None => None,
+                    };
+                    let path = ddim_path.as_ref().expect("checked above");
+                    ddim_step(field, path, &x, t, t + h, opts.eta, xi.as_ref())?
                 }
                 _ => euler_step(field, &x, t, h)?,
             };
@@ -93,6 +107,27 @@ pub fn solve(
         x,
         trajectory,
         stats,
+    })
+}
+
+/// The Gaussian path DDIM needs, with its grid (increasing, within [0, 1]) and eta checked.
+fn ddim_path(field: &dyn Field, grid: &[f64], eta: f64) -> Result<crate::paths::GaussianPath> {
+    if !(0.0..=1.0).contains(&eta) {
+        crate::usage_bail!("--eta must be in [0, 1], got {eta}");
+    }
+    let (t0, t1) = (grid[0], grid[grid.len() - 1]);
+    if !(0.0 <= t0 && t0 < t1 && t1 <= 1.0) {
+        crate::usage_bail!(
+            "solver ddim steps from noise (t = 0) towards data (t = 1): the grid must increase \
+             within [0, 1], got {t0} to {t1}"
+        );
+    }
+    field.gaussian_path().ok_or_else(|| {
+        anyhow::anyhow!(
+            "solver ddim needs a field along a Gaussian path (a trained or guided model, or a \
+             Gaussian target); {} has none",
+            field.describe()
+        )
     })
 }
 

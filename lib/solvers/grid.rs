@@ -17,6 +17,18 @@ pub fn uniform_grid(t0: f64, t1: f64, steps: usize) -> Vec<f64> {
     g
 }
 
+/// The grid of a tool's flags: read from `times` (a .npy), or `steps` uniform intervals from
+/// `t0` to `t1` (finite and different; a usage error otherwise).
+pub fn grid_from_flags(times: Option<&str>, t0: f64, t1: f64, steps: usize) -> Result<Vec<f64>> {
+    match times {
+        Some(path) => read_grid(path),
+        None if !(t0.is_finite() && t1.is_finite()) || t0 == t1 => {
+            crate::usage_bail!("--t0 and --t1 must be finite and different, got {t0} and {t1}")
+        }
+        None => Ok(uniform_grid(t0, t1, steps)),
+    }
+}
+
 /// Fails unless `grid` has at least two finite times, strictly increasing or decreasing.
 pub fn check_grid(grid: &[f64]) -> Result<()> {
     if grid.len() < 2 {

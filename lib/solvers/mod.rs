@@ -18,20 +18,28 @@
 //!   batch, one bad sample would be diluted by the others). The step is clipped to land exactly
 //!   on every grid time, which are its output times.
 //!
+//! - DDIM (eta = 0) and the DDPM ancestral sampler (eta = 1), for a field along a Gaussian path:
+//!   the posterior means z^, eps^ at x_t, then x_s = alpha_s z^ + sqrt(beta_s^2 - sigma^2) eps^
+//!   + sigma xi ([`ddim`]).                                                          1 NFE/step
+//!
 //! Brownian increments come from per-sample streams (seed, Purpose::Brownian, first + i) held
 //! for the whole run, each drawing its sample's ε_k step after step; the paths do not depend on
 //! how a batch is split. (Dormand-Prince adapts one step size per batch, so its results depend
 //! on the batch split within the tolerance; the fixed-step solvers give identical numbers.)
 
 mod adaptive;
+mod ddim;
 mod driver;
 mod fixed;
 mod grid;
 mod initial;
 
+pub use ddim::{ddim_sigma, ddim_step};
 pub use driver::{solve, solve_batched};
 pub use fixed::{euler_maruyama_step, euler_step, heun_step, rk4_step, BrownianNoise};
-pub use grid::{check_grid, is_stochastic, read_grid, saved_indices, uniform_grid};
+pub use grid::{
+    check_grid, grid_from_flags, is_stochastic, read_grid, saved_indices, uniform_grid,
+};
 pub use initial::initial_states;
 
 use candle_core::Tensor;
@@ -50,6 +58,9 @@ pub enum Method {
     #[value(alias = "dormand-prince")]
     Dopri5,
     EulerMaruyama,
+    /// DDIM / DDPM ancestral steps with --eta (a field along a Gaussian path: a trained or
+    /// guided model, or a Gaussian target), its own noise: give the ODE (sigma 0).
+    Ddim,
 }
 
 impl Method {
@@ -62,6 +73,7 @@ impl Method {
             Method::Rk4 => "rk4",
             Method::Dopri5 => "dopri5",
             Method::EulerMaruyama => "euler-maruyama",
+            Method::Ddim => "ddim",
         }
     }
 
@@ -72,6 +84,10 @@ impl Method {
             Method::Auto if stochastic => Method::EulerMaruyama,
             Method::Auto => Method::Euler,
             Method::EulerMaruyama => self,
+            Method::Ddim if stochastic => usage_bail!(
+                "solver ddim brings its own noise (--eta), but {field} has sigma > 0: give the \
+                 ODE of the model (sigma 0)"
+            ),
             _ if stochastic => usage_bail!(
                 "solver {} integrates ODEs, but {field} has noise (sigma > 0): use \
                  euler-maruyama or auto",
@@ -114,6 +130,8 @@ pub struct SolveOptions {
     pub first: u64,
     /// Keep the state at every `k`-th grid time (and the last) when `Some(k)`.
     pub save_every: Option<usize>,
+    /// DDIM's eta in [0, 1]: 0 deterministic, 1 the DDPM ancestral sampler.
+    pub eta: f64,
 }
 
 impl Default for SolveOptions {
@@ -126,6 +144,7 @@ impl Default for SolveOptions {
             seed: 0,
             first: 0,
             save_every: None,
+            eta: 0.0,
         }
     }
 }

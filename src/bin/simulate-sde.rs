@@ -53,6 +53,9 @@ struct Args {
     /// Time grid as a (T,) .npy of strictly monotone times, instead of --t0/--t1/--steps
     #[arg(long, value_name = "PATH", conflicts_with_all = ["t0", "t1", "steps"])]
     times: Option<String>,
+    /// DDIM's eta with --solver ddim: 0 deterministic, 1 the DDPM ancestral sampler
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
     /// Relative tolerance of dopri5
     #[arg(long, default_value_t = 1e-5)]
     rtol: f64,
@@ -107,7 +110,13 @@ fn run(args: Args) -> Result<()> {
             flowpipe::memory::check_fits(what, &[saved, x0.len() as u128, 4])?;
         }
     }
-    let grid = time_grid(&args)?;
+    let default_steps = if args.solver == Method::Dopri5 {
+        1
+    } else {
+        100
+    };
+    let steps = args.steps.unwrap_or(default_steps);
+    let grid = solvers::grid_from_flags(args.times.as_deref(), args.t0, args.t1, steps)?;
     let stochastic = solvers::is_stochastic(field.as_ref(), &grid);
     let method = args.solver.resolve(stochastic, &field.describe())?;
     let sopts = SolveOptions {
@@ -118,6 +127,7 @@ fn run(args: Args) -> Result<()> {
         seed: args.common.seed,
         first: args.first,
         save_every: args.trajectory.as_ref().map(|_| args.save_every),
+        eta: args.eta,
     };
     let n = x0.shape()[0];
     let batch = args.batch.unwrap_or(n);
@@ -167,12 +177,8 @@ fn run(args: Args) -> Result<()> {
 
 /// Flag values that are wrong whatever the inputs (exit 2).
 fn check_flags(a: &Args) -> Result<()> {
-    if !(a.t0.is_finite() && a.t1.is_finite()) || a.t0 == a.t1 {
-        usage_bail!(
-            "--t0 and --t1 must be finite and different, got {} and {}",
-            a.t0,
-            a.t1
-        );
+    if a.times.is_none() {
+        solvers::grid_from_flags(None, a.t0, a.t1, 1)?;
     }
     if !(a.rtol > 0.0 && a.atol > 0.0) {
         usage_bail!(
@@ -181,22 +187,10 @@ fn check_flags(a: &Args) -> Result<()> {
             a.atol
         );
     }
-    Ok(())
-}
-
-/// The grid from --times, or uniform from --t0 to --t1 (see --steps for its default).
-fn time_grid(a: &Args) -> Result<Vec<f64>> {
-    match &a.times {
-        Some(path) => solvers::read_grid(path),
-        None => {
-            let default = if a.solver == Method::Dopri5 { 1 } else { 100 };
-            Ok(solvers::uniform_grid(
-                a.t0,
-                a.t1,
-                a.steps.unwrap_or(default),
-            ))
-        }
+    if a.eta != 0.0 && a.solver != Method::Ddim {
+        usage_bail!("--eta is DDIM's: give it with --solver ddim");
     }
+    Ok(())
 }
 
 flowpipe::tool_allocator!();

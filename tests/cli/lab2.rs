@@ -86,6 +86,69 @@ fn the_exact_gaussian_sde_keeps_its_marginals_for_several_sigma() {
     }
 }
 
+/// simulate-sde --solver ddim on the exact Gaussian-target field: the ancestral sampler
+/// (eta = 1) ends at the target's mean and std, one field evaluation per step, the same bytes
+/// however --batch splits the samples; misuse is refused before any work.
+#[test]
+fn ddim_samples_a_gaussian_path_field() {
+    let field = "gaussian-target:mean=2;-1,std=0.5,path=cosine";
+    let z = ok(NOISE, &["-n", "3000", "--seed", "4"], b"");
+    let args = |batch: &'static str| {
+        let mut a = vec![
+            "--field", field, "--solver", "ddim", "--eta", "1", "--steps", "200",
+        ];
+        a.extend(["--seed", "3", "--batch", batch, "-q"]);
+        a
+    };
+    let out = ok(SIM, &args("3000"), &z);
+    assert_eq!(
+        out,
+        ok(SIM, &args("7"), &z),
+        "ddim depends on the batch split"
+    );
+    let x = npy_f32(&out);
+    let n = x.shape()[0] as f64;
+    for (j, m) in [2.0f64, -1.0].iter().enumerate() {
+        let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
+        let mean = col.iter().sum::<f64>() / n;
+        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((mean - m).abs() < 0.05, "mean {mean} want {m}");
+        assert!((std - 0.5).abs() < 0.04, "std {std} want 0.5");
+    }
+    let d = tmp();
+    let log = path(&d, "log.json");
+    let a = [
+        "--field", field, "--solver", "ddim", "--steps", "10", "--log", &log,
+    ];
+    ok(SIM, &a, &z);
+    let line: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    assert_eq!(
+        (line["nfe"].as_u64(), line["solver"].as_str()),
+        (Some(10), Some("ddim"))
+    );
+    let noisy = "gaussian-target:mean=2;-1,std=0.5,sigma=1";
+    fails(
+        &run(SIM, &["--field", noisy, "--solver", "ddim"], &z),
+        2,
+        &["ddim", "sigma"],
+    );
+    fails(
+        &run(SIM, &["--field", "linear", "--solver", "ddim"], &z),
+        1,
+        &["Gaussian path"],
+    );
+    fails(
+        &run(SIM, &["--field", field, "--eta", "0.5"], &z),
+        2,
+        &["--eta", "ddim"],
+    );
+    let back = [
+        "--field", field, "--solver", "ddim", "--t0", "1", "--t1", "0",
+    ];
+    fails(&run(SIM, &back, &z), 2, &["increase"]);
+}
+
 #[test]
 fn learned_sde_and_eval_field_run_on_a_trained_model() {
     let dir = tmp();
