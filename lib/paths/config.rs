@@ -12,8 +12,8 @@ pub enum Path {
 }
 
 impl Path {
-    /// The `--path` names: `condot`, `sqrt`, `cosine`, `linear-interp`.
-    pub const CLI_NAMES: [&'static str; 4] = ["condot", "sqrt", "cosine", "linear-interp"];
+    /// The `--path` names: `condot`, `sqrt`, `cosine`, `vp`, `linear-interp`.
+    pub const CLI_NAMES: [&'static str; 5] = ["condot", "sqrt", "cosine", "vp", "linear-interp"];
 
     /// Parses a `--path` value.
     pub fn from_cli(s: &str) -> Option<Path> {
@@ -21,6 +21,7 @@ impl Path {
             "condot" => Some(Path::Gaussian(GaussianPath::CONDOT)),
             "sqrt" => Some(Path::Gaussian(GaussianPath::SQRT)),
             "cosine" => Some(Path::Gaussian(GaussianPath::COSINE)),
+            "vp" => Some(Path::Gaussian(GaussianPath::VP)),
             "linear-interp" => Some(Path::LinearInterpolant),
             _ => None,
         }
@@ -62,8 +63,8 @@ impl Path {
                 match (alpha, beta) {
                     (Some(alpha), Some(beta)) => Ok(Path::Gaussian(GaussianPath { alpha, beta })),
                     _ => Err(format!(
-                        "unknown schedules in path {v} (alpha: linear or sin; beta: linear, sqrt \
-                         or cos)"
+                        "unknown schedules in path {v} (alpha: linear, sin or vp; beta: linear, \
+                         sqrt, cos or vp)"
                     )),
                 }
             }
@@ -105,7 +106,7 @@ mod tests {
         assert!(
             Path::from_json(&json!({"kind":"gaussian","alpha":"cubic","beta":"sqrt"})).is_err()
         );
-        assert!(Path::from_cli("vp").is_none());
+        assert!(Path::from_cli("ve").is_none());
         // The command line's names stand for the config form too, bare or as the kind.
         assert_eq!(
             Path::from_json(&json!("condot")),
@@ -115,7 +116,7 @@ mod tests {
             Path::from_json(&json!({"kind": "linear-interp"})),
             Ok(Path::LinearInterpolant)
         );
-        let err = Path::from_json(&json!({"kind": "vp"})).unwrap_err();
-        assert!(err.contains("condot, sqrt, cosine, linear-interp"), "{err}");
+        let err = Path::from_json(&json!({"kind": "ve"})).unwrap_err();
+        assert!(err.contains("condot, sqrt, cosine, vp, linear-interp"), "{err}");
     }
 }

@@ -29,6 +29,11 @@ impl GaussianPath {
         alpha: Alpha::Sin,
         beta: Beta::Cos,
     };
+    /// The variance-preserving schedule of DDPM and the VP SDE (beta(tau) from 0.1 to 20).
+    pub const VP: GaussianPath = GaussianPath {
+        alpha: Alpha::Vp,
+        beta: Beta::Vp,
+    };
 
     /// The schedule values and derivatives at `t`.
     pub fn coefs(&self, t: f64) -> Coefs {
@@ -106,6 +111,7 @@ impl GaussianPath {
             GaussianPath::CONDOT => Some("condot"),
             GaussianPath::SQRT => Some("sqrt"),
             GaussianPath::COSINE => Some("cosine"),
+            GaussianPath::VP => Some("vp"),
             _ => None,
         }
     }

@@ -9,6 +9,11 @@
 //! | `condot`  | t               | 1 - t            | CondOT path (notes eq. 15)       |
 //! | `sqrt`    | t               | sqrt(1 - t)      | the lab's path (`SquareRootBeta`)|
 //! | `cosine`  | sin(pi t / 2)   | cos(pi t / 2)    | variance preserving, cosine      |
+//! | `vp`      | exp(-B(1-t)/2)  | sqrt(1 - alpha^2)| DDPM / VP SDE, beta 0.1 to 20    |
+//!
+//! `vp` is DDPM's linear noise rate beta(tau) = 0.1 + 19.9 tau of the papers' reversed time tau
+//! = 1 - t, B(tau) its integral (`VP_BETA_MIN`, `VP_BETA_MAX`); its alpha_0 is 0.0066, not 0, as
+//! in the papers (p_0 is N(0, I) to within that).
 //!
 //! For each path:
 //! - the conditional vector field (notes eq. 20):
@@ -65,10 +70,11 @@ mod testing {
     use crate::rng::{self, Purpose};
     use candle_core::{Device, Tensor};
 
-    pub(super) const PATHS: [GaussianPath; 3] = [
+    pub(super) const PATHS: [GaussianPath; 4] = [
         GaussianPath::CONDOT,
         GaussianPath::SQRT,
         GaussianPath::COSINE,
+        GaussianPath::VP,
     ];
 
     pub(super) fn normal(seed: u64, shape: &[usize]) -> Tensor {

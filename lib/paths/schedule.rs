@@ -8,6 +8,17 @@ use std::f64::consts::FRAC_PI_2;
 /// The smallest value alpha_t or beta_t takes when a formula divides by it.
 pub const MIN_DIVISOR: f64 = 1e-3;
 
+/// The variance-preserving schedule of DDPM and the score SDE (Ho et al. 2020; Song et al.
+/// 2021, the VP SDE with beta(tau) = B_MIN + (B_MAX - B_MIN) tau), in our time t = 1 - tau:
+/// alpha_t = exp(-B(1 - t) / 2) with B(tau) = B_MIN tau + (B_MAX - B_MIN) tau^2 / 2.
+pub const VP_BETA_MIN: f64 = 0.1;
+pub const VP_BETA_MAX: f64 = 20.0;
+
+/// B(tau), the integral of the VP noise rate beta(tau) from 0 to tau.
+fn vp_integral(tau: f64) -> f64 {
+    VP_BETA_MIN * tau + 0.5 * (VP_BETA_MAX - VP_BETA_MIN) * tau * tau
+}
+
 /// The signal schedule alpha_t: 0 at t = 0 (noise), 1 at t = 1 (data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Alpha {
@@ -15,6 +26,9 @@ pub enum Alpha {
     Linear,
     /// alpha_t = sin(pi t / 2)
     Sin,
+    /// alpha_t = exp(-B(1 - t) / 2), the VP schedule ([`VP_BETA_MIN`]); alpha_0 = exp(-5.025),
+    /// 0.0066, not exactly 0.
+    Vp,
 }
 
 impl Alpha {
@@ -22,6 +36,7 @@ impl Alpha {
         match self {
             Alpha::Linear => t,
             Alpha::Sin => (FRAC_PI_2 * t).sin(),
+            Alpha::Vp => (-0.5 * vp_integral(1.0 - t)).exp(),
         }
     }
 
@@ -30,6 +45,11 @@ impl Alpha {
         match self {
             Alpha::Linear => 1.0,
             Alpha::Sin => FRAC_PI_2 * (FRAC_PI_2 * t).cos(),
+            // d/dt exp(-B(1 - t) / 2) = alpha_t beta(1 - t) / 2
+            Alpha::Vp => {
+                let tau = 1.0 - t;
+                0.5 * (VP_BETA_MIN + (VP_BETA_MAX - VP_BETA_MIN) * tau) * self.value(t)
+            }
         }
     }
 
@@ -37,11 +57,12 @@ impl Alpha {
         match self {
             Alpha::Linear => "linear",
             Alpha::Sin => "sin",
+            Alpha::Vp => "vp",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Alpha::Linear, Alpha::Sin]
+        [Alpha::Linear, Alpha::Sin, Alpha::Vp]
             .into_iter()
             .find(|a| a.name() == s)
     }
@@ -56,6 +77,8 @@ pub enum Beta {
     Sqrt,
     /// beta_t = cos(pi t / 2)
     Cos,
+    /// beta_t = sqrt(1 - alpha_t^2) of the VP alpha (variance preserving).
+    Vp,
 }
 
 impl Beta {
@@ -64,15 +87,22 @@ impl Beta {
             Beta::Linear => 1.0 - t,
             Beta::Sqrt => (1.0 - t).max(0.0).sqrt(),
             Beta::Cos => (FRAC_PI_2 * t).cos(),
+            Beta::Vp => (1.0 - Alpha::Vp.value(t).powi(2)).max(0.0).sqrt(),
         }
     }
 
-    /// d beta_t / dt; for `Sqrt` the square root is clamped to [`MIN_DIVISOR`] (finite at t = 1).
+    /// d beta_t / dt; for `Sqrt` and `Vp` the square root is clamped to [`MIN_DIVISOR`] (finite
+    /// at t = 1).
     pub fn deriv(self, t: f64) -> f64 {
         match self {
             Beta::Linear => -1.0,
             Beta::Sqrt => -0.5 / (1.0 - t).max(0.0).sqrt().max(MIN_DIVISOR),
             Beta::Cos => -FRAC_PI_2 * (FRAC_PI_2 * t).sin(),
+            // -alpha d_alpha / beta, beta clamped as for Sqrt (beta_t ~ sqrt(B_MIN (1 - t)))
+            Beta::Vp => {
+                let a = Alpha::Vp;
+                -a.value(t) * a.deriv(t) / self.value(t).max(MIN_DIVISOR)
+            }
         }
     }
 
@@ -81,11 +111,12 @@ impl Beta {
             Beta::Linear => "linear",
             Beta::Sqrt => "sqrt",
             Beta::Cos => "cos",
+            Beta::Vp => "vp",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Beta::Linear, Beta::Sqrt, Beta::Cos]
+        [Beta::Linear, Beta::Sqrt, Beta::Cos, Beta::Vp]
             .into_iter()
             .find(|b| b.name() == s)
     }
@@ -168,9 +199,16 @@ mod tests {
     #[test]
     fn schedules_hit_their_ends_and_derivatives_match_finite_differences() {
         for p in PATHS {
-            assert_eq!(p.alpha.value(0.0), 0.0);
+            // VP starts at alpha_0 = exp(-B(1) / 2), as DDPM's schedule does.
+            let alpha0 = if p.alpha == Alpha::Vp {
+                (-5.025f64).exp()
+            } else {
+                0.0
+            };
+            assert!((p.alpha.value(0.0) - alpha0).abs() < 1e-15, "{p:?}");
             assert!((p.alpha.value(1.0) - 1.0).abs() < 1e-15);
-            assert!((p.beta.value(0.0) - 1.0).abs() < 1e-15);
+            let beta0 = (1.0 - alpha0 * alpha0).sqrt();
+            assert!((p.beta.value(0.0) - beta0).abs() < 1e-15);
             assert!(p.beta.value(1.0).abs() < 1e-15);
             for t in times(20) {
                 let h = 1e-6;
@@ -181,6 +219,24 @@ mod tests {
                 assert!(p.coefs(t).det() > 0.0);
             }
         }
+    }
+
+    /// The VP path preserves variance, alpha_t^2 + beta_t^2 = 1, and its alpha follows the
+    /// linear noise rate: d log alpha_t / dt = beta(1 - t) / 2 with beta(tau) = 0.1 + 19.9 tau.
+    #[test]
+    fn the_vp_path_preserves_variance_and_follows_its_noise_rate() {
+        let p = crate::paths::GaussianPath::VP;
+        for t in times(50) {
+            let c = p.coefs(t);
+            assert!(
+                (c.alpha.powi(2) + c.beta.powi(2) - 1.0).abs() < 1e-12,
+                "t {t}"
+            );
+            let rate = 0.1 + 19.9 * (1.0 - t);
+            assert!((c.d_alpha / c.alpha - rate / 2.0).abs() < 1e-12, "t {t}");
+        }
+        assert_eq!(Beta::parse("vp"), Some(Beta::Vp));
+        assert_eq!(Alpha::parse("vp"), Some(Alpha::Vp));
     }
 
     #[test]

@@ -240,18 +240,18 @@ fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
             ],
         ),
         (
-            save("path.safetensors", &|c| c["path"] = "vp".into(), &[]),
+            save("path.safetensors", &|c| c["path"] = "ve".into(), &[]),
             vec![
                 "path.safetensors",
-                "unknown path \"vp\"",
-                "condot, sqrt, cosine, linear-interp",
+                "unknown path \"ve\"",
+                "condot, sqrt, cosine, vp, linear-interp",
             ],
         ),
         (
             save(
                 "several.safetensors",
                 &|c| {
-                    c["path"] = "vp".into();
+                    c["path"] = "ve".into();
                     c["parametrisation"] = "noise".into();
                     c.as_object_mut().unwrap().remove("activation");
                 },

@@ -24,6 +24,8 @@ pub enum PathArg {
     Sqrt,
     /// alpha = sin(pi t / 2), beta = cos(pi t / 2)
     Cosine,
+    /// variance preserving, DDPM's: alpha = exp(-B(1 - t) / 2), beta = sqrt(1 - alpha^2)
+    Vp,
     /// x_t = (1 - t) x_0 + t z, x_0 from --source or N(0, I)
     LinearInterp,
 }
@@ -34,6 +36,7 @@ impl PathArg {
             PathArg::Condot => Path::Gaussian(GaussianPath::CONDOT),
             PathArg::Sqrt => Path::Gaussian(GaussianPath::SQRT),
             PathArg::Cosine => Path::Gaussian(GaussianPath::COSINE),
+            PathArg::Vp => Path::Gaussian(GaussianPath::VP),
             PathArg::LinearInterp => Path::LinearInterpolant,
         }
     }
