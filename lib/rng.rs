@@ -35,6 +35,8 @@ pub enum Purpose {
     Misc = 9,
     /// Jumps of CTMC simulation (discrete diffusion samplers).
     Jumps = 10,
+    /// Pairs drawn from an entropic OT plan (minibatch couplings, `train::coupling`).
+    Coupling = 11,
 }
 
 /// SplitMix64 finaliser: a fixed, portable mixing function (never Rust's DefaultHasher).

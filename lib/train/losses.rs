@@ -23,7 +23,12 @@
 //! **Class labels** (classifier-free guidance, notes section 5.1 and Algorithm 5): a labelled
 //! data set gives each sample its label y (the rows drawn for the batch, no extra draw), and
 //! each label is replaced by the null label ∅ = num_classes with probability eta, from one
-//! uniform per batch row of (seed, LabelDropout, s). The network then learns u(x | y) and
+//! uniform per batch row of (seed, LabelDropout, s).
+//!
+//! **Coupling** ([`super::coupling`]): with `Coupling::Ot` the batch's x_0 rows are reordered to
+//! pair with its data rows by minibatch optimal transport before x_t and the target are formed
+//! (fit-velocity `--coupling ot`); labels stay with their data rows. Sinkhorn's draws, for
+//! large batches, come from (seed, Coupling, s). The network then learns u(x | y) and
 //! u(x | ∅) at once: L = E || u_theta(x_t, t, y~) - u_t(x_t | z) ||^2.
 
 use anyhow::bail;
@@ -31,6 +36,7 @@ use candle_core::{Device, Tensor};
 use ndarray::ArrayD;
 use rand::Rng;
 
+use super::coupling::Coupling;
 use crate::io::npy::{expect_finite, shape_str};
 use crate::nn::FieldNet;
 use crate::paths::{LinearInterpolant, Param, Path, TimeDensity};
@@ -189,6 +195,8 @@ pub struct ConditionalLoss {
     pub label_dropout: f64,
     /// The density of the training times.
     pub time: TimeDensity,
+    /// How x_0 is paired with z within a batch.
+    pub coupling: Coupling,
 }
 
 impl ConditionalLoss {
@@ -202,6 +210,14 @@ impl ConditionalLoss {
                 "the linear interpolant has a velocity target only, not {}",
                 self.target.name()
             ),
+            (Path::Gaussian(_), _)
+                if self.coupling != Coupling::Independent && self.target != Param::Velocity =>
+            {
+                bail!(
+                    "--coupling {} pairs eps with z: denoising score matching needs them independent",
+                    self.coupling.name()
+                )
+            }
             (_, Source::Data(s)) if s.shape != self.data.shape => bail!(
                 "the source samples {} differ in shape from the data's {}",
                 shape_str(&s.shape),
@@ -223,7 +239,7 @@ impl ConditionalLoss {
                 .collect()
         };
         let rows = indices(self.data.n);
-        let z = Tensor::from_vec(self.data.gather(&rows), shape.as_slice(), &self.device)?;
+        let z = self.data.gather(&rows);
         let y = match &self.labels {
             Some(l) => Some(self.dropped_labels(l, &rows, step)?),
             None => None,
@@ -236,6 +252,13 @@ impl ConditionalLoss {
                 eps
             }
         };
+        let x0 = self.coupling.pair(
+            &z,
+            x0,
+            self.data.dim(),
+            &mut rng::stream(self.seed, Purpose::Coupling, step),
+        );
+        let z = Tensor::from_vec(z, shape.as_slice(), &self.device)?;
         let x0 = Tensor::from_vec(x0, shape.as_slice(), &self.device)?;
         let mut t32 = vec![0f32; b];
         self.time
@@ -313,6 +336,7 @@ mod tests {
             labels: None,
             label_dropout: 0.0,
             time: TimeDensity::Uniform,
+            coupling: Coupling::Independent,
         }
     }
 
@@ -359,6 +383,46 @@ mod tests {
             assert_eq!(pair[0], pair[1]);
             assert_eq!(pair[0] % 2.0, 0.0);
         }
+    }
+
+    #[test]
+    fn ot_coupling_permutes_x0_into_shorter_pairs_and_keeps_z() {
+        let mut l = loss(Path::LinearInterpolant, Param::Velocity, Source::Gaussian);
+        l.batch = 64;
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // x = (1 - t) x0 + t z and u = z - x0 give z = x + (1 - t) u, x0 = z - u.
+        let pairs = |l: &ConditionalLoss| -> (Vec<[f32; 2]>, Vec<[f32; 2]>, f64) {
+            let b = l.batch(3).unwrap();
+            let (x, t, u) = (v(&b.x), v(&b.t), v(&b.target));
+            let (mut zs, mut x0s, mut len) = (vec![], vec![], 0.0);
+            for (i, &ti) in t.iter().enumerate() {
+                let z = [0, 1].map(|k| x[2 * i + k] + (1.0 - ti) * u[2 * i + k]);
+                zs.push(z.map(|c| c.round()));
+                x0s.push([0, 1].map(|k| z[k] - u[2 * i + k]));
+                len += (u[2 * i] as f64).powi(2) + (u[2 * i + 1] as f64).powi(2);
+            }
+            (zs, x0s, len / t.len() as f64)
+        };
+        let (z_ind, mut x0_ind, len_ind) = pairs(&l);
+        l.coupling = Coupling::Ot;
+        let (z_ot, mut x0_ot, len_ot) = pairs(&l);
+        assert_eq!(z_ind, z_ot, "the data rows stay in place");
+        let key = |a: &[f32; 2], b: &[f32; 2]| a.partial_cmp(b).unwrap();
+        x0_ind.sort_by(key);
+        x0_ot.sort_by(key);
+        for (a, b) in x0_ind.iter().zip(&x0_ot) {
+            assert!(
+                (a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-3,
+                "{a:?} {b:?}"
+            );
+        }
+        // Data rows (2i, 2i + 1), i < 10, against N(0, I): E ||z - x0||^2 = 135 + 2 independently.
+        // OT can only lower the cross term -2 <z, x0>; by about 2 * 2 * sd(z) E|x0|, ~18.
+        assert!(len_ot < len_ind - 8.0, "OT {len_ot}, independent {len_ind}");
+        // Score matching cannot take coupled pairs.
+        l.path = Path::Gaussian(GaussianPath::CONDOT);
+        l.target = Param::Noise;
+        assert!(l.validate().is_err());
     }
 
     #[test]

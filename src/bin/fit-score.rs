@@ -14,6 +14,8 @@ use std::process::ExitCode;
 /// --param noise regresses eps_theta(x_t, t) on eps (the same loss weighted by beta_t^2, steadier
 /// near t = 1); loaders turn it into the score -eps_theta / beta_t. x_t = alpha_t z + beta_t eps,
 /// z from --data, eps ~ N(0, I), t ~ U[0, 1). Resuming from a checkpoint is bit-identical.
+/// There is no --coupling (fit-velocity's minibatch OT): the conditional score -eps / beta_t
+/// is the score of p_t(x | z) only when eps is drawn independently of z.
 #[derive(Parser, Debug)]
 #[command(
     name = "fit-score",
@@ -53,6 +55,7 @@ fn run(args: Args) -> Result<()> {
         path: args.path,
         default_path: Path::Gaussian(GaussianPath::SQRT),
         source: None,
+        coupling: None,
     };
     driver::run(spec, &args.fit, &args.common)
 }

@@ -5,6 +5,7 @@
 use clap::Parser;
 use flowpipe::cli::{self, Common};
 use flowpipe::paths::{GaussianPath, Param, Path};
+use flowpipe::train::coupling::Coupling;
 use flowpipe::train::driver::{self, FitFlags, FitSpec, PathArg};
 use flowpipe::Result;
 use std::process::ExitCode;
@@ -37,6 +38,14 @@ struct Args {
     /// Source points x_0 (M, D) for the linear interpolant, instead of N(0, I) noise
     #[arg(long, value_name = "PATH")]
     source: Option<String>,
+    /// Pairing of x_0 with the data rows z of each minibatch. `ot`: minibatch optimal transport,
+    /// x_0 reordered to minimise sum ||z - x_0||^2 (Tong et al. 2023): straighter paths, better
+    /// samples in few ODE steps; it costs O(B^2 D) distances and an exact O(B^3) assignment per
+    /// step (B <= 512; above, a Sinkhorn plan with pairs drawn from it, O(B^2) per iteration),
+    /// e.g. ~2 ms per step at B = 256, more than the 2D MLP's own step. Labels stay with their
+    /// data rows [default: independent]
+    #[arg(long, value_enum)]
+    coupling: Option<Coupling>,
     #[command(flatten)]
     common: Common,
 }
@@ -49,6 +58,7 @@ fn run(args: Args) -> Result<()> {
         path: args.path,
         default_path: Path::Gaussian(GaussianPath::CONDOT),
         source: args.source,
+        coupling: args.coupling,
     };
     driver::run(spec, &args.fit, &args.common)
 }

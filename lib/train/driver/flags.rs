@@ -6,6 +6,7 @@ use crate::cli::at_least_1;
 
 use crate::paths::{GaussianPath, Param, Path, TimeDensity};
 use crate::train::arch::{self, NetFlags};
+use crate::train::coupling::Coupling;
 use crate::train::flags::{OptimFlags, RunFlags};
 use crate::train::optim::Decay;
 use crate::{usage_bail, Result};
@@ -108,6 +109,8 @@ pub struct FitSpec {
     pub default_path: Path,
     /// `--source`: x_0 from a data set instead of N(0, I) (fit-velocity only).
     pub source: Option<String>,
+    /// `--coupling` of x_0 and z within a batch (fit-velocity only; None: default/checkpoint).
+    pub coupling: Option<Coupling>,
 }
 
 /// Usage errors (exit 2): values no run can use, and choices that do not go together.
@@ -132,6 +135,11 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
         usage_bail!("--sample-grid samples from N(0, I) noise; it does not go with --source");
     }
     arch::check_flags(&f.net)?;
+    if spec.kind == "score" && spec.coupling.is_some_and(|c| c != Coupling::Independent) {
+        usage_bail!(
+            "score matching needs eps independent of z: --coupling ot is for fit-velocity only"
+        );
+    }
     let path = spec_path(spec);
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(

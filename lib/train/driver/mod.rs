@@ -108,6 +108,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         labels,
         label_dropout: plan.label_dropout,
         time: plan.time,
+        coupling: plan.coupling,
     };
     loss.validate()?;
     let opts = flags

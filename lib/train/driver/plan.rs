@@ -21,6 +21,7 @@ use crate::io::npy::shape_str;
 use crate::paths::{Param, Path, TimeDensity};
 use crate::train::arch;
 use crate::train::checkpoint;
+use crate::train::coupling::Coupling;
 use crate::train::losses::{Dataset, Labels};
 use crate::train::optim::{AdamWConfig, Decay, Schedule};
 use crate::{usage_bail, Result};
@@ -39,6 +40,7 @@ pub(super) struct Plan {
     pub(super) ema: Option<f64>,
     pub(super) label_dropout: f64,
     pub(super) time: TimeDensity,
+    pub(super) coupling: Coupling,
 }
 
 pub(super) fn fresh_plan(
@@ -75,6 +77,7 @@ pub(super) fn fresh_plan(
             None => 0.0,
         },
         time: f.time_density.unwrap_or(TimeDensity::Uniform),
+        coupling: spec.coupling.unwrap_or_default(),
     })
 }
 
@@ -108,6 +111,11 @@ pub(super) fn model_config(
         "label_dropout": plan.label_dropout,
         "time_density": plan.time.name(),
     });
+    // Written only when not independent, so that a default run's file is byte-identical to
+    // one from before the option; a file without it trained independently.
+    if plan.coupling != Coupling::Independent {
+        c["train"]["coupling"] = json!(plan.coupling.name());
+    }
     c
 }
 
@@ -147,6 +155,10 @@ pub(super) fn resumed_plan(
             Some(t) => t
                 .parse()
                 .map_err(|e| anyhow!("{name}: train.time_density: {e}"))?,
+        },
+        coupling: match m["train"]["coupling"].as_str() {
+            None => Coupling::Independent,
+            Some(c) => Coupling::parse(c).ok_or_else(|| bad("train.coupling"))?,
         },
     };
     let s = &plan.opt.schedule;
@@ -190,6 +202,7 @@ pub(super) fn resumed_plan(
         &plan.time.name(),
         name,
     )?;
+    checkpoint::same("--coupling", &spec.coupling, &plan.coupling, name)?;
     checkpoint::same(
         "--param",
         &spec.param.map(Param::name),
