@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod couplings;
 mod discrete;
 mod distill;
 mod foundation;
