@@ -74,6 +74,26 @@ def _groups(c, channels, arch):
     return g
 
 
+def _transformer(c, arch, width, depth, time_features):
+    """The sizes of the DiT blocks (the dit and the token transformer share them), with the
+    architecture's defaults; the activation is required."""
+    d = _positive(c, "width", width)
+    heads = _positive(c, "heads", 4)
+    act = c.get("activation")
+    if act not in ("gelu", "silu"):
+        raise ConfigError(f"the {arch} needs 'activation' gelu or silu, found {act!r}")
+    if d % heads:
+        raise ConfigError(f"{heads} heads do not divide the width {d}")
+    return dict(
+        width=d,
+        depth=_size(c, "depth", depth),
+        heads=heads,
+        num_classes=_size(c, "num_classes", 0),
+        mlp_ratio=_positive(c, "mlp_ratio", 4),
+        time_features=_positive(c, "time_features", time_features),
+    )
+
+
 def resolve(config):
     """A copy of the network's config with every default filled in and the sizes checked.
 
@@ -122,25 +142,9 @@ def resolve(config):
     elif arch == "dit":
         s = _image_shape(c, "dit")
         p = _positive(c, "patch_size", 2)
-        d = _positive(c, "width", 256)
-        heads = _positive(c, "heads", 4)
-        act = c.get("activation")
-        if act not in ("gelu", "silu"):
-            raise ConfigError(f"the dit needs 'activation' gelu or silu, found {act!r}")
         if s[1] % p or s[2] % p:
             raise ConfigError(f"patch size {p} does not divide the image size {s[1]}x{s[2]}")
-        if d % heads:
-            raise ConfigError(f"{heads} heads do not divide the width {d}")
-        c.update(
-            data_shape=s,
-            patch_size=p,
-            width=d,
-            depth=_size(c, "depth", 6),
-            heads=heads,
-            num_classes=_size(c, "num_classes", 0),
-            mlp_ratio=_positive(c, "mlp_ratio", 4),
-            time_features=_positive(c, "time_features", 256),
-        )
+        c.update(data_shape=s, patch_size=p, **_transformer(c, "dit", width=256, depth=6, time_features=256))
     elif arch == "vae":
         s = _image_shape(c, "vae")
         ch = _sizes(c, "channels", [32, 64, 64])
@@ -200,26 +204,12 @@ def resolve(config):
         seq_len = _size(c, "seq_len", 0)
         if seq_len == 0:
             raise ConfigError("a token-transformer needs a positive 'seq_len'")
-        d = _positive(c, "width", 128)
-        heads = _positive(c, "heads", 4)
-        act = c.get("activation")
-        if act not in ("gelu", "silu"):
-            raise ConfigError(f"the token-transformer needs 'activation' gelu or silu, found {act!r}")
-        if d % heads:
-            raise ConfigError(f"{heads} heads do not divide the width {d}")
         for key in ("kappa", "noise"):
             if not isinstance(c.get(key), str):
                 raise ConfigError(f"a token-transformer needs '{key}' (its probability path), found {c.get(key)!r}")
-        c.update(
-            seq_len=seq_len,
-            width=d,
-            depth=_size(c, "depth", 4),
-            heads=heads,
-            mlp_ratio=_positive(c, "mlp_ratio", 4),
-            time_features=_positive(c, "time_features", 64),
-            num_classes=_size(c, "num_classes", 0),
-            symbols=len(symbols),  # [MASK] included; the logits cover the others
-        )
+        sizes = _transformer(c, "token-transformer", width=128, depth=4, time_features=64)
+        # symbols: [MASK] included; the logits cover the others
+        c.update(seq_len=seq_len, symbols=len(symbols), **sizes)
     else:
         raise ConfigError(f"unknown or unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
     return c
