@@ -117,6 +117,9 @@ mod tests {
             Ok(Path::LinearInterpolant)
         );
         let err = Path::from_json(&json!({"kind": "ve"})).unwrap_err();
-        assert!(err.contains("condot, sqrt, cosine, vp, linear-interp"), "{err}");
+        assert!(
+            err.contains("condot, sqrt, cosine, vp, linear-interp"),
+            "{err}"
+        );
     }
 }
