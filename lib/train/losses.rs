@@ -23,13 +23,13 @@
 //! **Class labels** (classifier-free guidance, notes section 5.1 and Algorithm 5): a labelled
 //! data set gives each sample its label y (the rows drawn for the batch, no extra draw), and
 //! each label is replaced by the null label ∅ = num_classes with probability eta, from one
-//! uniform per batch row of (seed, LabelDropout, s).
+//! uniform per batch row of (seed, LabelDropout, s). The network then learns u(x | y) and
+//! u(x | ∅) at once: L = E || u_theta(x_t, t, y~) - u_t(x_t | z) ||^2.
 //!
 //! **Coupling** ([`super::coupling`]): with `Coupling::Ot` the batch's x_0 rows are reordered to
 //! pair with its data rows by minibatch optimal transport before x_t and the target are formed
 //! (fit-velocity `--coupling ot`); labels stay with their data rows. Sinkhorn's draws, for
-//! large batches, come from (seed, Coupling, s). The network then learns u(x | y) and
-//! u(x | ∅) at once: L = E || u_theta(x_t, t, y~) - u_t(x_t | z) ||^2.
+//! large batches, come from (seed, Coupling, s).
 
 use anyhow::bail;
 use candle_core::{Device, Tensor};

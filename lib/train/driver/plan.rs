@@ -178,7 +178,8 @@ pub(super) fn resumed_plan(
             usage_bail!("{name} was trained without labels: --labels does not apply")
         }
         Some(l) if l.num_classes != classes => bail!(
-            "{} holds {} classes, but {name} was trained on {classes} (give --num-classes              {classes} if some are missing)",
+            "{} holds {} classes, but {name} was trained on {classes} (give --num-classes \
+             {classes} if some are missing)",
             l.name,
             l.num_classes
         ),
