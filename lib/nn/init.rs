@@ -118,6 +118,8 @@ pub struct Params {
     seed: u64,
     device: Device,
     stored: Option<Arc<Stored>>,
+    /// Hand out the weights as constants (see [`Params::frozen`]).
+    frozen: bool,
 }
 
 impl Params {
@@ -129,6 +131,28 @@ impl Params {
             seed,
             device: device.clone(),
             stored: None,
+            frozen: false,
+        }
+    }
+
+    /// The same parameters handed out as constants, not variables: a network built on them
+    /// records no graph for its weights, so a gradient with respect to its input (a likelihood's
+    /// divergence, a classifier's guidance) costs no weight gradients, and sampling keeps no
+    /// graph at all. For loaded models that are only evaluated, never trained.
+    pub fn frozen(self) -> Params {
+        Params {
+            frozen: true,
+            ..self
+        }
+    }
+
+    /// The variable's value as this network uses it: the variable itself, or a constant sharing
+    /// its storage when frozen.
+    fn hand_out(&self, var: &Var) -> Tensor {
+        if self.frozen {
+            var.as_tensor().detach()
+        } else {
+            var.as_tensor().clone()
         }
     }
 
@@ -201,7 +225,7 @@ impl Params {
                     shape_str(v.dims())
                 );
             }
-            return Ok(v.as_tensor().clone());
+            return Ok(self.hand_out(v));
         }
         let value = match &self.stored {
             Some(s) => {
@@ -229,7 +253,7 @@ impl Params {
             }
         };
         let var = Var::from_tensor(&value)?;
-        let tensor = var.as_tensor().clone();
+        let tensor = self.hand_out(&var);
         data.insert(full, var);
         Ok(tensor)
     }

@@ -139,9 +139,9 @@ impl Learned {
             );
         }
         let t = time_column(t, x.dim(0)?)?.to_dtype(x.dtype())?;
-        // Sampling needs no gradient: detached, the graph of one step is freed before the next
-        // (weights are variables, so x_{t+h} = x_t + h u would otherwise chain every step).
-        Ok(self.net.forward(x, &t, y)?.detach())
+        // The weights are constants (`Params::frozen`): the output records a graph only when x
+        // does, for a gradient with respect to x (a likelihood's divergence).
+        Ok(self.net.forward(x, &t, y)?)
     }
 
     /// The number of classes the network was trained on (0: unconditional).

@@ -87,7 +87,8 @@ pub fn build(config: &Value, params: &Params) -> Result<Box<dyn FieldNet>> {
 /// the network leaves unused. When the config fails, the tensors are still checked against the
 /// network of the same config with `activation` and `groups` filled in (they decide no tensor's
 /// name or shape), so a misspelt or missing tensor is reported together with the config's
-/// problem.
+/// problem. The weights are frozen ([`Params::frozen`]): every loader that builds through here
+/// evaluates its network, none trains it.
 pub fn build_from_file<T>(
     model: &crate::io::model::ModelFile,
     weights: Weights,
@@ -103,7 +104,7 @@ pub fn build_from_file<T>(
             None => text,
         }
     };
-    let params = Params::from_model(model, weights, device)?;
+    let params = Params::from_model(model, weights, device)?.frozen();
     match build(config, &params) {
         Ok(net) => {
             if let Err(e) = params.ensure_all_used() {
