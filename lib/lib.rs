@@ -26,6 +26,7 @@ pub mod eval;
 pub mod fields;
 pub mod guidance;
 pub mod io;
+pub mod likelihood;
 pub mod memory;
 pub mod nn;
 pub mod noise;

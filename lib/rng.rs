@@ -37,6 +37,10 @@ pub enum Purpose {
     Jumps = 10,
     /// Pairs drawn from an entropic OT plan (minibatch couplings, `train::coupling`).
     Coupling = 11,
+    /// Hutchinson's probes of a divergence estimate (`likelihood`).
+    Probe = 12,
+    /// Uniform dequantisation noise of discrete data (`likelihood`).
+    Dequantize = 13,
 }
 
 /// SplitMix64 finaliser: a fixed, portable mixing function (never Rust's DefaultHasher).
