@@ -292,6 +292,18 @@ fn lab2_pipeline_draws_every_figure_at_small_sizes() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
     assert!(m.is_object(), "{m}");
+    // The test NLL of the three models with a Gaussian p_init, and the mixture's entropy.
+    let l: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("likelihood.json")).unwrap()).unwrap();
+    for key in [
+        "/flow_matching_mixture/nll",
+        "/flow_matching_mixture/density/nll",
+        "/score_matching_mixture_ode/nll",
+        "/gaussian_to_checkerboard/bpd",
+    ] {
+        let v = l.pointer(key).and_then(|v| v.as_f64());
+        assert!(v.is_some_and(f64::is_finite), "{key} in {l}");
+    }
 }
 
 /// sample-path --path linear-interp --source: the straight line from source sample i to data

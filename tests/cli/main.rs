@@ -13,6 +13,7 @@ mod import;
 mod interop;
 mod lab1;
 mod lab2;
+mod likelihood;
 mod metrics;
 mod render;
 mod shards;

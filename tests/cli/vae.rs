@@ -346,6 +346,11 @@ fn make_latent_and_lab3_run_every_stage() {
         let fid = part["classifier_fid"]["value"].as_f64().unwrap();
         assert!((ratio * floor - fid).abs() <= 1e-9 * fid.max(1.0), "{part}");
     }
+    // Issue 27: the latent flow's bits per dimension on held-out latents (4 x 8 x 8).
+    let lik = &all["likelihood"];
+    assert_eq!(lik["dim"], 256, "{lik}");
+    assert!(lik["bpd"].as_f64().is_some_and(f64::is_finite), "{lik}");
+    assert!(lik["se_probes"].as_f64().unwrap() > 0.0, "{lik}");
     assert!(read("vae-loss.png").starts_with(b"\x89PNG"));
     assert!(read("flow-loss.png").starts_with(b"\x89PNG"));
 
