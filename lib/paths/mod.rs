@@ -58,7 +58,7 @@ mod time;
 
 pub use config::Path;
 pub use gaussian::GaussianPath;
-pub use interpolant::LinearInterpolant;
+pub use interpolant::{noise_gamma, noise_gamma_deriv, LinearInterpolant};
 pub use param::Param;
 pub use schedule::{time_values, Alpha, Beta, Coefs, MIN_DIVISOR};
 pub use time::{TimeDensity, MODE_MAX};

@@ -10,7 +10,10 @@
 //!   reparametrised as s = -eps_theta / beta: L = E || eps_theta(x_t, t) - eps ||^2.
 //!
 //! For the linear interpolant from a source data set: x_t = (1 - t) x_0 + t z with x_0 and z
-//! drawn independently, target z - x_0. `||.||^2` sums over a sample's coordinates and the
+//! drawn independently, target z - x_0; with the stochastic interpolant's noise term
+//! ([`crate::paths::LinearInterpolant::sample_noisy_at`], `--interpolant-noise a`),
+//! x_t = (1 - t) x_0 + t z + gamma_t xi and target z - x_0 + gamma'_t xi, xi ~ N(0, I) from
+//! (seed, Noise, s), the stream a data source leaves unused. `||.||^2` sums over a sample's coordinates and the
 //! expectation is the mean over the batch, as in the notes. The score target divides by beta
 //! (clamped, see [`crate::paths::MIN_DIVISOR`]): its variance grows without bound as t -> 1,
 //! which is why the noise form trains more steadily.
@@ -197,6 +200,8 @@ pub struct ConditionalLoss {
     pub time: TimeDensity,
     /// How x_0 is paired with z within a batch.
     pub coupling: Coupling,
+    /// The stochastic interpolant's noise scale a (gamma_t = a t (1 - t)); 0: none.
+    pub interpolant_noise: f64,
 }
 
 impl ConditionalLoss {
@@ -216,6 +221,17 @@ impl ConditionalLoss {
                 bail!(
                     "--coupling {} pairs eps with z: denoising score matching needs them independent",
                     self.coupling.name()
+                )
+            }
+            _ if !(self.interpolant_noise >= 0.0 && self.interpolant_noise.is_finite()) => bail!(
+                "the interpolant noise must be a finite number >= 0, got {}",
+                self.interpolant_noise
+            ),
+            (Path::Gaussian(_), _) | (_, Source::Gaussian) if self.interpolant_noise > 0.0 => {
+                bail!(
+                    "the stochastic interpolant's noise is for the linear interpolant from a \
+                     source data set (--source); from N(0, I) it would only change the Gaussian \
+                     path's noise schedule, which --path chooses"
                 )
             }
             (_, Source::Data(s)) if s.shape != self.data.shape => bail!(
@@ -270,6 +286,13 @@ impl ConditionalLoss {
                 g.sample_xt_at(&z, &x0, &ts)?,
                 g.target_at(self.target, &z, &x0, &ts)?,
             ),
+            Path::LinearInterpolant if self.interpolant_noise > 0.0 => {
+                // xi from the Noise stream, which a data source leaves unused.
+                let mut xi = vec![0f32; b * self.data.dim()];
+                rng::fill_normal(&mut rng::stream(self.seed, Purpose::Noise, step), &mut xi);
+                let xi = Tensor::from_vec(xi, shape.as_slice(), &self.device)?;
+                LinearInterpolant.sample_noisy_at(&x0, &z, &xi, &ts, self.interpolant_noise)?
+            }
             Path::LinearInterpolant => (
                 LinearInterpolant.sample_xt_at(&x0, &z, &ts)?,
                 LinearInterpolant.conditional_velocity(&x0, &z)?,
@@ -337,6 +360,7 @@ mod tests {
             label_dropout: 0.0,
             time: TimeDensity::Uniform,
             coupling: Coupling::Independent,
+            interpolant_noise: 0.0,
         }
     }
 
@@ -383,6 +407,51 @@ mod tests {
             assert_eq!(pair[0], pair[1]);
             assert_eq!(pair[0] % 2.0, 0.0);
         }
+    }
+
+    #[test]
+    fn the_stochastic_interpolant_adds_the_same_noise_to_x_t_and_its_target() {
+        // Source rows all 0 and data rows all 1 (per coordinate): x_t = t + gamma_t xi and
+        // u = 1 + gamma'_t xi, so both give back the same xi, which must be N(0, 1).
+        let constant = |v: f32, n: usize| {
+            let a = ArrayD::from_elem(ndarray::IxDyn(&[n, 2]), v);
+            Dataset::new(a, "c.npy").unwrap()
+        };
+        let mut l = loss(Path::LinearInterpolant, Param::Velocity, Source::Gaussian);
+        l.data = constant(1.0, 5);
+        l.source = Source::Data(constant(0.0, 4));
+        l.batch = 4000;
+        l.interpolant_noise = 2.0;
+        l.validate().unwrap();
+        let b = l.batch(1).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (x, t, u) = (v(&b.x), v(&b.t), v(&b.target));
+        let mut xis = Vec::new();
+        for (i, &ti) in t.iter().enumerate() {
+            let ti = ti as f64;
+            let (g, dg) = (2.0 * ti * (1.0 - ti), 2.0 * (1.0 - 2.0 * ti));
+            for j in 0..2 {
+                let (xj, uj) = (x[2 * i + j] as f64, u[2 * i + j] as f64);
+                if g > 0.05 && dg.abs() > 0.05 {
+                    let (from_x, from_u) = ((xj - ti) / g, (uj - 1.0) / dg);
+                    assert!(
+                        (from_x - from_u).abs() < 1e-3,
+                        "{from_x} vs {from_u} at t {ti}"
+                    );
+                    xis.push(from_x);
+                }
+            }
+        }
+        let n = xis.len() as f64;
+        let mean = xis.iter().sum::<f64>() / n;
+        let var = xis.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n;
+        assert!(
+            n > 5000.0 && mean.abs() < 0.05 && (var - 1.0).abs() < 0.06,
+            "{n} {mean} {var}"
+        );
+        // From N(0, I) the noise term is refused.
+        l.source = Source::Gaussian;
+        assert!(l.validate().is_err());
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn run(args: Args) -> Result<()> {
         default_path: Path::Gaussian(GaussianPath::SQRT),
         source: None,
         coupling: None,
+        interpolant_noise: None,
     };
     driver::run(spec, &args.fit, &args.common)
 }

@@ -46,6 +46,11 @@ struct Args {
     /// triples it at B = 1024. Labels stay with their data rows [default: independent]
     #[arg(long, value_enum)]
     coupling: Option<Coupling>,
+    /// The stochastic interpolant (Albergo et al. 2023) between --source and the data: x_t =
+    /// (1 - t) x_0 + t z + a t (1 - t) xi with xi ~ N(0, I), target z - x_0 + a (1 - 2t) xi
+    /// [default: 0, the plain linear interpolant]
+    #[arg(long, value_name = "A", requires = "source")]
+    interpolant_noise: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -59,6 +64,7 @@ fn run(args: Args) -> Result<()> {
         default_path: Path::Gaussian(GaussianPath::CONDOT),
         source: args.source,
         coupling: args.coupling,
+        interpolant_noise: args.interpolant_noise,
     };
     driver::run(spec, &args.fit, &args.common)
 }

@@ -165,3 +165,96 @@ fn couplings_pipeline_writes_its_table_and_figure_at_small_sizes() {
     let img = image::open(dir.join("couplings.png")).unwrap();
     assert!(img.width() >= 200 && img.height() >= 200);
 }
+
+/// fit-velocity --interpolant-noise (issue 28): the stochastic interpolant between two
+/// Gaussians still carries the source to the data (its ODE samples keep the target's mean and
+/// std), the file records the noise, a resumed run keeps it, and from N(0, I) it is refused.
+#[test]
+fn the_stochastic_interpolant_carries_source_to_data() {
+    let dir = tmp();
+    let (data, src, x0) = (
+        path(&dir, "d.npy"),
+        path(&dir, "s.npy"),
+        path(&dir, "x0.npy"),
+    );
+    let gauss = |spec: &str, n: &str, seed: &str, out: &str| {
+        ok(DATA, &[spec, "-n", n, "--seed", seed, "-o", out], b"");
+    };
+    gauss("gaussian:mean=3,-2,std=0.5", "2000", "1", &data);
+    gauss("gaussian:mean=-2,1,std=1", "2000", "2", &src);
+    gauss("gaussian:mean=-2,1,std=1", "2000", "3", &x0);
+    let (m, ck) = (path(&dir, "m.st"), path(&dir, "ck-{step}.st"));
+    let fit = [
+        "--data",
+        &data,
+        "--source",
+        &src,
+        "--interpolant-noise",
+        "1.5",
+        "--hidden",
+        "64,64",
+        "--lr",
+        "3e-3",
+        "--batch",
+        "256",
+        "--steps",
+        "800",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "-q",
+    ];
+    let keep = ["--checkpoint", &ck, "--checkpoint-every", "400", "-o", &m];
+    ok(FIT_V, &[&fit[..], &keep].concat(), b"");
+    let x = npy_f32(&ode_samples(&m, &x0));
+    let n = x.shape()[0] as f64;
+    for (j, (want_m, want_s)) in [(3.0, 0.5), (-2.0, 0.5)].into_iter().enumerate() {
+        let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
+        let mean = col.iter().sum::<f64>() / n;
+        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((mean - want_m).abs() < 0.1, "coordinate {j}: mean {mean}");
+        assert!((std - want_s).abs() < 0.1, "coordinate {j}: std {std}");
+    }
+    let cfg = model::load(&m, &Device::Cpu).unwrap().config;
+    assert_eq!(cfg["train"]["interpolant_noise"], 1.5, "{}", cfg["train"]);
+    // A resumed run keeps its noise.
+    let ck400 = ck.replace("{step}", "400");
+    let again = [
+        "--data",
+        &data,
+        "--source",
+        &src,
+        "--resume",
+        &ck400,
+        "--interpolant-noise",
+        "1",
+        "-q",
+        "-o",
+        &m,
+    ];
+    let r = run(FIT_V, &again, b"");
+    fails(&r, 2, &["--interpolant-noise 1", "1.5", "ck-400.st"]);
+    // From N(0, I), or negative: usage errors.
+    let r = run(
+        FIT_V,
+        &["--data", &data, "--interpolant-noise", "1", "-o", &m],
+        b"",
+    );
+    fails(&r, 2, &["--source"]);
+    let r = run(
+        FIT_V,
+        &[
+            "--data",
+            &data,
+            "--source",
+            &src,
+            "--interpolant-noise",
+            "-1",
+            "-o",
+            &m,
+        ],
+        b"",
+    );
+    fails(&r, 2, &["--interpolant-noise", "-1"]);
+}

@@ -111,6 +111,9 @@ pub struct FitSpec {
     pub source: Option<String>,
     /// `--coupling` of x_0 and z within a batch (fit-velocity only; None: default/checkpoint).
     pub coupling: Option<Coupling>,
+    /// `--interpolant-noise a`: the stochastic interpolant's gamma_t = a t (1 - t) (fit-velocity
+    /// with --source only; None: default/checkpoint).
+    pub interpolant_noise: Option<f64>,
 }
 
 /// Usage errors (exit 2): values no run can use, and choices that do not go together.
@@ -139,6 +142,17 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
         usage_bail!(
             "score matching needs eps independent of z: --coupling ot is for fit-velocity only"
         );
+    }
+    if let Some(a) = spec.interpolant_noise {
+        if !(a >= 0.0 && a.is_finite()) {
+            usage_bail!("--interpolant-noise must be a finite number >= 0, got {a}");
+        }
+        if a > 0.0 && spec.source.is_none() {
+            usage_bail!(
+                "--interpolant-noise is the stochastic interpolant's, between a --source data set \
+                 and the data; from N(0, I) choose the noise schedule with --path"
+            );
+        }
     }
     let path = spec_path(spec);
     match (path, &spec.source) {

@@ -109,6 +109,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         label_dropout: plan.label_dropout,
         time: plan.time,
         coupling: plan.coupling,
+        interpolant_noise: plan.interpolant_noise,
     };
     loss.validate()?;
     let opts = flags

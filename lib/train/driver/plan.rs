@@ -41,6 +41,7 @@ pub(super) struct Plan {
     pub(super) label_dropout: f64,
     pub(super) time: TimeDensity,
     pub(super) coupling: Coupling,
+    pub(super) interpolant_noise: f64,
 }
 
 pub(super) fn fresh_plan(
@@ -78,6 +79,7 @@ pub(super) fn fresh_plan(
         },
         time: f.time_density.unwrap_or(TimeDensity::Uniform),
         coupling: spec.coupling.unwrap_or_default(),
+        interpolant_noise: spec.interpolant_noise.unwrap_or(0.0),
     })
 }
 
@@ -115,6 +117,10 @@ pub(super) fn model_config(
     // one from before the option; a file without it trained independently.
     if plan.coupling != Coupling::Independent {
         c["train"]["coupling"] = json!(plan.coupling.name());
+    }
+    // The same for the stochastic interpolant: absent means no noise term.
+    if plan.interpolant_noise > 0.0 {
+        c["train"]["interpolant_noise"] = json!(plan.interpolant_noise);
     }
     c
 }
@@ -160,6 +166,13 @@ pub(super) fn resumed_plan(
             None => Coupling::Independent,
             Some(c) => Coupling::parse(c).ok_or_else(|| bad("train.coupling"))?,
         },
+        interpolant_noise: match &m["train"]["interpolant_noise"] {
+            Value::Null => 0.0,
+            v => v
+                .as_f64()
+                .filter(|a| *a >= 0.0 && a.is_finite())
+                .ok_or_else(|| bad("train.interpolant_noise"))?,
+        },
     };
     let s = &plan.opt.schedule;
     for (flag, key, given, _) in arch::given(&f.net) {
@@ -204,6 +217,12 @@ pub(super) fn resumed_plan(
         name,
     )?;
     checkpoint::same("--coupling", &spec.coupling, &plan.coupling, name)?;
+    checkpoint::same(
+        "--interpolant-noise",
+        &spec.interpolant_noise,
+        &plan.interpolant_noise,
+        name,
+    )?;
     checkpoint::same(
         "--param",
         &spec.param.map(Param::name),
