@@ -33,6 +33,20 @@ fn ode_samples(model: &str, noise: &str) -> Vec<u8> {
     ok(SIM, &[&args[..], &["-q", "--threads", "1"]].concat(), b"")
 }
 
+/// Asserts that the samples (an .npy of (N, 2)) have the target N((3, -2), 0.5^2 I)'s means
+/// (within 0.1) and standard deviations (within `std_tol`).
+fn assert_moments(samples: &[u8], std_tol: f64) {
+    let x = npy_f32(samples);
+    let n = x.shape()[0] as f64;
+    for (j, (want_m, want_s)) in [(3.0, 0.5), (-2.0, 0.5)].into_iter().enumerate() {
+        let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
+        let mean = col.iter().sum::<f64>() / n;
+        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((mean - want_m).abs() < 0.1, "coordinate {j}: mean {mean}");
+        assert!((std - want_s).abs() < std_tol, "coordinate {j}: std {std}");
+    }
+}
+
 #[test]
 fn an_ot_coupled_flow_keeps_a_far_gaussians_mean_and_std() {
     let dir = tmp();
@@ -58,15 +72,7 @@ fn an_ot_coupled_flow_keeps_a_far_gaussians_mean_and_std() {
     );
     let args = [&FIT[..], &["--data", &data, "--steps", "600", "-q"]].concat();
     ok(FIT_V, &[&args[..], &["-o", &m]].concat(), b"");
-    let x = npy_f32(&ode_samples(&m, &noise));
-    let n = x.shape()[0] as f64;
-    for (j, (want_m, want_s)) in [(3.0, 0.5), (-2.0, 0.5)].into_iter().enumerate() {
-        let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
-        let mean = col.iter().sum::<f64>() / n;
-        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-        assert!((mean - want_m).abs() < 0.1, "coordinate {j}: mean {mean}");
-        assert!((std - want_s).abs() < 0.08, "coordinate {j}: std {std}");
-    }
+    assert_moments(&ode_samples(&m, &noise), 0.08);
     let cfg = model::load(&m, &Device::Cpu).unwrap().config;
     assert_eq!(cfg["train"]["coupling"], "ot", "{}", cfg["train"]);
     // Same seed, same bytes.
@@ -207,15 +213,7 @@ fn the_stochastic_interpolant_carries_source_to_data() {
     ];
     let keep = ["--checkpoint", &ck, "--checkpoint-every", "400", "-o", &m];
     ok(FIT_V, &[&fit[..], &keep].concat(), b"");
-    let x = npy_f32(&ode_samples(&m, &x0));
-    let n = x.shape()[0] as f64;
-    for (j, (want_m, want_s)) in [(3.0, 0.5), (-2.0, 0.5)].into_iter().enumerate() {
-        let col: Vec<f64> = (0..x.shape()[0]).map(|i| x[[i, j]] as f64).collect();
-        let mean = col.iter().sum::<f64>() / n;
-        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-        assert!((mean - want_m).abs() < 0.1, "coordinate {j}: mean {mean}");
-        assert!((std - want_s).abs() < 0.1, "coordinate {j}: std {std}");
-    }
+    assert_moments(&ode_samples(&m, &x0), 0.1);
     let cfg = model::load(&m, &Device::Cpu).unwrap().config;
     assert_eq!(cfg["train"]["interpolant_noise"], 1.5, "{}", cfg["train"]);
     // A resumed run keeps its noise.
