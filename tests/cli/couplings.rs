@@ -256,3 +256,28 @@ fn the_stochastic_interpolant_carries_source_to_data() {
     );
     fails(&r, 2, &["--interpolant-noise", "-1"]);
 }
+
+/// `make schedules SMALL=1` (issue 28): one row per path and time density, each with its two
+/// energy distances and its test NLL.
+#[test]
+fn schedules_pipeline_tabulates_every_path_and_time_density() {
+    let out = tmp();
+    make_small(&["schedules"], out.path(), &[]);
+    let table = std::fs::read_to_string(out.path().join("schedules/schedules.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = table
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 12, "{table}");
+    for path in ["condot", "sqrt", "cosine", "vp"] {
+        for time in ["uniform", "logit-normal:0,1", "mode:1.29"] {
+            let row = rows
+                .iter()
+                .find(|r| r["path"] == path && r["time_density"] == time)
+                .unwrap_or_else(|| panic!("no row for {path} / {time} in {table}"));
+            for key in ["energy_distance_euler8", "energy_distance_heun50", "nll"] {
+                assert!(row[key].as_f64().is_some_and(f64::is_finite), "{row}");
+            }
+        }
+    }
+}
