@@ -110,7 +110,7 @@ pub fn distill_config(config: &Value, name: &str) -> Result<(Method, Value)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fields::GaussianTarget;
     use crate::paths::GaussianPath;

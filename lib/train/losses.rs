@@ -245,7 +245,21 @@ impl ConditionalLoss {
 
     /// The minibatch of step `step`.
     pub fn batch(&self, step: u64) -> candle_core::Result<Batch> {
+        let mut t32 = vec![0f32; self.batch];
+        self.time
+            .fill(&mut rng::stream(self.seed, Purpose::Time, step), &mut t32);
+        let ts: Vec<f64> = t32.iter().map(|&t| t as f64).collect();
+        self.batch_at(step, &ts)
+    }
+
+    /// The minibatch of step `step` at the given times, one per row (B of them), for
+    /// objectives that choose their own times (the shortcut model's grid, `train::shortcut`):
+    /// the same data, source, noise, labels and pairing as [`Self::batch`].
+    pub fn batch_at(&self, step: u64, ts: &[f64]) -> candle_core::Result<Batch> {
         let b = self.batch;
+        if ts.len() != b {
+            candle_core::bail!("batch_at: {} times for a batch of {b}", ts.len());
+        }
         let mut shape = vec![b];
         shape.extend_from_slice(&self.data.shape);
         let mut shuffle = rng::stream(self.seed, Purpose::Shuffle, step);
@@ -276,9 +290,7 @@ impl ConditionalLoss {
         );
         let z = Tensor::from_vec(z, shape.as_slice(), &self.device)?;
         let x0 = Tensor::from_vec(x0, shape.as_slice(), &self.device)?;
-        let mut t32 = vec![0f32; b];
-        self.time
-            .fill(&mut rng::stream(self.seed, Purpose::Time, step), &mut t32);
+        let t32: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
         let ts: Vec<f64> = t32.iter().map(|&t| t as f64).collect();
         let t = Tensor::from_vec(t32, (b, 1), &self.device)?;
         let (x, target) = match &self.path {

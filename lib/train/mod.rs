@@ -23,6 +23,7 @@ pub mod flags;
 pub mod losses;
 pub mod optim;
 pub mod preview;
+pub mod shortcut;
 pub mod trainer;
 pub mod vae;
 

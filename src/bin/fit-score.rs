@@ -57,6 +57,7 @@ fn run(args: Args) -> Result<()> {
         source: None,
         coupling: None,
         interpolant_noise: None,
+        objective: None,
     };
     driver::run(spec, &args.fit, &args.common)
 }

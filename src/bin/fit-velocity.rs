@@ -6,7 +6,7 @@ use clap::Parser;
 use flowpipe::cli::{self, Common};
 use flowpipe::paths::{GaussianPath, Param, Path};
 use flowpipe::train::coupling::Coupling;
-use flowpipe::train::driver::{self, FitFlags, FitSpec, PathArg};
+use flowpipe::train::driver::{self, FitFlags, FitSpec, Objective, PathArg};
 use flowpipe::Result;
 use std::process::ExitCode;
 
@@ -51,6 +51,11 @@ struct Args {
     /// [default: 0, the plain linear interpolant]
     #[arg(long, value_name = "A", requires = "source")]
     interpolant_noise: Option<f64>,
+    /// What to learn. `shortcut`: a shortcut model from the data (Frans et al. 2024; see
+    /// flowpipe::train::shortcut), u(x, t, d) for jumps of any size d, written as a `flowmap`
+    /// model: sample it with `sample-fewstep --steps K` (1 to 128 jumps) [default: flow-matching]
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
     #[command(flatten)]
     common: Common,
 }
@@ -65,6 +70,7 @@ fn run(args: Args) -> Result<()> {
         source: args.source,
         coupling: args.coupling,
         interpolant_noise: args.interpolant_noise,
+        objective: args.objective,
     };
     driver::run(spec, &args.fit, &args.common)
 }

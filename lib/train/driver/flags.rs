@@ -43,6 +43,25 @@ impl PathArg {
     }
 }
 
+/// What fit-velocity regresses on (`--objective`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Objective {
+    /// Conditional flow matching: the marginal velocity u_t(x)
+    FlowMatching,
+    /// A shortcut model (Frans et al. 2024) from data: u(x, t, d) for jumps d, flow matching
+    /// at d = 0 plus self-consistency across step sizes; a `flowmap` file for sample-fewstep
+    Shortcut,
+}
+
+impl Objective {
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::FlowMatching => "flow-matching",
+            Objective::Shortcut => "shortcut",
+        }
+    }
+}
+
 /// The flags both trainers share. Those that shape the run are optional so that a resumed run
 /// can tell a contradiction from a default.
 #[derive(clap::Args, Clone, Debug)]
@@ -114,6 +133,8 @@ pub struct FitSpec {
     /// `--interpolant-noise a`: the stochastic interpolant's gamma_t = a t (1 - t) (fit-velocity
     /// with --source only; None: default/checkpoint).
     pub interpolant_noise: Option<f64>,
+    /// `--objective` (fit-velocity only; None: flow matching, or the checkpoint's).
+    pub objective: Option<Objective>,
 }
 
 /// Usage errors (exit 2): values no run can use, and choices that do not go together.
@@ -153,6 +174,12 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
                  and the data; from N(0, I) choose the noise schedule with --path"
             );
         }
+    }
+    if spec.objective == Some(Objective::Shortcut) && f.sample_grid.is_some() {
+        usage_bail!(
+            "--sample-grid draws a velocity model's ODE; sample a shortcut model with \
+             sample-fewstep"
+        );
     }
     let path = spec_path(spec);
     match (path, &spec.source) {

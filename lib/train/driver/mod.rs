@@ -21,16 +21,18 @@ use anyhow::{bail, Context};
 use super::checkpoint::{self, TrainState};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
 use super::preview::Preview;
+use super::shortcut;
 use super::trainer;
 use crate::cli::Common;
+use crate::distill::flowmap::TwoTime;
 use crate::io::npy::{self, shape_str};
 use crate::nn;
 use crate::Result;
 
 use flags::check_flags;
 pub use flags::{
-    FitFlags, FitSpec, PathArg, DEFAULT_BATCH, DEFAULT_HIDDEN, DEFAULT_LABEL_DROPOUT, DEFAULT_LR,
-    DEFAULT_STEPS,
+    FitFlags, FitSpec, Objective, PathArg, DEFAULT_BATCH, DEFAULT_HIDDEN, DEFAULT_LABEL_DROPOUT,
+    DEFAULT_LR, DEFAULT_STEPS,
 };
 use plan::{fresh_plan, model_config, resumed_plan};
 
@@ -63,6 +65,20 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
+    // A shortcut model is a `flowmap` file: its kind says so, and a resumed run keeps it.
+    let resumes_shortcut = ckpt.as_ref().is_some_and(|c| {
+        checkpoint::model_config(c).is_ok_and(|m| m["kind"].as_str() == Some("flowmap"))
+    });
+    let shortcut = spec.objective == Some(Objective::Shortcut)
+        || (spec.objective.is_none() && spec.kind == "velocity" && resumes_shortcut);
+    let spec = if shortcut {
+        FitSpec {
+            kind: "flowmap",
+            ..spec
+        }
+    } else {
+        spec
+    };
     let plan = match &ckpt {
         Some(c) => resumed_plan(&spec, flags, common, c, &data, source.as_ref(), &labels)?,
         None => fresh_plan(&spec, flags, common, &data, source.is_some(), &labels)?,
@@ -83,8 +99,16 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     };
 
     let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
-    let net =
-        nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?;
+    let net = if shortcut {
+        Net::Shortcut(
+            TwoTime::new(&config, &params)
+                .with_context(|| format!("building {}", config["arch"]))?,
+        )
+    } else {
+        Net::Field(
+            nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?,
+        )
+    };
     let mut state =
         TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
     common.explain(format!(
@@ -119,7 +143,10 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         &mut state,
         &config,
         &opts,
-        &mut |step| loss.loss(net.as_ref(), step),
+        &mut |step| match &net {
+            Net::Field(net) => loss.loss(net.as_ref(), step),
+            Net::Shortcut(net) => shortcut::loss(net, &loss, step),
+        },
         &mut |state, _| match &preview {
             Some(p) => p.write(&config, state),
             None => Ok(()),
@@ -136,6 +163,12 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The network a run trains: a field u(x, t), or a shortcut model's u(x, t, d).
+enum Net {
+    Field(Box<dyn nn::FieldNet>),
+    Shortcut(TwoTime),
 }
 
 /// Reads (N, ...) finite samples from `path` (the `--data` or `--source` file).

@@ -95,11 +95,19 @@ pub(super) fn model_config(
     let mut c = plan.net.clone();
     c["kind"] = json!(spec.kind);
     c["parametrisation"] = json!(plan.param.name());
+    if spec.kind == "flowmap" {
+        // A shortcut model (train::shortcut), read as the distilled flow maps are.
+        c["parametrisation"] = json!("average-velocity");
+        c["second_time"] = json!("jump d = t - s, an extra input channel");
+    }
     c["path"] = plan.path.to_json();
     c["source"] = json!(if plan.data_source { "data" } else { "gaussian" });
     c["ema"] = json!(plan.ema);
     c["train"] = json!({
         "loss": match plan.param {
+            Param::Velocity if spec.kind == "flowmap" => {
+                "shortcut: flow matching at d = 0 and self-consistency across step sizes"
+            }
             Param::Velocity => "conditional flow matching",
             Param::Score => "denoising score matching",
             _ => "denoising score matching, noise prediction",
@@ -144,10 +152,13 @@ pub(super) fn resumed_plan(
     }
     let mut plan = Plan {
         net,
-        param: m["parametrisation"]
-            .as_str()
-            .and_then(Param::parse)
-            .ok_or_else(|| bad("parametrisation"))?,
+        // A shortcut model's average velocity is trained as a velocity.
+        param: match m["parametrisation"].as_str() {
+            Some("average-velocity") if spec.kind == "flowmap" => Param::Velocity,
+            p => p
+                .and_then(Param::parse)
+                .ok_or_else(|| bad("parametrisation"))?,
+        },
         path: Path::from_json(&m["path"]).map_err(|e| anyhow!("{name}: {e}"))?,
         data_source: m["source"].as_str() == Some("data"),
         opt: r.optimizer()?,
