@@ -28,6 +28,11 @@ pub trait Teacher {
     fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor>;
     /// Classes the teacher is conditional on (0: unconditional).
     fn num_classes(&self) -> usize;
+    /// The std of its p_init N(0, std^2 I), where trajectories start: 1, or sigma_max of a VE
+    /// path.
+    fn init_std(&self) -> f64 {
+        1.0
+    }
 }
 
 /// The exact field to N(m, s^2 I) (a closed-form teacher for tests); unconditional.
@@ -37,6 +42,9 @@ impl Teacher for GaussianTarget {
     }
     fn num_classes(&self) -> usize {
         0
+    }
+    fn init_std(&self) -> f64 {
+        self.path.init_std()
     }
 }
 
@@ -58,6 +66,9 @@ impl Teacher for LearnedTeacher {
     }
     fn num_classes(&self) -> usize {
         self.model.num_classes()
+    }
+    fn init_std(&self) -> f64 {
+        self.model.init_std()
     }
 }
 
@@ -99,7 +110,8 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// Runs `teacher` from M = `n` noise samples (row i from stream (seed, Noise, i)) over
+    /// Runs `teacher` from M = `n` noise samples of its p_init (row i from stream (seed, Noise,
+    /// i), times [`Teacher::init_std`]) over
     /// `steps` steps of `solver`, `chunk` trajectories at a time; `labels` (n,) when the teacher
     /// is conditional.
     #[allow(clippy::too_many_arguments)]
@@ -123,7 +135,9 @@ impl Bank {
         let mut nfe = 0u64;
         for start in (0..n).step_by(chunk.max(1)) {
             let len = chunk.max(1).min(n - start);
-            let noise = rng::normal_rows(seed, Purpose::Noise, start as u64, len, dim);
+            let sd = teacher.init_std() as f32;
+            let mut noise = rng::normal_rows(seed, Purpose::Noise, start as u64, len, dim);
+            noise.iter_mut().for_each(|v| *v *= sd);
             let mut shape = vec![len];
             shape.extend_from_slice(data_shape);
             let mut x = Tensor::from_vec(noise, shape, device)?;

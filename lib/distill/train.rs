@@ -147,6 +147,11 @@ pub fn student_config(method: Method, arch: &Value, teacher_path: &Path, about: 
             c["parametrisation"] = json!("velocity");
             c["path"] = Path::LinearInterpolant.to_json();
             c["source"] = json!("reflow-coupling");
+            // Its x_0 is the teacher's: N(0, 50^2 I) from a VE teacher (kept if the teacher,
+            // itself reflowed, records it).
+            if c.get("init_std").is_none() && teacher_path.init_std() != 1.0 {
+                c["init_std"] = json!(teacher_path.init_std());
+            }
         }
         Method::Flowmap => {
             c["parametrisation"] = json!("average-velocity");
