@@ -3,7 +3,8 @@
 //! trained from it gets good samples in one to four.
 //!
 //! Every method here learns from the same data: a **bank of teacher trajectories** ([`Bank`]),
-//! M noise samples x_0 ~ N(0, I) carried by the teacher's ODE dX = u_t(X) dt (notes eq. 1,
+//! M noise samples x_0 ~ p_init (N(0, I), or N(0, 50^2 I) for a VE teacher) carried by the
+//! teacher's ODE dX = u_t(X) dt (notes eq. 1,
 //! Algorithm 1) on the uniform grid t_k = k / N, every state kept (M, N + 1, ...). Distillation
 //! needs no data set: the teacher's own ODE is the target. A conditional teacher is guided
 //! while the bank is made (classifier-free guidance, notes eq. 65, at a fixed scale w, one label

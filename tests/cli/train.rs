@@ -270,6 +270,24 @@ fn a_ve_model_samples_the_data_from_its_wide_prior() {
     fails(&bad, 2, &["--shape 3 differs", "ve.st", "sample shape 2"]);
     let bad = run(NOISE, &["--model", &m, "--std", "2"], b"");
     assert_eq!(bad.status.code(), Some(2));
+    // Minibatch OT pairs eps with z by distance: meaningless where x_0 = z + 50 eps.
+    let out = path(&dir, "ot.st");
+    let bad = run(
+        FIT_V,
+        &[
+            "--data",
+            &data,
+            "--path",
+            "ve",
+            "--coupling",
+            "ot",
+            "-o",
+            &out,
+        ],
+        b"",
+    );
+    fails(&bad, 2, &["--coupling ot", "--path ve"]);
+    assert!(!std::path::Path::new(&out).exists());
 }
 
 #[test]

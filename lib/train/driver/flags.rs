@@ -144,6 +144,12 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
         );
     }
     let path = spec_path(spec);
+    if spec.coupling == Some(Coupling::Ot) && path == Some(Path::Gaussian(GaussianPath::VE)) {
+        usage_bail!(
+            "--coupling ot pairs the noise x_0 with the data by distance, for paths that start at \
+             alpha_0 = 0; --path ve starts at x_0 = z + 50 eps: use --coupling independent"
+        );
+    }
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(
             "--path {} starts from Gaussian noise; with --source use --path linear-interp",
