@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::fields::LabelledVelocity;
 use crate::fields::{Field, GaussianTarget};
 use crate::nn::Learned;
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::solvers;
 use crate::Result;
@@ -215,6 +216,16 @@ impl Bank {
                 Ok(Some(l.index_select(&Tensor::new(idx, l.device())?, 0)?))
             }
         }
+    }
+}
+
+/// A grid index in 0..count at a time drawn from `time` (`--time-density`): uniform indices
+/// as `random_range` draws them (the bytes of runs before the flag), else floor(F^{-1}(u)
+/// count) from one uniform u of `r` ([`TimeDensity::quantile`]).
+pub fn draw_index(r: &mut impl rand::Rng, time: &TimeDensity, count: usize) -> usize {
+    match time {
+        TimeDensity::Uniform => r.random_range(0..count),
+        d => ((d.quantile(r.random::<f64>()) * count as f64) as usize).min(count - 1),
     }
 }
 

@@ -40,7 +40,7 @@ use serde_json::Value;
 
 use crate::Result;
 
-pub use bank::{draw_rows, Bank, LearnedTeacher, Teacher, TeacherField, TeacherSolver};
+pub use bank::{draw_index, draw_rows, Bank, LearnedTeacher, Teacher, TeacherField, TeacherSolver};
 pub use init::{init_from_teacher, teacher_weights};
 pub use sample::{sample, Student};
 pub use train::{train, TrainOptions};
@@ -258,5 +258,35 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-6);
+    }
+
+    /// Grid indices at times of a density: uniform ones as random_range draws them (the bytes
+    /// of runs before --time-density), Esser et al.'s mode:1.29 about twice as often in the
+    /// middle half as at the ends.
+    #[test]
+    fn grid_indices_follow_the_time_density() {
+        use crate::paths::TimeDensity;
+        use rand::Rng;
+        let n = 16;
+        let mut a = rng::stream(1, Purpose::Time, 0);
+        let mut b = rng::stream(1, Purpose::Time, 0);
+        for _ in 0..100 {
+            assert_eq!(
+                draw_index(&mut a, &TimeDensity::Uniform, n),
+                b.random_range(0..n)
+            );
+        }
+        let mode = TimeDensity::Mode { s: 1.29 };
+        let draws = 20_000;
+        let middle = (0..draws)
+            .map(|_| draw_index(&mut a, &mode, n))
+            .inspect(|&k| assert!(k < n))
+            .filter(|&k| (4..12).contains(&k))
+            .count() as f64
+            / draws as f64;
+        // P(1/4 <= t < 3/4) under the density, from its CDF.
+        let want = mode.cdf(0.75) - mode.cdf(0.25);
+        assert!(want > 0.65, "{want}");
+        assert!((middle - want).abs() < 0.02, "{middle} vs {want}");
     }
 }
