@@ -12,8 +12,9 @@
 # the energy distance of fresh data against the same held-out set (what sampling error is left
 # once the samples are perfect), repeated at every step count; the figure's axes are logarithmic,
 # so a floor <= 0 (the estimator is unbiased) is left out of it. SMALL=1 shrinks every size.
-# Measured (AMD EPYC, 2 cores, 2026-12-07, debug-profile tools): 5 min 22 s wall; the table is in
-# the README ("Couplings").
+# Measured (AMD EPYC, 2 cores, 2026-12-07, debug-profile tools): 5 min 22 s wall; with the
+# straightness runs, 15 min 54 s on cores shared with other builds (not comparable); the table
+# is in the README ("Couplings").
 
 CPL := $(OUT)/couplings
 CPL_SEED := 28
