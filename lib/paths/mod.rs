@@ -43,10 +43,10 @@
 //! [`GaussianPath::convert`] writes these once for every pair.
 //!
 //! **Numerical safety near the ends.** beta_t -> 0 as t -> 1 and alpha_t -> 0 as t -> 0 (neither
-//! for `ve`, whose alpha is 1 and beta at least 0.01). Where a
-//! formula divides by alpha or beta, the divisor is clamped to at least [`MIN_DIVISOR`]; the
-//! derivative of sqrt(1 - t), -1 / (2 sqrt(1 - t)), uses the same clamp. Values themselves are
-//! never clamped, so x_1 = z exactly. The clamp only matters within about 1e-3 of an end (1e-6
+//! for `ve`, whose alpha is 1 and beta at least 0.01). Where a formula divides by alpha or beta,
+//! the divisor is clamped to at least [`MIN_DIVISOR`]; the derivative of sqrt(1 - t),
+//! -1 / (2 sqrt(1 - t)), uses the same clamp. Values themselves are never clamped, so x_1 = z
+//! exactly (z + 0.01 eps on `ve`). The clamp only matters within about 1e-3 of an end (1e-6
 //! for the sqrt schedule near t = 1), where score and noise are exchanged at a bounded factor
 //! instead of an infinite one. Converting to a velocity from a score or noise at t ~ 0 is
 //! ill-posed (the score of p_0 says nothing about the data), as the clamp makes visible.
