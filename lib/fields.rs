@@ -45,7 +45,7 @@ Field specs: `brownian:sigma=1,mu=0` (dX = mu dt + sigma dW), `ou:theta=1,sigma=
 `langevin:sigma=1,density=SPEC` (dX = sigma^2/2 grad log p(X) dt + sigma dW; `density=` must \
 come last and takes the rest of the text, or use --density); the values shown are the \
 defaults. `gaussian-target:mean=0;0,std=1,path=condot,sigma=0` is the exact marginal field \
-(and SDE) from N(0, I) to N(mean, std^2 I), a closed form to test samplers. Learned: a model file (the ODE of its velocity), or \
+(and SDE) from p_init (N(0, I); N(0, 50^2 I) for path=ve) to N(mean, std^2 I), a closed form to test samplers. Learned: a model file (the ODE of its velocity), or \
 `learned:model=M.safetensors,sigma=0,schedule=const,score=S.safetensors` for the SDE \
 dX = [u + sigma_t^2/2 s] dt + sigma_t dW (Theorem 17; sigma_t = sigma, or sigma * beta_t with \
 schedule=beta; the score from S, or converted from the velocity model when score is absent). Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
@@ -343,7 +343,7 @@ pub fn from_json(
             };
             let path = match crate::paths::Path::from_cli(&path_name) {
                 Some(crate::paths::Path::Gaussian(g)) => g,
-                _ => bail!("field gaussian-target: path must be condot, sqrt or cosine"),
+                _ => bail!("field gaussian-target: path must be condot, sqrt, cosine, vp or ve"),
             };
             let mean = k.list("mean")?.unwrap_or_else(|| vec![0.0, 0.0]);
             let std = k.num("std", Some(1.0))?;

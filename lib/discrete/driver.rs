@@ -8,6 +8,7 @@ use crate::cli::at_least_1;
 use crate::cli::Common;
 use crate::io;
 use crate::nn::FfActivation;
+use crate::paths::TimeDensity;
 use crate::train::flags::{OptimFlags, RunFlags, DEFAULT_LR};
 use crate::train::optim::{AdamWConfig, Decay, Schedule};
 use crate::train::{checkpoint, trainer::LoopOptions};
@@ -60,6 +61,10 @@ pub struct DenoiserFlags {
     /// Learning rate after warm-up [default: cosine]
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
+    /// Density of the training times t (stratified through its quantile): `uniform`,
+    /// `logit-normal[:M,S]` or `mode:S`, as for fit-velocity [default: uniform]
+    #[arg(long, value_name = "DENSITY")]
+    pub time_density: Option<TimeDensity>,
     #[command(flatten)]
     pub run: RunFlags,
 }
@@ -193,6 +198,7 @@ fn fresh_options(
         } else {
             0.0
         },
+        time: flags.time_density.unwrap_or(TimeDensity::Uniform),
         loop_opts,
     }
 }
@@ -214,6 +220,12 @@ fn check_resumed(flags: &DenoiserFlags, common: &Common, o: &FitOptions, name: &
         .check_resumed(s.lr, o.optimizer.weight_decay, o.ema, name)?;
     checkpoint::same("--warmup", &flags.warmup, &s.warmup, name)?;
     checkpoint::same("--decay", &flags.decay, &s.decay, name)?;
+    checkpoint::same(
+        "--time-density",
+        &flags.time_density.map(|t| t.name()),
+        &o.time.name(),
+        name,
+    )?;
     if c.num_classes > 0 {
         checkpoint::same(
             "--label-dropout",

@@ -2,8 +2,11 @@
 //! shared loop ([`crate::train::trainer`]: AdamW, EMA, progress, `--log`, checkpoints), and
 //! estimating its ELBO on held-out sequences.
 //!
-//! Step s draws its minibatch (with replacement) from stream (seed, Shuffle, s), the times
-//! t_i ~ U[0, 1) from (seed, Time, s), the noise of x_t from (seed, Noise, s) and the label
+//! Step s draws its minibatch (with replacement) from stream (seed, Shuffle, s), the times from
+//! (seed, Time, s) (stratified, [`stratified_times`], then sent through the quantile of
+//! `--time-density`, [`TimeDensity::quantile`]: uniform by default; any density with full
+//! support keeps the minimiser, the posterior p(z | x_t) at every t, and only reweights the
+//! times, as for flow matching in [`crate::paths::TimeDensity`]), the noise of x_t from (seed, Noise, s) and the label
 //! dropout from (seed, LabelDropout, s), so a run is reproducible from its seed and a resumed
 //! run repeats the uninterrupted one.
 //!
@@ -21,6 +24,7 @@ use serde_json::{json, Value};
 use super::net::{Denoiser, DenoiserConfig, KIND};
 use super::objective;
 use super::paths::Noise;
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::optim::AdamWConfig;
@@ -58,6 +62,8 @@ pub struct FitOptions {
     pub ema: Option<f64>,
     /// Probability of replacing a label by the null label (classifier-free guidance).
     pub label_dropout: f64,
+    /// The density of the training times (stratified through its quantile).
+    pub time: TimeDensity,
     pub loop_opts: LoopOptions,
 }
 
@@ -76,6 +82,7 @@ impl FitOptions {
             "batch": self.batch,
             "seed": self.seed,
             "label_dropout": self.label_dropout,
+            "time_density": self.time.name(),
             "data": {"file": data.name, "n": data.n},
         });
         c
@@ -101,7 +108,10 @@ pub fn step_loss(
     let mut pick = rng::stream(opts.seed, Purpose::Shuffle, step);
     let idx: Vec<usize> = (0..b).map(|_| pick.random_range(0..data.n)).collect();
     let z = data.rows(&idx);
-    let t = stratified_times(rng::stream(opts.seed, Purpose::Time, step).random(), b);
+    let t: Vec<f64> = stratified_times(rng::stream(opts.seed, Purpose::Time, step).random(), b)
+        .into_iter()
+        .map(|u| opts.time.quantile(u))
+        .collect();
     let mut noise = [rng::stream(opts.seed, Purpose::Noise, step)];
     // One stream for the whole batch: sequences are noised in order from it.
     let mut noised = objective::Noised {
@@ -198,6 +208,13 @@ pub fn resumed_options(
         seed: r.train_u64("seed")?,
         ema: m["ema"].as_f64(),
         label_dropout: m["train"]["label_dropout"].as_f64().unwrap_or(0.0),
+        // Checkpoints from before the flag trained with uniform times.
+        time: match m["train"]["time_density"].as_str() {
+            None => TimeDensity::Uniform,
+            Some(t) => t
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{name}: train.time_density: {e}"))?,
+        },
     })
 }
 
@@ -405,6 +422,7 @@ mod tests {
             seed: 0,
             ema: None,
             label_dropout: 0.0,
+            time: TimeDensity::Uniform,
             loop_opts: LoopOptions {
                 total_steps: steps,
                 quiet: true,

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::fields::LabelledVelocity;
 use crate::fields::{Field, GaussianTarget};
 use crate::nn::Learned;
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::solvers;
 use crate::Result;
@@ -28,6 +29,11 @@ pub trait Teacher {
     fn velocity(&self, x: &Tensor, t: f64, y: Option<&Tensor>) -> Result<Tensor>;
     /// Classes the teacher is conditional on (0: unconditional).
     fn num_classes(&self) -> usize;
+    /// The std of its p_init N(0, std^2 I), where trajectories start: 1, or sigma_max of a VE
+    /// path.
+    fn init_std(&self) -> f64 {
+        1.0
+    }
 }
 
 /// The exact field to N(m, s^2 I) (a closed-form teacher for tests); unconditional.
@@ -37,6 +43,9 @@ impl Teacher for GaussianTarget {
     }
     fn num_classes(&self) -> usize {
         0
+    }
+    fn init_std(&self) -> f64 {
+        self.path.init_std()
     }
 }
 
@@ -58,6 +67,9 @@ impl Teacher for LearnedTeacher {
     }
     fn num_classes(&self) -> usize {
         self.model.num_classes()
+    }
+    fn init_std(&self) -> f64 {
+        self.model.init_std()
     }
 }
 
@@ -99,7 +111,8 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// Runs `teacher` from M = `n` noise samples (row i from stream (seed, Noise, i)) over
+    /// Runs `teacher` from M = `n` noise samples of its p_init (row i from stream (seed, Noise,
+    /// i), times [`Teacher::init_std`]) over
     /// `steps` steps of `solver`, `chunk` trajectories at a time; `labels` (n,) when the teacher
     /// is conditional.
     #[allow(clippy::too_many_arguments)]
@@ -123,7 +136,9 @@ impl Bank {
         let mut nfe = 0u64;
         for start in (0..n).step_by(chunk.max(1)) {
             let len = chunk.max(1).min(n - start);
-            let noise = rng::normal_rows(seed, Purpose::Noise, start as u64, len, dim);
+            let sd = teacher.init_std() as f32;
+            let mut noise = rng::normal_rows(seed, Purpose::Noise, start as u64, len, dim);
+            noise.iter_mut().for_each(|v| *v *= sd);
             let mut shape = vec![len];
             shape.extend_from_slice(data_shape);
             let mut x = Tensor::from_vec(noise, shape, device)?;
@@ -201,6 +216,16 @@ impl Bank {
                 Ok(Some(l.index_select(&Tensor::new(idx, l.device())?, 0)?))
             }
         }
+    }
+}
+
+/// A grid index in 0..count at a time drawn from `time` (`--time-density`): uniform indices
+/// as `random_range` draws them (the bytes of runs before the flag), else floor(F^{-1}(u)
+/// count) from one uniform u of `r` ([`TimeDensity::quantile`]).
+pub fn draw_index(r: &mut impl rand::Rng, time: &TimeDensity, count: usize) -> usize {
+    match time {
+        TimeDensity::Uniform => r.random_range(0..count),
+        d => ((d.quantile(r.random::<f64>()) * count as f64) as usize).min(count - 1),
     }
 }
 

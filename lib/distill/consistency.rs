@@ -32,8 +32,9 @@
 
 use candle_core::Tensor;
 
-use super::{draw_rows, per_row, Bank};
+use super::{draw_index, draw_rows, per_row, Bank};
 use crate::nn::FieldNet;
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
@@ -52,13 +53,19 @@ pub fn consistency_fn(
 }
 
 /// The consistency distillation loss of training step `step` (rows from (seed, Shuffle, step),
-/// grid indices from (seed, Time, step)).
-pub fn loss(net: &dyn FieldNet, bank: &Bank, batch: usize, seed: u64, step: u64) -> Result<Tensor> {
-    use rand::Rng;
+/// grid indices from (seed, Time, step), their times of density `time`).
+pub fn loss(
+    net: &dyn FieldNet,
+    bank: &Bank,
+    batch: usize,
+    seed: u64,
+    step: u64,
+    time: &TimeDensity,
+) -> Result<Tensor> {
     let n = bank.steps;
     let rows = draw_rows(seed, step, batch, bank.len());
     let mut r = rng::stream(seed, Purpose::Time, step);
-    let ks: Vec<usize> = (0..batch).map(|_| r.random_range(0..n)).collect();
+    let ks: Vec<usize> = (0..batch).map(|_| draw_index(&mut r, time, n)).collect();
     let next: Vec<usize> = ks.iter().map(|k| k + 1).collect();
     let t: Vec<f32> = ks.iter().map(|&k| k as f32 / n as f32).collect();
     let t_next: Vec<f32> = next.iter().map(|&k| k as f32 / n as f32).collect();

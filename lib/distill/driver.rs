@@ -121,6 +121,7 @@ pub fn distill(
         "train": {
             "steps": opts.steps, "batch": opts.batch, "lr": opts.lr, "warmup": opts.warmup,
             "decay": format!("{:?}", opts.decay).to_lowercase(), "ema": opts.ema, "seed": opts.seed,
+            "time_density": opts.time.name(),
         },
     });
     let config = student_config(method, &tconfig, &path, about);

@@ -36,8 +36,9 @@ use anyhow::bail;
 use candle_core::Tensor;
 use serde_json::Value;
 
-use super::{draw_rows, per_row, Bank};
+use super::{draw_index, draw_rows, per_row, Bank};
 use crate::nn::{build, time_column, FieldNet, Params};
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
@@ -123,8 +124,15 @@ pub fn levels(steps: usize) -> Result<u32> {
 }
 
 /// The shortcut loss of training step `step` (rows from (seed, Shuffle, step); jumps and
-/// times from (seed, Time, step)).
-pub fn loss(net: &TwoTime, bank: &Bank, batch: usize, seed: u64, step: u64) -> Result<Tensor> {
+/// times from (seed, Time, step), the start times of density `time`).
+pub fn loss(
+    net: &TwoTime,
+    bank: &Bank,
+    batch: usize,
+    seed: u64,
+    step: u64,
+    time: &TimeDensity,
+) -> Result<Tensor> {
     use rand::Rng;
     let n = bank.steps;
     let l = levels(n)?;
@@ -137,12 +145,12 @@ pub fn loss(net: &TwoTime, bank: &Bank, batch: usize, seed: u64, step: u64) -> R
     let mut ds = Vec::with_capacity(batch);
     for i in 0..batch {
         if i < n_base {
-            ks.push(r.random_range(0..n));
+            ks.push(draw_index(&mut r, time, n));
             ds.push(h);
         } else {
             let j = r.random_range(0..l);
             let two_d = (n >> j) as usize; // grid steps in the jump 2d
-            ks.push(r.random_range(0..=n - two_d));
+            ks.push(draw_index(&mut r, time, n - two_d + 1));
             ds.push(two_d as f64 * h / 2.0);
         }
     }

@@ -3,7 +3,8 @@
 //! trained from it gets good samples in one to four.
 //!
 //! Every method here learns from the same data: a **bank of teacher trajectories** ([`Bank`]),
-//! M noise samples x_0 ~ N(0, I) carried by the teacher's ODE dX = u_t(X) dt (notes eq. 1,
+//! M noise samples x_0 ~ p_init (N(0, I), or N(0, 50^2 I) for a VE teacher) carried by the
+//! teacher's ODE dX = u_t(X) dt (notes eq. 1,
 //! Algorithm 1) on the uniform grid t_k = k / N, every state kept (M, N + 1, ...). Distillation
 //! needs no data set: the teacher's own ODE is the target. A conditional teacher is guided
 //! while the bank is made (classifier-free guidance, notes eq. 65, at a fixed scale w, one label
@@ -39,7 +40,7 @@ use serde_json::Value;
 
 use crate::Result;
 
-pub use bank::{draw_rows, Bank, LearnedTeacher, Teacher, TeacherField, TeacherSolver};
+pub use bank::{draw_index, draw_rows, Bank, LearnedTeacher, Teacher, TeacherField, TeacherSolver};
 pub use init::{init_from_teacher, teacher_weights};
 pub use sample::{sample, Student};
 pub use train::{train, TrainOptions};
@@ -257,5 +258,35 @@ pub(crate) mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-6);
+    }
+
+    /// Grid indices at times of a density: uniform ones as random_range draws them (the bytes
+    /// of runs before --time-density), Esser et al.'s mode:1.29 about twice as often in the
+    /// middle half as at the ends.
+    #[test]
+    fn grid_indices_follow_the_time_density() {
+        use crate::paths::TimeDensity;
+        use rand::Rng;
+        let n = 16;
+        let mut a = rng::stream(1, Purpose::Time, 0);
+        let mut b = rng::stream(1, Purpose::Time, 0);
+        for _ in 0..100 {
+            assert_eq!(
+                draw_index(&mut a, &TimeDensity::Uniform, n),
+                b.random_range(0..n)
+            );
+        }
+        let mode = TimeDensity::Mode { s: 1.29 };
+        let draws = 20_000;
+        let middle = (0..draws)
+            .map(|_| draw_index(&mut a, &mode, n))
+            .inspect(|&k| assert!(k < n))
+            .filter(|&k| (4..12).contains(&k))
+            .count() as f64
+            / draws as f64;
+        // P(1/4 <= t < 3/4) under the density, from its CDF.
+        let want = mode.cdf(0.75) - mode.cdf(0.25);
+        assert!(want > 0.65, "{want}");
+        assert!((middle - want).abs() < 0.02, "{middle} vs {want}");
     }
 }

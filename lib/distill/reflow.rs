@@ -24,14 +24,31 @@ use candle_core::Tensor;
 
 use super::{draw_rows, per_row, Bank};
 use crate::nn::{time_column, FieldNet};
+use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
 /// The reflow loss of training step `step` on a minibatch of `batch` couplings from `bank`
-/// (rows from stream (seed, Shuffle, step), times from (seed, Time, step)).
-pub fn loss(net: &dyn FieldNet, bank: &Bank, batch: usize, seed: u64, step: u64) -> Result<Tensor> {
+/// (rows from stream (seed, Shuffle, step), times from (seed, Time, step), of density `time`).
+pub fn loss(
+    net: &dyn FieldNet,
+    bank: &Bank,
+    batch: usize,
+    seed: u64,
+    step: u64,
+    time: &TimeDensity,
+) -> Result<Tensor> {
     let rows = draw_rows(seed, step, batch, bank.len());
-    let t = rng::uniform_rows(seed, Purpose::Time, step, 1, batch, 0.0, 1.0);
+    let t = match time {
+        TimeDensity::Uniform => rng::uniform_rows(seed, Purpose::Time, step, 1, batch, 0.0, 1.0),
+        d => {
+            use rand::Rng;
+            let mut r = rng::stream(seed, Purpose::Time, step);
+            (0..batch)
+                .map(|_| d.quantile(r.random::<f64>()) as f32)
+                .collect()
+        }
+    };
     let x0 = bank.at(&rows, &vec![0; batch])?;
     let x1 = bank.at(&rows, &vec![bank.steps; batch])?;
     let tc = per_row(&t, &x0)?;

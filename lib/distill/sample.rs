@@ -173,6 +173,12 @@ impl Teacher for Student {
     fn num_classes(&self) -> usize {
         Student::num_classes(self)
     }
+    fn init_std(&self) -> f64 {
+        match self {
+            Student::Velocity { model, .. } => model.init_std(),
+            _ => 1.0,
+        }
+    }
 }
 
 /// K = `steps` steps of `student` from x0 (N, ...data_shape) with labels y (N,) u32 (for a

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::flowmap::{self, TwoTime};
 use super::{consistency, reflow, Bank, Method};
 use crate::nn::{build, FieldNet, Params};
-use crate::paths::Path;
+use crate::paths::{Path, TimeDensity};
 use crate::train::checkpoint::TrainState;
 use crate::train::optim::{AdamWConfig, Decay, Schedule};
 use crate::train::trainer::{self, LoopOptions};
@@ -30,6 +30,8 @@ pub struct TrainOptions {
     pub log: Option<String>,
     pub log_every: u64,
     pub quiet: bool,
+    /// The density of the training times (grid indices for flowmap and consistency).
+    pub time: TimeDensity,
 }
 
 impl Default for TrainOptions {
@@ -45,6 +47,7 @@ impl Default for TrainOptions {
             log: None,
             log_every: 100,
             quiet: true,
+            time: TimeDensity::Uniform,
         }
     }
 }
@@ -72,14 +75,17 @@ impl StudentNet {
         batch: usize,
         seed: u64,
         step: u64,
+        time: &TimeDensity,
     ) -> Result<candle_core::Tensor> {
         match (method, self) {
-            (Method::Flowmap, StudentNet::TwoTime(n)) => flowmap::loss(n, bank, batch, seed, step),
+            (Method::Flowmap, StudentNet::TwoTime(n)) => {
+                flowmap::loss(n, bank, batch, seed, step, time)
+            }
             (Method::Reflow, StudentNet::Plain(n)) => {
-                reflow::loss(n.as_ref(), bank, batch, seed, step)
+                reflow::loss(n.as_ref(), bank, batch, seed, step, time)
             }
             (Method::Consistency, StudentNet::Plain(n)) => {
-                consistency::loss(n.as_ref(), bank, batch, seed, step)
+                consistency::loss(n.as_ref(), bank, batch, seed, step, time)
             }
             _ => anyhow::bail!("the {} student has the wrong network", method.name()),
         }
@@ -117,7 +123,7 @@ pub fn train(
         quiet: opts.quiet,
     };
     trainer::run(&mut state, config, &lopts, &mut |step| {
-        net.loss(method, bank, opts.batch, opts.seed, step)
+        net.loss(method, bank, opts.batch, opts.seed, step, &opts.time)
             .map_err(|e| candle_core::Error::msg(format!("{e:#}")))
     })?;
     Ok(state)
@@ -147,6 +153,11 @@ pub fn student_config(method: Method, arch: &Value, teacher_path: &Path, about: 
             c["parametrisation"] = json!("velocity");
             c["path"] = Path::LinearInterpolant.to_json();
             c["source"] = json!("reflow-coupling");
+            // Its x_0 is the teacher's: N(0, 50^2 I) from a VE teacher (kept if the teacher,
+            // itself reflowed, records it).
+            if c.get("init_std").is_none() && teacher_path.init_std() != 1.0 {
+                c["init_std"] = json!(teacher_path.init_std());
+            }
         }
         Method::Flowmap => {
             c["parametrisation"] = json!("average-velocity");

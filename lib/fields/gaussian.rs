@@ -15,7 +15,8 @@ use candle_core::Tensor;
 use super::Field;
 use crate::paths::GaussianPath;
 
-/// The exact flow (or SDE of Theorem 17) from N(0, I) to N(m, s^2 I) along `path`.
+/// The exact flow (or SDE of Theorem 17) from p_0 = N(alpha_0 m, v_0 I) (about the path's
+/// p_init: N(0, I), or N(0, sigma_max^2 I) for VE) to N(m, s^2 I) along `path`.
 pub struct GaussianTarget {
     pub mean: Vec<f64>,
     pub std: f64,

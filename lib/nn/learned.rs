@@ -144,6 +144,12 @@ impl Learned {
         Ok(self.net.forward(x, &t, y)?)
     }
 
+    /// The std of the model's p_init N(0, std^2 I), where its samplers start: 1, or sigma_max
+    /// of a VE path ([`crate::noise::config_init_std`]).
+    pub fn init_std(&self) -> f64 {
+        crate::noise::config_init_std(&self.config, &self.path)
+    }
+
     /// The number of classes the network was trained on (0: unconditional).
     pub fn num_classes(&self) -> usize {
         self.net.num_classes()

@@ -35,6 +35,19 @@ impl GaussianPath {
         beta: Beta::Vp,
     };
 
+    /// The variance-exploding path of NCSN and the VE SDE: alpha_t = 1, beta_t = sigma(1 - t),
+    /// geometric from sigma_max = 50 at t = 0 to sigma_min = 0.01 at t = 1.
+    pub const VE: GaussianPath = GaussianPath {
+        alpha: Alpha::One,
+        beta: Beta::Ve,
+    };
+
+    /// The standard deviation of p_init = N(0, std^2 I), where sampling starts at t = 0: 1, or
+    /// sigma_max for the VE path ([`Beta::init_std`]).
+    pub fn init_std(&self) -> f64 {
+        self.beta.init_std()
+    }
+
     /// The schedule values and derivatives at `t`.
     pub fn coefs(&self, t: f64) -> Coefs {
         Coefs {
@@ -112,6 +125,7 @@ impl GaussianPath {
             GaussianPath::SQRT => Some("sqrt"),
             GaussianPath::COSINE => Some("cosine"),
             GaussianPath::VP => Some("vp"),
+            GaussianPath::VE => Some("ve"),
             _ => None,
         }
     }
@@ -225,9 +239,11 @@ mod tests {
                     assert!(vals(&o).iter().all(|v| v.is_finite()), "{p:?} at t={t}");
                 }
             }
-            // x_1 = z exactly: values are never clamped.
+            // x_1 = z + beta_1 eps exactly (beta_1 = 0 but for VE's sigma_min): values are
+            // never clamped.
             let x1 = p.sample_xt_at(&a, &b, &[1.0; 4]).unwrap();
-            assert_close(&x1, &a, 1e-7, "x_1");
+            let want = (&a + b.affine(p.beta.value(1.0), 0.0).unwrap()).unwrap();
+            assert_close(&x1, &want, 1e-7, "x_1");
         }
     }
 }

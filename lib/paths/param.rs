@@ -129,7 +129,10 @@ mod tests {
                 for to in all {
                     let there = p.convert_at(from, to, &pred, &x, &ts).unwrap();
                     let back = p.convert_at(to, from, &there, &x, &ts).unwrap();
-                    assert_close(&back, &pred, 2e-4, &format!("{p:?} {from:?}->{to:?}"));
+                    // Through z^ = x + beta^2 s and back, s = (z^ - x) / beta^2 cancels in
+                    // f32: VE's beta is 0.013 at t = 0.97 (condot's 0.03), beta^2 s 1.7e-4 of x.
+                    let tol = if p == GaussianPath::VE { 1e-3 } else { 2e-4 };
+                    assert_close(&back, &pred, tol, &format!("{p:?} {from:?}->{to:?}"));
                 }
             }
         }

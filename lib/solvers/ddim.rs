@@ -193,4 +193,45 @@ mod tests {
         assert!((mean - m).abs() < 0.02, "{mean}");
         assert!((var - s * s).abs() < 0.05 * s * s, "{var}");
     }
+
+    /// The variance-exploding path starts from p_init = N(0, sigma_max^2) (alpha_0 = 1, beta_0 =
+    /// 50), not N(0, 1): from there DDIM (eta 0 and 1) and Heun on the exact field all land on
+    /// the target's mean and variance, and started from N(0, 1) they would not (the variance at
+    /// t = 0 is what the flow carries to the end).
+    #[test]
+    fn the_ve_path_samples_from_its_wide_prior() {
+        let (m, s) = (1.5, 0.5);
+        let path = GaussianPath::VE;
+        let f = target(m, s, path);
+        let sd = path.init_std();
+        assert_eq!(sd, 50.0);
+        let x0 = noise(20_000, 6).affine(sd, 0.0).unwrap();
+        let heun = |x0: &Tensor| {
+            let opts = SolveOptions {
+                method: Method::Heun,
+                ..SolveOptions::default()
+            };
+            solve(&f, x0, &uniform_grid(0.0, 1.0, 200), &opts, None)
+                .unwrap()
+                .x
+        };
+        // p_1 = N(m, s^2 + sigma_min^2). The ancestral sampler's variance has a first-order
+        // bias (6% low at 200 uniform steps here), so it gets 1000.
+        let want = s * s + 1e-4;
+        for (what, x) in [
+            ("ddim eta 0", run(&f, &x0, 200, 0.0)),
+            ("ddim eta 1", run(&f, &x0, 1000, 1.0)),
+            ("heun", heun(&x0)),
+        ] {
+            let (mean, var) = moments(&x);
+            assert!((mean - m).abs() < 0.02, "{what}: mean {mean}");
+            assert!(
+                (var - want).abs() < 0.05 * want,
+                "{what}: var {var} vs {want}"
+            );
+        }
+        // From N(0, 1) the deterministic flow shrinks the spread by beta_0 / sqrt(v_0) ~ 50.
+        let (_, var) = moments(&heun(&noise(2000, 7)));
+        assert!(var < 0.01 * want, "var {var} from N(0, 1)");
+    }
 }

@@ -209,7 +209,7 @@ impl ConditionalLoss {
     pub fn validate(&self) -> Result<()> {
         match (&self.path, &self.source) {
             (Path::Gaussian(_), Source::Data(_)) => {
-                bail!("a Gaussian path starts from N(0, I): a source data set needs the linear interpolant")
+                bail!("a Gaussian path starts from Gaussian noise: a source data set needs the linear interpolant")
             }
             (Path::LinearInterpolant, _) if self.target != Param::Velocity => bail!(
                 "the linear interpolant has a velocity target only, not {}",

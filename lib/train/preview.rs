@@ -72,7 +72,10 @@ impl Preview {
         let mut shape = vec![n];
         shape.extend_from_slice(&learned.data_shape);
         let dim: usize = learned.data_shape.iter().product();
-        let noise = rng::normal_rows(self.seed, Purpose::Misc, 0, n, dim);
+        // From the path's p_init: N(0, 50^2 I) for VE.
+        let sd = learned.init_std() as f32;
+        let mut noise = rng::normal_rows(self.seed, Purpose::Misc, 0, n, dim);
+        noise.iter_mut().for_each(|v| *v *= sd);
         let mut x = Tensor::from_vec(noise, shape.as_slice(), &device)?;
         let y = match classes {
             0 => None,

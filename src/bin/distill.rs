@@ -7,6 +7,7 @@ use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::distill::driver::{self, BankOptions};
 use flowpipe::distill::{Method, TeacherSolver, TrainOptions};
 use flowpipe::io::model;
+use flowpipe::paths::TimeDensity;
 use flowpipe::train::checkpoint;
 use flowpipe::train::flags::{self, LogFlags};
 use flowpipe::train::optim::Decay;
@@ -70,6 +71,10 @@ struct Args {
     /// Keep an EMA of the weights with this decay and sample with it [default: off]
     #[arg(long, value_name = "DECAY")]
     ema: Option<f64>,
+    /// Density of the training times (for flowmap and consistency, of the grid index at
+    /// floor(t N)): `uniform`, `logit-normal[:M,S]` or `mode:S`, as for fit-velocity
+    #[arg(long, value_name = "DENSITY", default_value = "uniform")]
+    time_density: TimeDensity,
     #[command(flatten)]
     logging: LogFlags,
     #[command(flatten)]
@@ -99,6 +104,7 @@ fn run(args: Args) -> Result<()> {
         log: args.logging.log.clone(),
         log_every: args.logging.log_every,
         quiet: args.common.quiet,
+        time: args.time_density,
     };
     let say = |m: String| args.common.explain(m);
     let d = driver::distill(&teacher, args.method, &bank, &opts, &device, &say)?;

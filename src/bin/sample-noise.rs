@@ -1,35 +1,44 @@
-//! sample-noise: N samples from p_init, the start (t = 0) of every flow and diffusion.
+//! sample-noise: N samples from p_init, the start (t = 0) of every flow and diffusion, or from
+//! a trained model's own p_init (`--model`: N(0, 50^2 I) for the variance-exploding path).
 
+use candle_core::Device;
 use clap::{Parser, ValueEnum};
 use flowpipe::cli::{self, Common};
-use flowpipe::io::npy;
+use flowpipe::io::{model, npy};
 use flowpipe::noise::{self, PInit};
 use flowpipe::{usage_bail, Result};
 use std::process::ExitCode;
 
 /// Draw N samples from p_init (isotropic Gaussian or uniform) as an (N, ...shape) f32 .npy.
 ///
-/// Sample i depends only on (--seed, i): the first 10 of `-n 1000` equal `-n 10`.
+/// Sample i depends only on (--seed, i): the first 10 of `-n 1000` equal `-n 10`. With --model,
+/// the model's p_init: N(0, I), or N(0, 50^2 I) for a `--path ve` model, in its sample shape.
 #[derive(Parser, Debug)]
 #[command(
     name = "sample-noise",
     version,
     allow_negative_numbers = true,
-    after_help = "Example:\n  sample-noise -n 64 --shape 1,28,28 --seed 1 | render-grid --upscale 2 -o grid.png"
+    after_help = "Example:\n  sample-noise -n 64 --shape 1,28,28 --seed 1 | render-grid --upscale 2 -o grid.png\n  \
+                  sample-noise -n 500 --model ve.safetensors | simulate-sde --model ve.safetensors --method ddim -o x.npy"
 )]
 struct Args {
     /// Number of samples
     #[arg(short = 'n', long, default_value_t = 1000)]
     n: usize,
-    /// Shape of one sample, comma separated: `2` for points, `1,28,28` for images
-    #[arg(long, default_value = "2", value_delimiter = ',')]
-    shape: Vec<usize>,
+    /// Shape of one sample, comma separated: `2` for points, `1,28,28` for images [default: 2,
+    /// or the --model's]
+    #[arg(long, value_delimiter = ',')]
+    shape: Option<Vec<usize>>,
     /// Distribution of p_init
     #[arg(long, value_enum, default_value_t = Dist::Gaussian)]
     dist: Dist,
     /// Standard deviation of the Gaussian, N(0, std^2 I)
     #[arg(long, default_value_t = 1.0)]
     std: f32,
+    /// Draw from this model's p_init (its path's: N(0, 50^2 I) for ve, else N(0, I)) in its
+    /// sample shape; instead of --std and --dist [default: none]
+    #[arg(long, value_name = "M", conflicts_with_all = ["std", "dist", "range"])]
+    model: Option<String>,
     /// Bounds of the uniform distribution, `low,high`
     #[arg(
         long,
@@ -53,10 +62,49 @@ enum Dist {
 
 fn run(args: Args) -> Result<()> {
     args.common.setup()?;
-    if args.shape.is_empty() || args.shape.contains(&0) {
-        usage_bail!("--shape must list positive sizes, got {:?}", args.shape);
+    if let Some(shape) = args
+        .shape
+        .as_ref()
+        .filter(|s| s.is_empty() || s.contains(&0))
+    {
+        usage_bail!("--shape must list positive sizes, got {shape:?}");
     }
-    let noise = match args.dist {
+    flowpipe::io::check_output(&args.common.output, true)?;
+    let (noise, shape) = match &args.model {
+        Some(m) => {
+            let model = model::load(m, &Device::Cpu)?;
+            let (noise, shape) = noise::model_p_init(&model)?;
+            if let Some(given) = args.shape.as_ref().filter(|&s| *s != shape) {
+                usage_bail!(
+                    "--shape {} differs from the model {}'s sample shape {}",
+                    join(given),
+                    model.name,
+                    join(&shape)
+                );
+            }
+            (noise, shape)
+        }
+        None => (flag_noise(&args)?, args.shape.clone().unwrap_or(vec![2])),
+    };
+    let mut factors = vec![args.n as u128, 4];
+    factors.extend(shape.iter().map(|&d| d as u128));
+    let what = format!("-n {} --shape {}", args.n, join(&shape));
+    flowpipe::memory::check_fits(what, &factors)?;
+    let x = noise::sample(&noise, args.n, &shape, args.common.seed, args.first)?;
+    npy::write(&args.common.output, &x)
+}
+
+fn join(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// p_init from --dist, --std and --range.
+fn flag_noise(args: &Args) -> Result<PInit> {
+    Ok(match args.dist {
         Dist::Gaussian => {
             if !(args.std > 0.0 && args.std.is_finite()) {
                 usage_bail!("--std must be positive, got {}", args.std);
@@ -70,14 +118,7 @@ fn run(args: Args) -> Result<()> {
                 args.range
             ),
         },
-    };
-    let mut factors = vec![args.n as u128, 4];
-    factors.extend(args.shape.iter().map(|&d| d as u128));
-    let shape = args.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>();
-    let what = format!("-n {} --shape {}", args.n, shape.join(","));
-    flowpipe::memory::check_fits(what, &factors)?;
-    let x = noise::sample(&noise, args.n, &args.shape, args.common.seed, args.first)?;
-    npy::write(&args.common.output, &x)
+    })
 }
 
 flowpipe::tool_allocator!();

@@ -12,9 +12,10 @@ use std::process::ExitCode;
 
 /// Simulate dX = u_t(X) dt + sigma_t dW from initial states X_0 (N, ...) and write X_1.
 ///
-/// Prints one JSON line of statistics (field evaluations, accepted and rejected steps) on
-/// stderr (not with -q), or into --log. The same --seed gives the same paths however --batch
-/// splits N.
+/// Prints one JSON line of statistics (field evaluations, accepted and rejected steps, and for
+/// an ODE on fixed steps the paths' straightness S = int E|(X_1 - X_0) - u_t(X_t)|^2 dt of Liu
+/// et al. 2022, per element; null otherwise) on stderr (not with -q), or into --log. The same
+/// --seed gives the same paths however --batch splits N.
 #[derive(Parser, Debug)]
 #[command(
     name = "simulate-sde",
@@ -166,7 +167,7 @@ fn run(args: Args) -> Result<()> {
         "tool": "simulate-sde", "field": field.describe(), "solver": method.name(), "n": n,
         "t0": grid[0], "t1": grid[grid.len() - 1], "grid_intervals": grid.len() - 1,
         "batches": batches, "nfe": stats.nfe, "accepted": stats.accepted,
-        "rejected": stats.rejected,
+        "rejected": stats.rejected, "straightness": stats.straightness(),
     });
     match &args.log {
         Some(p) => JsonLog::open(Some(p))?.line(&line),

@@ -167,6 +167,11 @@ fn couplings_pipeline_writes_its_table_and_figure_at_small_sizes() {
     for r in &rows {
         assert!(r["energy_distance"].is_number(), "{r}");
         assert!(["independent", "ot", "floor"].contains(&r["coupling"].as_str().unwrap()));
+        // Each model's straightness, >= 0 up to rounding; none for the floor.
+        match r["coupling"].as_str().unwrap() {
+            "floor" => assert!(r["straightness"].is_null(), "{r}"),
+            _ => assert!(r["straightness"].as_f64().unwrap() > -1e-6, "{r}"),
+        }
     }
     let img = image::open(dir.join("couplings.png")).unwrap();
     assert!(img.width() >= 200 && img.height() >= 200);

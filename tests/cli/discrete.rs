@@ -451,6 +451,45 @@ fn resuming_repeats_the_uninterrupted_run() {
     );
     fails(&r, 2, &["--width 32 differs from the checkpoint's 16"]);
     assert!(!std::path::Path::new(&other).exists());
+    // --time-density (uniform unless asked) is recorded and kept on resume.
+    let m = flowpipe::io::model::load(&whole, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.config["train"]["time_density"], "uniform");
+    let r = flowpipe_run(
+        FIT,
+        &[
+            "--data",
+            &tokens,
+            "--resume",
+            &c10,
+            "--time-density",
+            "logit-normal",
+            "-q",
+            "-o",
+            &other,
+        ],
+    );
+    fails(
+        &r,
+        2,
+        &["--time-density logit-normal:0,1 differs", "uniform"],
+    );
+    // Another density draws other times: another model from the same seed.
+    let (mode, uniform) = (path(&d, "mode.safetensors"), path(&d, "u.safetensors"));
+    for (density, out) in [("mode:1", &mode), ("uniform", &uniform)] {
+        let args = [
+            &base[..],
+            &["--steps", "5", "--time-density", density, "-o", out],
+        ]
+        .concat();
+        ok(FIT, &args, b"");
+    }
+    let m = flowpipe::io::model::load(&mode, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.config["train"]["time_density"], "mode:1");
+    let (a, b) = (
+        std::fs::read(&mode).unwrap(),
+        std::fs::read(&uniform).unwrap(),
+    );
+    assert_ne!(a, b);
 }
 
 /// Labels train a conditional model; simulate-ctmc takes labels and a guidance scale, and an

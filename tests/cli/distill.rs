@@ -182,6 +182,36 @@ fn same_seed_same_bytes_and_batching_does_not_matter() {
     assert_eq!(meta.kind(), "consistency");
     assert_eq!(meta.config["distill"]["method"], "consistency");
     assert_eq!(meta.config["distill"]["teacher_steps"], 16);
+    // --time-density is recorded and used: the default is uniform, another density trains
+    // another student, and a bad one is a usage error.
+    assert_eq!(meta.config["distill"]["train"]["time_density"], "uniform");
+    let c = path(&dir, "c.safetensors");
+    distill(
+        &model,
+        "consistency",
+        &c,
+        "20",
+        "64",
+        &["--seed", "5", "--time-density", "mode:1.29"],
+    );
+    let meta = flowpipe::io::model::load(&c, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(meta.config["distill"]["train"]["time_density"], "mode:1.29");
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
+    let bad = run(
+        DISTILL,
+        &[
+            "--teacher",
+            &model,
+            "--method",
+            "reflow",
+            "--time-density",
+            "mode:3",
+            "-o",
+            &c,
+        ],
+        b"",
+    );
+    fails(&bad, 2, &["--time-density", "mode"]);
 }
 
 #[test]

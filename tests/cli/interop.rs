@@ -240,18 +240,18 @@ fn eval_field_takes_images_and_labels_and_model_files_are_not_misread() {
             ],
         ),
         (
-            save("path.safetensors", &|c| c["path"] = "ve".into(), &[]),
+            save("path.safetensors", &|c| c["path"] = "edm".into(), &[]),
             vec![
                 "path.safetensors",
-                "unknown path \"ve\"",
-                "condot, sqrt, cosine, vp, linear-interp",
+                "unknown path \"edm\"",
+                "condot, sqrt, cosine, vp, ve, linear-interp",
             ],
         ),
         (
             save(
                 "several.safetensors",
                 &|c| {
-                    c["path"] = "ve".into();
+                    c["path"] = "edm".into();
                     c["parametrisation"] = "noise".into();
                     c.as_object_mut().unwrap().remove("activation");
                 },

@@ -27,6 +27,8 @@ pub enum PathArg {
     Cosine,
     /// variance preserving, DDPM's: alpha = exp(-B(1 - t) / 2), beta = sqrt(1 - alpha^2)
     Vp,
+    /// variance exploding, NCSN's: alpha = 1, beta = 0.01 * 5000^(1 - t), from N(0, 50^2 I)
+    Ve,
     /// x_t = (1 - t) x_0 + t z, x_0 from --source or N(0, I)
     LinearInterp,
 }
@@ -38,6 +40,7 @@ impl PathArg {
             PathArg::Sqrt => Path::Gaussian(GaussianPath::SQRT),
             PathArg::Cosine => Path::Gaussian(GaussianPath::COSINE),
             PathArg::Vp => Path::Gaussian(GaussianPath::VP),
+            PathArg::Ve => Path::Gaussian(GaussianPath::VE),
             PathArg::LinearInterp => Path::LinearInterpolant,
         }
     }
@@ -182,13 +185,21 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
         );
     }
     let path = spec_path(spec);
+    if spec.coupling == Some(Coupling::Ot) && path == Some(Path::Gaussian(GaussianPath::VE)) {
+        usage_bail!(
+            "--coupling ot pairs the noise x_0 with the data by distance, for paths that start at \
+             alpha_0 = 0; --path ve starts at x_0 = z + 50 eps: use --coupling independent"
+        );
+    }
     match (path, &spec.source) {
         (Some(Path::Gaussian(_)), Some(_)) => usage_bail!(
-            "--path {} starts from N(0, I); with --source use --path linear-interp",
+            "--path {} starts from Gaussian noise; with --source use --path linear-interp",
             path.unwrap().name()
         ),
         (Some(Path::LinearInterpolant), _) if spec.kind == "score" => {
-            usage_bail!("score matching needs a Gaussian path: --path condot, sqrt or cosine")
+            usage_bail!(
+                "score matching needs a Gaussian path: --path condot, sqrt, cosine, vp or ve"
+            )
         }
         _ => {}
     }
