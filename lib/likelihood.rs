@@ -11,8 +11,10 @@
 //!
 //! where X_t is the ODE's solution through X_1 = x. We integrate the augmented state (X_t, L_t)
 //! backwards from t = 1, with L_1 = 0 and dL/dt = div u_t(X_t), to t = 0: then
-//! log p_1(x) = log p_0(X_0) + L_0. p_0 is the model's p_init, N(0, beta_0^2 I) for a field along
-//! a Gaussian path (beta_0 = 1 for every path but a variance-exploding one). Any solver of
+//! log p_1(x) = log p_0(X_0) + L_0. p_0 is the model's p_init, N(0, s^2 I) for a field along a
+//! Gaussian path, s = [`crate::paths::GaussianPath::init_std`] (1, or sigma_max for `ve`, whose
+//! p_0 is the data blurred by N(0, sigma_max^2 I) and is taken to be that Gaussian, as its
+//! samplers do). Any solver of
 //! [`crate::solvers`] steps the augmented state, so a fixed grid and Dormand-Prince both serve.
 //!
 //! **The divergence.** `Exact`: div u = sum_i e_i^T J e_i, one vector-Jacobian product
@@ -335,7 +337,7 @@ pub fn log_likelihood(
     let x0 = end
         .slice_axis(Axis(1), ndarray::Slice::from(0..dim))
         .to_owned();
-    let log_p0 = gaussian_log_density(&x0, path.beta.value(0.0));
+    let log_p0 = gaussian_log_density(&x0, path.init_std());
     let mut log_p = ArrayD::<f32>::zeros(IxDyn(&[n, channels]));
     for i in 0..n {
         for c in 0..channels {

@@ -676,4 +676,10 @@ fn a_shortcut_model_from_data_beats_one_euler_step() {
         b"",
     );
     fails(&r, 2, &["sample-fewstep"]);
+    let r = run(
+        FIT,
+        &[&shortcut[..], &["--path", "ve", "-o", &sc]].concat(),
+        b"",
+    );
+    fails(&r, 2, &["--path ve"]);
 }

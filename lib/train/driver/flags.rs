@@ -178,6 +178,14 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
             );
         }
     }
+    if spec.objective == Some(Objective::Shortcut)
+        && spec_path(spec).is_some_and(|p| p.init_std() != 1.0)
+    {
+        usage_bail!(
+            "--objective shortcut jumps from N(0, I) noise; --path ve starts from N(0, 50^2 I): \
+             use another path"
+        );
+    }
     if spec.objective == Some(Objective::Shortcut) && f.sample_grid.is_some() {
         usage_bail!(
             "--sample-grid draws a velocity model's ODE; sample a shortcut model with \
