@@ -55,7 +55,9 @@
 //! the same Gaussian path and sample shape as the model, with the model's class count when the
 //! model is conditional) and `"classifier_scale": w_c`; `"scale"` becomes optional. Labels run
 //! over the classifier's classes, its class count K is the null label (no classifier term, the
-//! unguided sample). Outside `"interval"` the classifier term is off.
+//! unguided sample). Outside `"interval"` the classifier term is off, and where alpha_t = 0 (at
+//! t = 0, but for `vp`) too: there x_t is independent of y, the exact gradient is 0, and a
+//! learned classifier's small spurious one would be multiplied by c_t's clamped 1 / alpha.
 
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};

@@ -230,8 +230,15 @@ impl GuidedField {
                 self.model.velocity(x, &tt, &null)?
             }
         };
+        // Where alpha_t = 0 (t = 0 on every path but vp) x_t is independent of y: p(y | x_t)
+        // is the prior and its gradient exactly 0, whereas a learned classifier's small
+        // spurious gradient would meet c_t's 1 / alpha at its clamp (1 / MIN_DIVISOR).
+        let informative = self
+            .model
+            .gaussian_path()
+            .is_some_and(|p| p.coefs(t).alpha > 0.0);
         let term = match &self.classifier {
-            Some(c) if self.guides_at(t) => {
+            Some(c) if self.guides_at(t) && informative => {
                 let g = classifier_gradient(c.classifier.as_ref(), x, t, self.labels())?;
                 Some(g.affine(c.scale, 0.0)?)
             }
@@ -873,6 +880,14 @@ mod tests {
                         close(got[i][j], want[j], &what);
                         close(drift[i][j], want[j] + 0.5 * sigma * sigma * ws[j], &what);
                     }
+                }
+            }
+            // At t = 0 (alpha = 0) x_t says nothing of y: no classifier term at all.
+            let at0 = rows(&g.velocity(&x, 0.0).unwrap());
+            for (i, p) in pts.iter().enumerate() {
+                let (u, _) = m.marginal(p, 0.0);
+                for j in 0..2 {
+                    close(at0[i][j], u[j], "t = 0");
                 }
             }
             // w_c = 0 is the marginal field; w_c = 2 doubles the classifier's pull.
