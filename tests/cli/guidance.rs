@@ -245,3 +245,65 @@ fn fit_noisy_classifier_is_reproducible_and_checks_its_inputs() {
     fails(&o, 1, &["short.npy", "expected labels (50,)"]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// `make guidance SMALL=1`: the table holds every (method, w) row and the floor, and the figure
+/// is a PNG.
+#[test]
+fn guidance_pipeline_writes_its_table_and_figure_at_small_sizes() {
+    let out = tmp();
+    make_small(&["guidance"], out.path(), &[]);
+    let dir = out.path().join("guidance");
+    let table = std::fs::read_to_string(dir.join("guidance.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = table
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3 * 3, "{table}");
+    for r in &rows {
+        let acc = r["guided_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{r}");
+        assert!(r["energy_distance"].is_number(), "{r}");
+        assert!(["cfg", "classifier", "floor"].contains(&r["method"].as_str().unwrap()));
+    }
+    // w = 0 is the same unguided field for both methods: the same samples.
+    let (a, b) = (dir.join("cfg-w0.npy"), dir.join("classifier-w0.npy"));
+    assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let img = image::open(dir.join("guidance.png")).unwrap();
+    assert!(img.width() >= 600 && img.height() >= 600);
+}
+
+#[test]
+fn evaluate_posterior_accuracy_of_points() {
+    let dir = tmp();
+    let (x, y) = (path(&dir, "x.npy"), path(&dir, "y.npy"));
+    ok1(DATA, &[MIX, "-n", "200", "--labels", &y, "-o", &x]);
+    let acc = |labels: &str| {
+        let out = ok1(
+            bin!("evaluate"),
+            &[
+                &x,
+                "--reference",
+                &x,
+                "--posterior",
+                MIX,
+                "--labels",
+                labels,
+                "-q",
+            ],
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        r["guided_accuracy"].as_f64().unwrap()
+    };
+    // The modes are 10 standard deviations apart: the sampled labels are the posterior's.
+    assert!(acc(&y) > 0.99);
+    let wrong = path(&dir, "wrong.npy");
+    let shifted = npy::read_i64(&y).unwrap().mapv(|v| (v + 1) % 3);
+    std::fs::write(&wrong, npy::encode(&shifted).unwrap()).unwrap();
+    assert!(acc(&wrong) < 0.01);
+    let o = run(
+        bin!("evaluate"),
+        &["-", "--reference", &x, "--posterior", MIX, "--labels", &y],
+        &std::fs::read(&x).unwrap(),
+    );
+    fails(&o, 2, &["--posterior"]);
+}
