@@ -12,7 +12,8 @@
 # target of a set guided to every class equally often), "series"}; the floor rows hold fresh
 # class-balanced draws against the same reference. The figure: the samples coloured by the class
 # asked for, a row per method, and accuracy and energy distance against w.
-# SMALL=1 shrinks every size (seconds; the figures are then noise).
+# SMALL=1 shrinks every size (seconds; the figures are then noise). The Fashion-MNIST half,
+# `make guidance-latent`, is in pipelines/latent.mk (it needs the main job's models).
 
 GD := $(OUT)/guidance
 GD_SEED := 27
@@ -108,3 +109,4 @@ $(GD)/curves.png: $(GD)/guidance.jsonl $(TOOLS)
 $(GD)/guidance.png: $(GD)/samples.png $(GD)/curves.png $(TOOLS)
 	render-grid $(GD)/samples.png $(GD)/curves.png --panel-cols 1 \
 		--title "Classifier guidance and classifier-free guidance on three Gaussians" -o $@
+
