@@ -120,12 +120,13 @@ pub fn load_velocity(path: &str, conditional: bool, device: &Device) -> Result<L
     .to_string();
     if kind != "velocity" {
         bail!(
-            "{}: guidance needs a velocity model ({}), found a {kind} model",
+            "{}: {} (fit-velocity{}), found a {kind} model",
             m.name,
             match conditional {
-                true => "conditional, from fit-velocity --labels",
-                false => "from fit-velocity",
-            }
+                true => "classifier-free guidance needs a conditional velocity model",
+                false => "classifier guidance needs a velocity model",
+            },
+            if conditional { " --labels" } else { "" }
         );
     }
     let learned = Learned::load(&m, Weights::Auto, device)?;
