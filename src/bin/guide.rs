@@ -65,8 +65,8 @@ struct Args {
     /// Diffusion coefficient of SDE sampling (0: the ODE)
     #[arg(long, default_value_t = 0.0)]
     sigma: f64,
-    /// Guide only for t in [A, B] (the conditional model, w = 1, elsewhere; Kynkäänniemi et al.
-    /// 2024) [default: 0,1, every time]
+    /// Guide only for t in [A, B] (the conditional model, w = 1, elsewhere, and no classifier
+    /// term; Kynkäänniemi et al. 2024) [default: 0,1, every time]
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     interval: Option<Vec<f64>>,
     /// Also write the labels, an (N,) int64 .npy
