@@ -35,7 +35,7 @@ pub mod gaussian;
 pub mod guided;
 pub mod learned;
 pub use gaussian::GaussianTarget;
-pub use guided::{GuidedField, LabelledVelocity};
+pub use guided::{ClassifierTerm, GuidedField, LabelledVelocity};
 pub use learned::{LearnedField, Sigma};
 
 /// The spec forms a field accepts, for `--help` texts.
@@ -51,7 +51,9 @@ dX = [u + sigma_t^2/2 s] dt + sigma_t dW (Theorem 17; sigma_t = sigma, or sigma 
 schedule=beta; the score from S, or converted from the velocity model when score is absent). Or JSON, inline or in a file: {\"field\": \"ou\", \"theta\": 0.25, \"sigma\": 0.5}, \
 with \"density\" a spec string or object; or a .safetensors model file; or a guided field \
 written by `guide`: {\"field\": \"guided\", \"model\": \"m.safetensors\", \"scale\": 3, \
-\"labels\": [0, 1], \"sigma\": 0} (classifier-free guidance).";
+\"labels\": [0, 1], \"sigma\": 0} (classifier-free guidance), with \"classifier\": \
+\"c.safetensors\", \"classifier_scale\": 2 for classifier guidance (u + w_c c_t grad log p(y | x_t, t); \
+\"scale\" then optional: without it the base is the model's unconditional field).";
 
 /// A vector field u_t(x) with a diffusion coefficient σ_t: dX_t = u_t(X_t) dt + σ_t dW_t.
 pub trait Field {

@@ -34,11 +34,37 @@
 //! elsewhere, one network call on x alone. Strong guidance near the noise end (small t) is what
 //! pulls samples of a class towards a few modes; near the data end it does little. The default
 //! [0, 1] guides at every time.
+//!
+//! **Classifier guidance** (notes section 5, the guided score grad log p_t(x | y) = grad log
+//! p_t(x) + grad_x log p_t(y | x)): a noisy classifier p_phi(y | x_t, t) ([`crate::nn::noisy`],
+//! trained on the flow model's path) adds its gradient with scale w_c. A score term is a velocity
+//! term through the path's conversion (Proposition 1: u = c_t s + (d_alpha / alpha) x,
+//! c_t = beta^2 d_alpha / alpha - d_beta beta, [`crate::paths::Coefs::score_gain`]), so
+//!
+//! ```text
+//!     u~_t(x | y) = u_t(x) + w_c c_t grad_x log p_phi(y | x, t)
+//!     s~_t(x | y) = s_t(x) + w_c grad_x log p_phi(y | x, t)       (the SDE's score)
+//! ```
+//! with one backward pass through the classifier per evaluation ([`classifier_gradient`]).
+//! With a model that is exact and the exact posterior, w_c = 1 gives the conditional field
+//! u_t(x | y). The base u_t is the model's unconditional field (its null label; an
+//! unconditional model works too), or, with `"scale"` also given, the CFG field of eq. 65: the
+//! two terms add, u~ = (1 - w) u(x | ∅) + w u(x | y) + w_c c_t grad log p_phi(y | x, t), each
+//! scale pulling towards y on its own (w = 0 or 1 with w_c = 0 are the unguided and the
+//! conditional fields). Spec keys: `"classifier": "C.safetensors"` (kind `noisy-classifier`, on
+//! the same Gaussian path and sample shape as the model, with the model's class count when the
+//! model is conditional) and `"classifier_scale": w_c`; `"scale"` becomes optional. Labels run
+//! over the classifier's classes, its class count K is the null label (no classifier term, the
+//! unguided sample). Outside `"interval"` the classifier term is off, and where alpha_t = 0 (at
+//! t = 0, but for `vp`) too: there x_t is independent of y, the exact gradient is 0, and a
+//! learned classifier's small spurious one would be multiplied by c_t's clamped 1 / alpha.
 
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 
 use crate::io::{model, npy};
+use crate::nn::classifier::log_softmax;
+use crate::nn::noisy::NoisyClassifier;
 use crate::nn::{Learned, Weights};
 use crate::paths::{GaussianPath, Param};
 use crate::Result;
@@ -80,6 +106,12 @@ impl ConditionalVelocity for Learned {
 /// of one) trained with labels, with its EMA weights when it has them. Errors name the file and
 /// say what it is instead.
 pub fn load_conditional(path: &str, device: &Device) -> Result<Learned> {
+    load_velocity(path, true, device)
+}
+
+/// Loads a velocity model for guidance, conditional or (`conditional` false, for classifier
+/// guidance) not, with its EMA weights when it has them.
+pub fn load_velocity(path: &str, conditional: bool, device: &Device) -> Result<Learned> {
     let m = model::load(path, device)?;
     let kind = match m.kind() {
         "checkpoint" => m.field("model")?["kind"].as_str().unwrap_or("unknown"),
@@ -88,13 +120,17 @@ pub fn load_conditional(path: &str, device: &Device) -> Result<Learned> {
     .to_string();
     if kind != "velocity" {
         bail!(
-            "{}: classifier-free guidance needs a conditional velocity model (fit-velocity \
-             --labels), found a {kind} model",
-            m.name
+            "{}: {} (fit-velocity{}), found a {kind} model",
+            m.name,
+            match conditional {
+                true => "classifier-free guidance needs a conditional velocity model",
+                false => "classifier guidance needs a velocity model",
+            },
+            if conditional { " --labels" } else { "" }
         );
     }
     let learned = Learned::load(&m, Weights::Auto, device)?;
-    if learned.num_classes() == 0 {
+    if conditional && learned.num_classes() == 0 {
         bail!(
             "{}: classifier-free guidance needs a conditional velocity model, but this one is \
              unconditional (num_classes 0; train with fit-velocity --labels)",
@@ -162,4 +198,75 @@ pub fn read_labels(path: &str) -> Result<Vec<i64>> {
     let name = crate::io::display_name(path);
     npy::expect_shape(arr.shape(), "N", "labels", &name)?;
     Ok(arr.iter().copied().collect())
+}
+
+/// A classifier p(y | x_t, t) of noisy samples along a Gaussian path, for classifier guidance.
+pub trait NoisyPosterior {
+    /// The class logits (log p(y | x, t) up to a constant per row): x (M, ...) (differentiably),
+    /// t (M, 1) in x's dtype -> (M, K).
+    fn logits(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor>;
+    /// K, the number of classes.
+    fn num_classes(&self) -> usize;
+    /// The Gaussian path of its x_t.
+    fn path(&self) -> GaussianPath;
+    /// The shape of one sample.
+    fn sample_shape(&self) -> Vec<usize>;
+    /// For logs, e.g. the model file's name.
+    fn describe(&self) -> String;
+}
+
+/// A trained noisy classifier ([`crate::nn::noisy`]) and its file's name.
+pub struct LearnedPosterior {
+    pub net: NoisyClassifier,
+    pub name: String,
+}
+
+impl NoisyPosterior for LearnedPosterior {
+    fn logits(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        self.net.logits(x, t)
+    }
+    fn num_classes(&self) -> usize {
+        self.net.config.num_classes
+    }
+    fn path(&self) -> GaussianPath {
+        self.net.config.path
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        self.net.config.data_shape.clone()
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Loads a noisy classifier (kind `noisy-classifier`) for classifier guidance.
+pub fn load_classifier(path: &str, device: &Device) -> Result<LearnedPosterior> {
+    let (net, m) = NoisyClassifier::open(path, device)?;
+    Ok(LearnedPosterior { net, name: m.name })
+}
+
+/// grad_x log p(y_i | x_i, t) of every row, by one backward pass through `classifier`: x (N, ...),
+/// labels `y` (N values in 0..=K; rows with the null label K get 0) -> (N, ...) like x.
+pub fn classifier_gradient(
+    classifier: &dyn NoisyPosterior,
+    x: &Tensor,
+    t: f64,
+    y: &[u32],
+) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let k = classifier.num_classes() as u32;
+    let var = candle_core::Var::from_tensor(&x.detach())?;
+    let tt = Tensor::full(t, (n, 1), x.device())?.to_dtype(x.dtype())?;
+    let logits = classifier.logits(var.as_tensor(), &tt)?;
+    let idx: Vec<u32> = y.iter().map(|&v| v.min(k - 1)).collect();
+    let keep: Vec<f32> = y.iter().map(|&v| f32::from(u8::from(v < k))).collect();
+    let idx = Tensor::from_vec(idx, (n, 1), x.device())?;
+    let keep = Tensor::from_vec(keep, (n, 1), x.device())?.to_dtype(x.dtype())?;
+    let picked = log_softmax(&logits)?.gather(&idx, 1)?;
+    let total = (picked * keep)?.sum_all()?;
+    let grads = total.backward()?;
+    match grads.get(var.as_tensor()) {
+        Some(g) => Ok(g.detach()),
+        None => Ok(x.zeros_like()?),
+    }
 }

@@ -113,6 +113,32 @@ impl GaussianMixture {
         self
     }
 
+    /// The most probable component of x (D values), argmax_k w_k N_k(x): the Bayes classifier
+    /// when the components are the classes.
+    pub fn most_probable(&self, x: &[f64]) -> usize {
+        let mut joint = vec![0.0; self.weights.len()];
+        self.joint(x, &mut joint);
+        (0..joint.len())
+            .max_by(|&a, &b| joint[a].total_cmp(&joint[b]))
+            .unwrap_or(0)
+    }
+
+    /// The guided accuracy of samples `x` (N, D) generated for `labels` (N): the fraction whose
+    /// most probable component is their label.
+    pub fn accuracy(&self, x: ArrayView2<f64>, labels: &[i64]) -> Result<f64> {
+        check_points(&x, self.dim())?;
+        if labels.len() != x.nrows() {
+            bail!("{} labels for {} samples", labels.len(), x.nrows());
+        }
+        let right = x
+            .rows()
+            .into_iter()
+            .zip(labels)
+            .filter(|(r, &y)| self.most_probable(&row(*r)) as i64 == y)
+            .count();
+        Ok(right as f64 / labels.len().max(1) as f64)
+    }
+
     /// log w_k + log N_k(x) for every k, into `out`; returns their max.
     fn joint(&self, x: &[f64], out: &mut [f64]) -> f64 {
         let mut max = f64::NEG_INFINITY;
@@ -213,6 +239,25 @@ mod tests {
         let s = m.score(far.view()).unwrap();
         assert!(s.iter().all(|v| v.is_finite()));
         assert_close(&s, &g.score(far.view()).unwrap(), 1e-12);
+    }
+
+    #[test]
+    fn accuracy_is_that_of_the_bayes_classifier() {
+        let m = GaussianMixture::new(
+            vec![0.2, 0.8],
+            vec![
+                Gaussian::new(vec![-1.0, 0.0], vec![1.0, 1.0]).unwrap(),
+                Gaussian::new(vec![1.0, 0.0], vec![1.0, 1.0]).unwrap(),
+            ],
+        )
+        .unwrap();
+        // The boundary: 0.2 e^{-(x+1)^2/2} = 0.8 e^{-(x-1)^2/2} at x = -ln(4) / 2 = -0.69.
+        let x = ndarray::arr2(&[[-0.8, 5.0], [-0.6, -3.0], [3.0, 0.0], [-3.0, 0.0]]);
+        assert_eq!(m.most_probable(&[-0.8, 5.0]), 0);
+        assert_eq!(m.most_probable(&[-0.6, 5.0]), 1);
+        let acc = m.accuracy(x.view(), &[0, 1, 1, 1]).unwrap();
+        assert!((acc - 0.75).abs() < 1e-12);
+        assert!(m.accuracy(x.view(), &[0, 1]).is_err());
     }
 
     #[test]

@@ -1,22 +1,34 @@
-//! Classifier-free guidance as fields the solvers integrate (notes section 5.1, eq. 65, Remark
-//! 28; the formula, the spec's keys and the conditional models are in [`crate::guidance`]):
-//! [`GuidedField`], a conditional model guided towards one label per sample, as an ODE or its
-//! SDE extension, and [`LabelledVelocity`], a model's velocity for fixed labels.
+//! Classifier-free and classifier guidance as fields the solvers integrate (notes section 5,
+//! eq. 65, Remark 28; the formulas, the spec's keys and the models are in [`crate::guidance`]):
+//! [`GuidedField`], a model guided towards one label per sample, by CFG, a noisy classifier's
+//! gradient or both, as an ODE or its SDE extension, and [`LabelledVelocity`], a model's
+//! velocity for fixed labels.
 
 use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 use super::{sde_drift, Field};
-use crate::guidance::ConditionalVelocity;
 use crate::guidance::{check_labels, guided_velocity, load_conditional, read_labels};
+use crate::guidance::{classifier_gradient, load_classifier, load_velocity};
+use crate::guidance::{ConditionalVelocity, NoisyPosterior};
 use crate::nn::Learned;
 use crate::paths::Param;
 use crate::spec::Keys;
 use crate::Result;
 
-/// The guided field u~ = (1 - w) u(x | ∅) + w u(x | y) of a conditional model, with one label
-/// per sample, as an ODE (sigma = 0) or its SDE extension (see the module doc).
+/// A noisy classifier and its scale w_c: the classifier-guidance term of a [`GuidedField`].
+#[derive(Clone)]
+pub struct ClassifierTerm {
+    pub classifier: Arc<dyn NoisyPosterior>,
+    /// w_c.
+    pub scale: f64,
+}
+
+/// The guided field u~ = (1 - w) u(x | ∅) + w u(x | y) of a conditional model, or with a noisy
+/// classifier u~ = u(x) + w_c c_t grad log p(y | x, t) on the model's unconditional field or
+/// its CFG field (module docs of [`crate::guidance`]), with one label per sample, as an ODE
+/// (sigma = 0) or its SDE extension.
 #[derive(Clone)]
 pub struct GuidedField {
     model: Arc<dyn ConditionalVelocity>,
@@ -25,8 +37,12 @@ pub struct GuidedField {
     /// The samples this field serves: labels[start..start + len].
     start: usize,
     len: usize,
-    /// w, the guidance scale.
+    /// w, the CFG scale; with a classifier `cfg` false means no CFG (the unconditional base).
     pub scale: f64,
+    /// Whether the base is CFG's field (always, without a classifier).
+    pub cfg: bool,
+    /// The classifier-guidance term, if any.
+    pub classifier: Option<ClassifierTerm>,
     /// The constant diffusion coefficient (0: ODE).
     pub sigma: f64,
     /// [a, b]: the times at which w applies (w = 1 elsewhere).
@@ -69,9 +85,91 @@ impl GuidedField {
             start: 0,
             len,
             scale,
+            cfg: true,
+            classifier: None,
             sigma,
             interval: (0.0, 1.0),
         })
+    }
+
+    /// Classifier guidance of `model` by `term` towards `labels` (0..K of the classifier's K
+    /// classes, K the null label), on the model's CFG field with scale `cfg` (a conditional
+    /// model with K classes) or, with `cfg` `None`, on its unconditional field (its null label;
+    /// any velocity model on the classifier's Gaussian path and sample shape).
+    pub fn with_classifier(
+        model: Arc<dyn ConditionalVelocity>,
+        labels: &[i64],
+        cfg: Option<f64>,
+        term: ClassifierTerm,
+        sigma: f64,
+    ) -> Result<GuidedField> {
+        let c = &term.classifier;
+        let (k, name) = (c.num_classes(), c.describe());
+        if !term.scale.is_finite() {
+            bail!("the classifier scale must be finite, got {}", term.scale);
+        }
+        match model.gaussian_path() {
+            Some(p) if p == c.path() => {}
+            Some(p) => bail!(
+                "{name} was trained on the path {} but {} is on {}: train the classifier with \
+                 --path {}",
+                crate::paths::Path::Gaussian(c.path()).name(),
+                model.describe(),
+                crate::paths::Path::Gaussian(p).name(),
+                crate::paths::Path::Gaussian(p).name()
+            ),
+            None => bail!(
+                "{}: classifier guidance needs a model on a Gaussian path (the score's \
+                 conversion)",
+                model.describe()
+            ),
+        }
+        if model.sample_shape().is_some_and(|s| s != c.sample_shape()) {
+            bail!(
+                "{name} classifies samples of shape {:?}, but {} draws {:?}",
+                c.sample_shape(),
+                model.describe(),
+                model.sample_shape().unwrap_or_default()
+            );
+        }
+        let m = model.num_classes();
+        if m != 0 && m != k {
+            bail!(
+                "{name} has {k} classes but {} has {m}: they must agree",
+                model.describe()
+            );
+        }
+        if cfg.is_some() && m == 0 {
+            bail!(
+                "{} is unconditional: CFG (a scale) needs a model trained with labels; give \
+                 the classifier scale alone",
+                model.describe()
+            );
+        }
+        let mut field = match cfg {
+            Some(w) => GuidedField::new(model, &[0], w, sigma)?,
+            None => {
+                if !(sigma >= 0.0 && sigma.is_finite()) {
+                    bail!("sigma must be >= 0, got {sigma}");
+                }
+                GuidedField {
+                    model,
+                    labels: Arc::new(vec![]),
+                    start: 0,
+                    len: 0,
+                    scale: 0.0,
+                    cfg: false,
+                    classifier: None,
+                    sigma,
+                    interval: (0.0, 1.0),
+                }
+            }
+        };
+        let labels = check_labels(labels, k, &format!("the labels for {name}"))?;
+        field.len = labels.len();
+        field.labels = Arc::new(labels);
+        field.classifier = Some(term);
+        Ok(field)
     }
 
     /// Guides only for t in [a, b] (see the module docs); a <= b, both in [0, 1].
@@ -94,8 +192,27 @@ impl GuidedField {
     }
 
     /// u~_t(x): x (N, ...) with N = the number of labels served -> (N, ...). One network call
-    /// on [x; x] with labels [y; ∅].
+    /// (on [x; x] with labels [y; ∅] for CFG), and one backward pass through the classifier.
     pub fn velocity(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let (base, term) = self.parts(x, t)?;
+        match term {
+            None => Ok(base),
+            Some(g) => Ok((base + self.score_to_velocity(&g, t)?)?),
+        }
+    }
+
+    /// c_t g: the velocity term of a score term g at time t (Proposition 1).
+    fn score_to_velocity(&self, g: &Tensor, t: f64) -> Result<Tensor> {
+        let path = self
+            .model
+            .gaussian_path()
+            .ok_or_else(|| anyhow!("{}: this model has no Gaussian path", self.model.describe()))?;
+        Ok(g.affine(path.coefs(t).score_gain(), 0.0)?)
+    }
+
+    /// The base velocity (CFG's, conditional or unconditional) and the classifier's score term
+    /// w_c grad log p(y | x, t) when it applies at t.
+    fn parts(&self, x: &Tensor, t: f64) -> Result<(Tensor, Option<Tensor>)> {
         let n = x.dim(0)?;
         if n != self.len {
             bail!(
@@ -105,6 +222,34 @@ impl GuidedField {
                 self.start + self.len
             );
         }
+        let base = match self.cfg {
+            true => self.cfg_velocity(x, t)?,
+            false => {
+                let null = Tensor::full(self.model.num_classes() as u32, n, x.device())?;
+                let tt = Tensor::full(t, (n, 1), x.device())?.to_dtype(x.dtype())?;
+                self.model.velocity(x, &tt, &null)?
+            }
+        };
+        // Where alpha_t = 0 (t = 0 on every path but vp) x_t is independent of y: p(y | x_t)
+        // is the prior and its gradient exactly 0, whereas a learned classifier's small
+        // spurious gradient would meet c_t's 1 / alpha at its clamp (1 / MIN_DIVISOR).
+        let informative = self
+            .model
+            .gaussian_path()
+            .is_some_and(|p| p.coefs(t).alpha > 0.0);
+        let term = match &self.classifier {
+            Some(c) if self.guides_at(t) && informative => {
+                let g = classifier_gradient(c.classifier.as_ref(), x, t, self.labels())?;
+                Some(g.affine(c.scale, 0.0)?)
+            }
+            _ => None,
+        };
+        Ok((base, term))
+    }
+
+    /// The CFG field of eq. 65 (the conditional field outside the interval).
+    fn cfg_velocity(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let n = x.dim(0)?;
         if !self.guides_at(t) {
             let y = Tensor::from_vec(self.labels().to_vec(), n, x.device())?;
             let tt = Tensor::full(t, (n, 1), x.device())?.to_dtype(x.dtype())?;
@@ -114,10 +259,20 @@ impl GuidedField {
         guided_velocity(self.model.as_ref(), x, t, &y, self.scale)
     }
 
-    /// s~_t(x), the guided score: the conversion of the guided velocity (module doc).
+    /// s~_t(x), the guided score: the conversion of the base velocity (module doc), plus the
+    /// classifier's score term.
     pub fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
-        let u = self.velocity(x, t)?;
-        self.to_score(&u, x, t)
+        Ok(self.velocity_and_score(x, t)?.1)
+    }
+
+    /// (u~, s~) at x and t, from one network call and one classifier backward pass.
+    fn velocity_and_score(&self, x: &Tensor, t: f64) -> Result<(Tensor, Tensor)> {
+        let (base, term) = self.parts(x, t)?;
+        let s = self.to_score(&base, x, t)?;
+        match term {
+            None => Ok((base, s)),
+            Some(g) => Ok(((base + self.score_to_velocity(&g, t)?)?, (s + g)?)),
+        }
     }
 
     fn to_score(&self, u: &Tensor, x: &Tensor, t: f64) -> Result<Tensor> {
@@ -138,11 +293,11 @@ fn to_candle(e: anyhow::Error) -> candle_core::Error {
 impl Field for GuidedField {
     /// The SDE drift u~ + sigma²/2 s~ (u~ when sigma = 0), by [`crate::fields::sde_drift`].
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let u = self.velocity(x, t).map_err(to_candle)?;
-        let drift = sde_drift(&u, self.sigma, || {
-            self.to_score(&u, x, t).map_err(to_candle)
-        })?;
-        Ok(drift.detach())
+        if self.sigma == 0.0 {
+            return Ok(self.velocity(x, t).map_err(to_candle)?.detach());
+        }
+        let (u, s) = self.velocity_and_score(x, t).map_err(to_candle)?;
+        Ok(sde_drift(&u, self.sigma, || Ok(s))?.detach())
     }
     fn diffusion(&self, _t: f64) -> f64 {
         self.sigma
@@ -155,10 +310,17 @@ impl Field for GuidedField {
             (a, b) if a <= 0.0 && b >= 1.0 => String::new(),
             (a, b) => format!(" on t in [{a}, {b}]"),
         };
+        let cfg = match self.cfg {
+            true => format!(", w={}", self.scale),
+            false => String::new(),
+        };
+        let classifier = match &self.classifier {
+            Some(c) => format!(", classifier {} w_c={}", c.classifier.describe(), c.scale),
+            None => String::new(),
+        };
         format!(
-            "guided({}, w={}{interval}, sigma={}, {} labels)",
+            "guided({}{cfg}{classifier}{interval}, sigma={}, {} labels)",
             self.model.describe(),
-            self.scale,
             self.sigma,
             self.len
         )
@@ -239,7 +401,22 @@ pub fn from_keys(k: &mut Keys, device: &Device) -> Result<GuidedField> {
         Some(v) => bail!("field guided: 'model' must be the path of a model file, got {v}"),
         None => bail!("field guided needs 'model', the path of a conditional velocity model"),
     };
-    let scale = k.num("scale", None)?;
+    let classifier = match k.raw("classifier") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v) => bail!("field guided: 'classifier' must be the path of a model file, got {v}"),
+    };
+    let scale = match (&classifier, k.raw("scale")) {
+        (Some(_), None) => None,
+        _ => Some(k.num("scale", None)?),
+    };
+    let classifier_scale = match &classifier {
+        Some(_) => Some(k.num("classifier_scale", None)?),
+        None if k.raw("classifier_scale").is_some() => {
+            bail!("field guided: 'classifier_scale' needs 'classifier'")
+        }
+        None => None,
+    };
     let sigma = k.num("sigma", Some(0.0))?;
     let labels: Vec<i64> = match (k.raw("labels"), k.raw("labels_file")) {
         (Some(_), Some(_)) => bail!("field guided: give 'labels' or 'labels_file', not both"),
@@ -263,10 +440,25 @@ pub fn from_keys(k: &mut Keys, device: &Device) -> Result<GuidedField> {
             _ => bail!("field guided: 'interval' must be [a, b], two times in [0, 1], got {v}"),
         },
     };
-    let model = load_conditional(&path, device)?;
-    let name = model.name.clone();
-    let field = GuidedField::new(Arc::new(model), &labels, scale, sigma)
-        .map_err(|e| anyhow!("guiding {name}: {e:#}"))?;
+    let field = match (classifier, classifier_scale) {
+        (Some(c), Some(w_c)) => {
+            let model = load_velocity(&path, scale.is_some(), device)?;
+            let name = model.name.clone();
+            let term = ClassifierTerm {
+                classifier: Arc::new(load_classifier(&c, device)?),
+                scale: w_c,
+            };
+            GuidedField::with_classifier(Arc::new(model), &labels, scale, term, sigma)
+                .map_err(|e| anyhow!("guiding {name}: {e:#}"))?
+        }
+        _ => {
+            let model = load_conditional(&path, device)?;
+            let name = model.name.clone();
+            let scale = scale.unwrap_or_default();
+            GuidedField::new(Arc::new(model), &labels, scale, sigma)
+                .map_err(|e| anyhow!("guiding {name}: {e:#}"))?
+        }
+    };
     match interval {
         Some((a, b)) => field.with_interval(a, b),
         None => Ok(field),
@@ -276,7 +468,7 @@ pub fn from_keys(k: &mut Keys, device: &Device) -> Result<GuidedField> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guidance::each_class;
+    use crate::guidance::{each_class, NoisyPosterior};
     use crate::paths::GaussianPath;
     use candle_core::DType;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -537,6 +729,266 @@ mod tests {
         assert!(format!("{err:#}").contains("7 labels"), "{err:#}");
         let x = Tensor::zeros((3, 2), DType::F32, &cpu).unwrap();
         assert!(solve(&g, &x, &grid, &opts, None).is_err());
+    }
+
+    /// A Gaussian mixture of classes k = 0..K (weights pi_k, class k N(m_k, s_k^2 I)) along a
+    /// Gaussian path: the exact posterior p(k | x_t, t) as a classifier (logits log pi_k +
+    /// log N(x; alpha m_k, v_k I), in tensor ops, so that its gradient goes through autograd as a
+    /// network's does) and the exact marginal field sum_k p(k | x) u_t(x | k) as an unconditional
+    /// model.
+    struct Mixture {
+        classes: GaussianClasses,
+        weights: Vec<f64>,
+    }
+
+    impl Mixture {
+        fn new() -> Arc<Mixture> {
+            Arc::new(Mixture {
+                classes: GaussianClasses::new(
+                    vec![
+                        vec![-3.0, 0.0],
+                        vec![3.0, 0.0],
+                        vec![0.0, 4.0],
+                        vec![0.0, 0.0],
+                    ],
+                    vec![0.6, 0.8, 0.5, 1.0],
+                    GaussianPath::CONDOT,
+                ),
+                weights: vec![0.3, 0.3, 0.4],
+            })
+        }
+
+        /// p(k | x, t) for every class, in f64.
+        fn posterior(&self, x: &[f64], t: f64) -> Vec<f64> {
+            let c = self.classes.path.coefs(t);
+            let logs: Vec<f64> = (0..self.weights.len())
+                .map(|k| {
+                    let v = c.alpha * c.alpha * self.classes.stds[k].powi(2) + c.beta * c.beta;
+                    let d2: f64 = x
+                        .iter()
+                        .zip(&self.classes.means[k])
+                        .map(|(xi, mi)| (xi - c.alpha * mi).powi(2))
+                        .sum();
+                    self.weights[k].ln() - v.ln() * x.len() as f64 / 2.0 - d2 / (2.0 * v)
+                })
+                .collect();
+            let top = logs.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logs.iter().map(|l| (l - top).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|v| v / z).collect()
+        }
+
+        /// (velocity, score) of the mixture's marginal at x, t.
+        fn marginal(&self, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>) {
+            let p = self.posterior(x, t);
+            let (mut u, mut s) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            for (k, pk) in p.iter().enumerate() {
+                let (uk, sk) = self.classes.exact(k, x, t);
+                for j in 0..x.len() {
+                    u[j] += pk * uk[j];
+                    s[j] += pk * sk[j];
+                }
+            }
+            (u, s)
+        }
+    }
+
+    impl ConditionalVelocity for Mixture {
+        fn velocity(&self, x: &Tensor, t: &Tensor, _y: &Tensor) -> Result<Tensor> {
+            let n = x.dim(0)?;
+            let xs = x.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            let ts = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            let out: Vec<f64> = (0..n)
+                .flat_map(|i| self.marginal(&xs[i], ts[i]).0)
+                .collect();
+            Ok(Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(x.dtype())?)
+        }
+        fn num_classes(&self) -> usize {
+            0
+        }
+        fn gaussian_path(&self) -> Option<GaussianPath> {
+            Some(self.classes.path)
+        }
+        fn sample_shape(&self) -> Option<Vec<usize>> {
+            Some(vec![2])
+        }
+        fn describe(&self) -> String {
+            "mixture marginal".into()
+        }
+    }
+
+    impl NoisyPosterior for Mixture {
+        fn logits(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+            let ts = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            let c = self.classes.path.coefs(ts[0]);
+            let mut cols = Vec::new();
+            for (k, w) in self.weights.iter().enumerate() {
+                let v = c.alpha * c.alpha * self.classes.stds[k].powi(2) + c.beta * c.beta;
+                let m: Vec<f64> = self.classes.means[k].iter().map(|m| c.alpha * m).collect();
+                let m = Tensor::from_vec(m, (1, 2), x.device())?.to_dtype(x.dtype())?;
+                let d2 = x.broadcast_sub(&m)?.sqr()?.sum_keepdim(1)?;
+                cols.push(d2.affine(-0.5 / v, w.ln() - v.ln())?);
+            }
+            Tensor::cat(&cols, 1)
+        }
+        fn num_classes(&self) -> usize {
+            self.weights.len()
+        }
+        fn path(&self) -> GaussianPath {
+            self.classes.path
+        }
+        fn sample_shape(&self) -> Vec<usize> {
+            vec![2]
+        }
+        fn describe(&self) -> String {
+            "exact posterior".into()
+        }
+    }
+
+    fn term(m: &Arc<Mixture>, scale: f64) -> ClassifierTerm {
+        ClassifierTerm {
+            classifier: m.clone(),
+            scale,
+        }
+    }
+
+    fn close(a: f64, b: f64, what: &str) {
+        // f32 arithmetic of the gradient and the velocity, and c_t up to 4.
+        assert!((a - b).abs() < 2e-4 * (1.0 + b.abs()), "{what}: {a} vs {b}");
+    }
+
+    #[test]
+    fn classifier_guidance_at_w_1_with_the_exact_posterior_is_the_exact_conditional_field() {
+        // grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x), and u = c_t s + (d_alpha /
+        // alpha) x is affine in s: u_t(x) + c_t grad log p_t(y | x) = u_t(x | y) exactly.
+        let m = Mixture::new();
+        let labels = [0i64, 1, 2, 3];
+        let (x, pts) = points();
+        for sigma in [0.0, 0.7] {
+            let g = GuidedField::with_classifier(m.clone(), &labels, None, term(&m, 1.0), sigma)
+                .unwrap();
+            for t in [0.1, 0.4, 0.8, 0.95] {
+                let got = rows(&g.velocity(&x, t).unwrap());
+                let drift = rows(&g.drift(&x, t).unwrap());
+                for (i, p) in pts.iter().enumerate() {
+                    let (want, ws) = match labels[i] {
+                        3 => m.marginal(p, t), // the null label: unguided
+                        y => m.classes.exact(y as usize, p, t),
+                    };
+                    for j in 0..2 {
+                        let what = format!("t {t} row {i}");
+                        close(got[i][j], want[j], &what);
+                        close(drift[i][j], want[j] + 0.5 * sigma * sigma * ws[j], &what);
+                    }
+                }
+            }
+            // At t = 0 (alpha = 0) x_t says nothing of y: no classifier term at all.
+            let at0 = rows(&g.velocity(&x, 0.0).unwrap());
+            for (i, p) in pts.iter().enumerate() {
+                let (u, _) = m.marginal(p, 0.0);
+                for j in 0..2 {
+                    close(at0[i][j], u[j], "t = 0");
+                }
+            }
+            // w_c = 0 is the marginal field; w_c = 2 doubles the classifier's pull.
+            let t = 0.5;
+            for w in [0.0, 2.0] {
+                let g = GuidedField::with_classifier(m.clone(), &labels, None, term(&m, w), sigma)
+                    .unwrap();
+                let got = rows(&g.velocity(&x, t).unwrap());
+                for (i, p) in pts.iter().enumerate().take(3) {
+                    let (u, _) = m.marginal(p, t);
+                    let (uy, _) = m.classes.exact(labels[i] as usize, p, t);
+                    for j in 0..2 {
+                        close(got[i][j], u[j] + w * (uy[j] - u[j]), &format!("w {w}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn classifier_guidance_adds_to_cfg() {
+        // u~ = (1 - w) u(x | ∅) + w u(x | y) + w_c c_t grad log p(y | x), the gradient from the
+        // closed form c_t grad log p(y | x) = u(x | y) - u(x) of the mixture.
+        let cfg = classes(); // 2 classes and a null; the mixture's classes 0 and 1 guide it.
+        let m = Arc::new(Mixture {
+            classes: GaussianClasses::new(
+                vec![vec![2.0, -1.0], vec![-3.0, 0.5], vec![0.0, 0.0]],
+                vec![0.5, 0.3, 1.0],
+                GaussianPath::CONDOT,
+            ),
+            weights: vec![0.5, 0.5],
+        });
+        let labels = [0i64, 1, 0, 2];
+        let (x, pts) = points();
+        let (w, wc, t) = (2.0, 1.5, 0.6);
+        let g =
+            GuidedField::with_classifier(cfg.clone(), &labels, Some(w), term(&m, wc), 0.0).unwrap();
+        let got = rows(&g.velocity(&x, t).unwrap());
+        for (i, p) in pts.iter().enumerate() {
+            let y = labels[i] as usize;
+            let (uy, _) = cfg.exact(y, p, t);
+            let (u0, _) = cfg.exact(2, p, t);
+            for j in 0..2 {
+                let pull = match y {
+                    2 => 0.0,
+                    _ => m.classes.exact(y, p, t).0[j] - m.marginal(p, t).0[j],
+                };
+                let want = (1.0 - w) * u0[j] + w * uy[j] + wc * pull;
+                close(got[i][j], want, &format!("row {i}"));
+            }
+        }
+    }
+
+    #[test]
+    fn classifier_guidance_refuses_what_does_not_fit() {
+        let m = Mixture::new();
+        let err = |r: Result<GuidedField>| format!("{:#}", r.err().unwrap());
+        let e = err(GuidedField::with_classifier(
+            m.clone(),
+            &[4],
+            None,
+            term(&m, 1.0),
+            0.0,
+        ));
+        assert!(e.contains("label 4 (sample 0)"), "{e}");
+        let e = err(GuidedField::with_classifier(
+            m.clone(),
+            &[0],
+            Some(2.0),
+            term(&m, 1.0),
+            0.0,
+        ));
+        assert!(e.contains("unconditional"), "{e}");
+        // A conditional model with another class count.
+        let e = err(GuidedField::with_classifier(
+            classes(),
+            &[0],
+            None,
+            term(&m, 1.0),
+            0.0,
+        ));
+        assert!(e.contains("3 classes but gaussian classes has 2"), "{e}");
+        let other = Arc::new(Mixture {
+            classes: GaussianClasses::new(
+                m.classes.means.clone(),
+                m.classes.stds.clone(),
+                GaussianPath::SQRT,
+            ),
+            weights: m.weights.clone(),
+        });
+        let e = err(GuidedField::with_classifier(
+            m.clone(),
+            &[0],
+            None,
+            term(&other, 1.0),
+            0.0,
+        ));
+        assert!(
+            e.contains("path sqrt") && e.contains("--path condot"),
+            "{e}"
+        );
     }
 
     #[test]

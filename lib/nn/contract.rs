@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 use super::classifier::{Classifier, ClassifierConfig};
+use super::noisy::{NoisyClassifier, NoisyConfig};
 use super::vae::{Vae, VaeConfig};
 use super::{build, Params};
 use crate::discrete::net::{Denoiser, DenoiserConfig};
@@ -77,6 +78,18 @@ fn networks() -> Vec<(String, Value, Vec<String>)> {
     let params = Params::new(0, &dev);
     Classifier::new(&cfg, &params).unwrap();
     add("cnn", cfg.to_json(), &params);
+    for c in [
+        json!({"arch": "tmlp", "data_shape": [2], "hidden": [8, 8], "time_features": 2,
+               "num_classes": 3, "path": "condot"}),
+        json!({"arch": "tcnn", "data_shape": [1, 8, 8], "channels": [4, 8], "features": 6,
+               "groups": 2, "time_features": 1, "num_classes": 3, "path": "condot"}),
+    ] {
+        let cfg = NoisyConfig::from_json(&c).unwrap();
+        let params = Params::new(0, &dev);
+        NoisyClassifier::new(&cfg, &params).unwrap();
+        let arch = c["arch"].as_str().unwrap();
+        add(arch, cfg.to_json(), &params);
+    }
     let vocab = Vocab::from_lines(&["ab", "ba"], Unit::Chars);
     let c = json!({"arch": "token-transformer", "vocab": vocab.to_json(), "seq_len": 3,
                    "width": 8, "depth": 1, "heads": 2, "time_features": 8, "num_classes": 2,

@@ -29,6 +29,7 @@ pub mod init;
 pub mod layers;
 pub mod learned;
 pub mod mlp;
+pub mod noisy;
 pub mod ops;
 pub mod unet;
 pub mod vae;

@@ -79,12 +79,7 @@ impl GaussianPath {
                 // u = (d_alpha / alpha) x + (d_beta - d_alpha beta / alpha) eps^  (Prop. 1)
                 _ => {
                     let eps = to_noise(&c, from, pred, x)?;
-                    c.lin(
-                        x,
-                        |k| k.d_alpha * k.inv_alpha(),
-                        &eps,
-                        |k| k.d_beta - k.d_alpha * k.beta * k.inv_alpha(),
-                    )
+                    c.lin(x, |k| k.d_alpha * k.inv_alpha(), &eps, |k| k.eps_gain())
                 }
             },
         }
@@ -156,6 +151,9 @@ mod tests {
                     * sv[i] as f64
                     + k.d_alpha / k.alpha * xv[i] as f64;
                 assert!((u[i] as f64 - want).abs() < 1e-4 * want.abs().max(1.0));
+                // The score's weight alone, as classifier guidance uses it.
+                let c = k.beta * k.beta * k.d_alpha / k.alpha - k.d_beta * k.beta;
+                assert!((k.score_gain() - c).abs() < 1e-9 * c.abs().max(1.0));
             }
         }
     }

@@ -189,6 +189,19 @@ impl Coefs {
     pub fn det(&self) -> f64 {
         self.d_alpha * self.beta - self.alpha * self.d_beta
     }
+
+    /// d_beta - d_alpha beta / alpha: the weight of the noise posterior mean eps^ in the velocity
+    /// u = (d_alpha / alpha) x + (d_beta - d_alpha beta / alpha) eps^ (Proposition 1).
+    pub fn eps_gain(&self) -> f64 {
+        self.d_beta - self.d_alpha * self.beta * self.inv_alpha()
+    }
+
+    /// c_t = beta^2 d_alpha / alpha - d_beta beta: the weight of the score in the velocity,
+    /// u = c_t s + (d_alpha / alpha) x (Proposition 1, as eps^ = -beta s), so a score term
+    /// (classifier guidance's grad log p(y | x)) is the velocity term c_t times it.
+    pub fn score_gain(&self) -> f64 {
+        -self.beta * self.eps_gain()
+    }
 }
 
 /// Per-row schedule coefficients, applied as (N, 1, ..., 1) columns broadcast against `like`.

@@ -21,6 +21,7 @@ pub mod driver;
 pub mod ema;
 pub mod flags;
 pub mod losses;
+pub mod noisy;
 pub mod optim;
 pub mod preview;
 pub mod shortcut;

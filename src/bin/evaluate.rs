@@ -57,9 +57,20 @@ struct Args {
     /// A classifier model file: compare images (N, C, H, W) in its feature space
     #[arg(long, value_name = "PATH")]
     classifier: Option<String>,
-    /// The labels the samples were generated for, (N,) i64: reports the guided accuracy
-    #[arg(long, value_name = "PATH", requires = "classifier")]
+    /// The labels the samples were generated for, (N,) i64: reports the guided accuracy (needs
+    /// --classifier or --posterior)
+    #[arg(long, value_name = "PATH")]
     labels: Option<String>,
+    /// Points: a Gaussian-mixture density spec whose components are the classes (as
+    /// sample-data labels them); with --labels, guided_accuracy is the fraction of samples whose
+    /// most probable component (the exact posterior's argmax) is their label
+    #[arg(
+        long,
+        value_name = "SPEC",
+        requires = "labels",
+        conflicts_with = "classifier"
+    )]
+    posterior: Option<String>,
     /// Real held-out images: the same figures for them against the reference (the floor), on a
     /// seeded subset of as many images as there are samples, so that both FIDs carry the same
     /// small-sample bias
@@ -106,7 +117,17 @@ fn run(args: Args) -> Result<()> {
         args.heldout_labels.as_ref(),
         args.classifier.as_ref(),
     ])?;
-    let report = match &args.classifier {
+    if args.labels.is_some() && args.classifier.is_none() && args.posterior.is_none() {
+        usage_bail!("--labels needs --classifier (images) or --posterior (points)");
+    }
+    if args.posterior.is_some() && args.input == "-" {
+        usage_bail!("--posterior reads the samples twice: give them as a file, not stdin");
+    }
+    let posterior = match &args.posterior {
+        Some(spec) => Some(flowpipe::densities::mixture_from_spec(spec)?),
+        None => None,
+    };
+    let mut report = match &args.classifier {
         Some(classifier) => {
             if args.kid_subset_size < 2 {
                 usage_bail!("--kid-subset-size must be at least 2");
@@ -137,6 +158,18 @@ fn run(args: Args) -> Result<()> {
             report::compare_files(&args.input, &reference, &opts, &args.common)?
         }
     };
+    if let (Some(mix), Some(labels)) = (&posterior, &args.labels) {
+        let x = io::npy::read_f32(&args.input)?;
+        let name = io::display_name(&args.input);
+        let x = x
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| anyhow::anyhow!("expected points (N, D) for --posterior in {name}"))?;
+        let y = flowpipe::guidance::read_labels(labels)?;
+        let acc = mix
+            .accuracy(x.mapv(f64::from).view(), &y)
+            .map_err(|e| anyhow::anyhow!("{name} with {}: {e:#}", io::display_name(labels)))?;
+        report["guided_accuracy"] = serde_json::json!(acc);
+    }
     io::write_json(&args.common.output, &report)
 }
 

@@ -7,6 +7,7 @@ mod couplings;
 mod discrete;
 mod distill;
 mod foundation;
+mod guidance;
 mod hardening;
 mod images;
 mod import;

@@ -302,7 +302,21 @@ fn make_latent_and_lab3_run_every_stage() {
     }
     let out = tmp();
     let data_dir = format!("FLOWPIPE_DATA={}", data.path().display());
-    make_small(&["latent", "lab3", "lab3-sanity"], out.path(), &[data_dir]);
+    let targets = ["latent", "lab3", "lab3-sanity", "guidance-latent"];
+    make_small(&targets, out.path(), &[data_dir]);
+    // Classifier guidance beside CFG on the latents (issue 27): a row per method and w.
+    let gl = out.path().join("guidance").join("latent");
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gl.join("guidance.json")).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2, "{rows:?}");
+    for r in rows {
+        assert!(r["evaluate"]["classifier_fid"]["value"].is_number(), "{r}");
+        assert!(r["evaluate"]["guided_accuracy"]["value"].is_number(), "{r}");
+    }
+    assert!(std::fs::read(gl.join("guidance.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
     let lat = out.path().join("latent");
     let read = |name: &str| std::fs::read(lat.join(name)).unwrap();
     assert_eq!(npy_f32(&read("latents.npy")).shape(), &[20, 4, 8, 8]);
