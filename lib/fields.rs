@@ -73,6 +73,12 @@ pub trait Field {
     fn rows(&self, _start: u64, _len: usize) -> Result<Option<Box<dyn Field + '_>>> {
         Ok(None)
     }
+    /// Whether candle's autograd through [`Field::drift`] gives the drift's exact Jacobian in x
+    /// (a likelihood's divergence needs it). A drift that holds an inner gradient as a constant,
+    /// as classifier guidance does with its classifier's, says false.
+    fn differentiable(&self) -> bool {
+        true
+    }
     /// The Gaussian path the field's velocity belongs to, for samplers that read the posterior
     /// means through it (DDIM); `None` (the default) for other fields.
     fn gaussian_path(&self) -> Option<crate::paths::GaussianPath> {

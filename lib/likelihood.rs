@@ -291,6 +291,13 @@ pub fn log_likelihood(
             field.describe()
         )
     })?;
+    if !field.differentiable() {
+        bail!(
+            "{} is not differentiable through candle's graph (classifier guidance takes its \
+             classifier's gradient as a constant): its divergence cannot be computed",
+            field.describe()
+        );
+    }
     if field.diffusion(1.0) != 0.0 || field.diffusion(0.0) != 0.0 {
         bail!(
             "a likelihood is the ODE's: give the model with sigma 0, not {}",

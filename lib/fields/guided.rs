@@ -293,11 +293,17 @@ fn to_candle(e: anyhow::Error) -> candle_core::Error {
 impl Field for GuidedField {
     /// The SDE drift u~ + sigma²/2 s~ (u~ when sigma = 0), by [`crate::fields::sde_drift`].
     fn drift(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        // The graph is kept only when x asks for one (a likelihood's divergence).
+        let keep = |u: Tensor| if x.track_op() { u } else { u.detach() };
         if self.sigma == 0.0 {
-            return Ok(self.velocity(x, t).map_err(to_candle)?.detach());
+            return Ok(keep(self.velocity(x, t).map_err(to_candle)?));
         }
         let (u, s) = self.velocity_and_score(x, t).map_err(to_candle)?;
-        Ok(sde_drift(&u, self.sigma, || Ok(s))?.detach())
+        Ok(keep(sde_drift(&u, self.sigma, || Ok(s))?))
+    }
+    fn differentiable(&self) -> bool {
+        // The classifier's gradient enters as a constant (its own backward pass).
+        self.classifier.is_none()
     }
     fn diffusion(&self, _t: f64) -> f64 {
         self.sigma
