@@ -19,7 +19,7 @@ use std::process::ExitCode;
     version,
     allow_negative_numbers = true,
     after_help = "Example:\n  sample-noise -n 64 --shape 1,28,28 --seed 1 | render-grid --upscale 2 -o grid.png\n  \
-                  sample-noise -n 500 --model ve.safetensors | simulate-sde --model ve.safetensors --method ddim -o x.npy"
+                  sample-noise -n 500 --model ve.safetensors | simulate-sde --field ve.safetensors --solver ddim --steps 200 -o x.npy"
 )]
 struct Args {
     /// Number of samples
