@@ -13,8 +13,9 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::checkpoint::TrainState;
+use super::flags::{CheckpointFlags, LogFlags};
 use super::losses::Dataset;
-use super::optim::AdamWConfig;
+use super::optim::{AdamWConfig, Decay, Schedule};
 use super::trainer::{self, LoopOptions};
 use crate::io::npy::shape_str;
 use crate::nn::classifier::{self, Classifier, ClassifierConfig};
@@ -107,6 +108,75 @@ pub fn predict(
 pub fn accuracy(predicted: &[u32], labels: &[u32]) -> f64 {
     let right = predicted.iter().zip(labels).filter(|(p, y)| p == y).count();
     right as f64 / labels.len().max(1) as f64
+}
+
+/// The class count of a classifier tool's run: `classes` (`--classes`), or 1 + the largest
+/// training label, at least 2; refused (exit 2) when a set holds a larger label, and an error
+/// when the held-out samples differ in shape from the training ones.
+pub fn class_count(
+    train: &Labelled,
+    test: Option<&Labelled>,
+    classes: Option<usize>,
+) -> Result<usize> {
+    let classes = classes.unwrap_or(train.classes()).max(2);
+    for set in std::iter::once(train).chain(test) {
+        if set.classes() > classes {
+            crate::usage_bail!(
+                "--classes {classes} is too few: {} holds the label {}",
+                set.images.name,
+                set.classes() - 1
+            );
+        }
+        if set.images.shape != train.images.shape {
+            bail!(
+                "the test samples {} are {:?} each but the training samples {:?}",
+                set.images.name,
+                set.images.shape,
+                train.images.shape
+            );
+        }
+    }
+    Ok(classes)
+}
+
+/// The classifier tools' optimiser: AdamW at `lr` with a cosine decay to 0 over `steps`.
+pub fn cosine_adamw(lr: f64, steps: u64, weight_decay: f64) -> AdamWConfig {
+    let schedule = Schedule {
+        lr,
+        warmup: 0,
+        decay: Decay::Cosine,
+        total: steps,
+    };
+    AdamWConfig::new(schedule, weight_decay)
+}
+
+/// The classifier tools' loop settings from their shared flags.
+pub fn loop_options(
+    steps: u64,
+    logging: &LogFlags,
+    checkpoints: &CheckpointFlags,
+    quiet: bool,
+) -> LoopOptions {
+    LoopOptions {
+        total_steps: steps,
+        log: logging.log.clone(),
+        log_every: logging.log_every,
+        checkpoint: checkpoints.checkpoint.clone(),
+        checkpoint_every: checkpoints.checkpoint_every,
+        quiet,
+        ..Default::default()
+    }
+}
+
+/// The classifier tools' closing report (one JSON line on stderr).
+pub fn report(summary: &trainer::Summary, test_accuracy: Value, n_test: Option<usize>) -> Value {
+    json!({
+        "steps": summary.steps,
+        "seconds": (summary.seconds * 100.0).round() / 100.0,
+        "final_loss": summary.last_loss,
+        "test_accuracy": test_accuracy,
+        "n_test": n_test,
+    })
 }
 
 /// How [`fit`] trains.

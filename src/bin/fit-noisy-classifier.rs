@@ -7,13 +7,12 @@ use flowpipe::cli::{self, at_least_1, Common};
 use flowpipe::io::{self, npy};
 use flowpipe::nn::noisy::{NoisyArch, NoisyConfig};
 use flowpipe::paths::{Path, TimeDensity};
-use flowpipe::train::classify::Labelled;
+use flowpipe::train::checkpoint;
+use flowpipe::train::classify::{self, Labelled};
 use flowpipe::train::driver::PathArg;
 use flowpipe::train::flags::{self, CheckpointFlags, LogFlags};
 use flowpipe::train::losses::Dataset;
 use flowpipe::train::noisy::{self as noisy, NoisyFit};
-use flowpipe::train::optim::{AdamWConfig, Decay, Schedule};
-use flowpipe::train::{checkpoint, trainer::LoopOptions};
 use flowpipe::{usage_bail, Result};
 use serde_json::json;
 use std::process::ExitCode;
@@ -130,24 +129,7 @@ fn run(args: Args) -> Result<()> {
         (Some(x), Some(y)) => Some(read_labelled(x, y)?),
         _ => None,
     };
-    let classes = args.classes.unwrap_or(train.classes()).max(2);
-    for set in std::iter::once(&train).chain(&test) {
-        if set.classes() > classes {
-            usage_bail!(
-                "--classes {classes} is too few: {} holds the label {}",
-                set.images.name,
-                set.classes() - 1
-            );
-        }
-        if set.images.shape != train.images.shape {
-            anyhow::bail!(
-                "the test samples {} are {:?} each but the training samples {:?}",
-                set.images.name,
-                set.images.shape,
-                train.images.shape
-            );
-        }
-    }
+    let classes = classify::class_count(&train, test.as_ref(), args.classes)?;
     let arch = match train.images.shape.len() {
         1 => NoisyArch::Mlp {
             hidden: args.hidden.clone(),
@@ -166,37 +148,24 @@ fn run(args: Args) -> Result<()> {
             num_classes: classes,
             path,
         },
-        optimizer: AdamWConfig::new(
-            Schedule {
-                lr: args.lr,
-                warmup: 0,
-                decay: Decay::Cosine,
-                total: args.steps,
-            },
-            args.weight_decay,
-        ),
+        optimizer: classify::cosine_adamw(args.lr, args.steps, args.weight_decay),
         time: args.time_density,
         batch: args.batch,
         seed: args.common.seed,
-        loop_opts: LoopOptions {
-            total_steps: args.steps,
-            log: args.logging.log.clone(),
-            log_every: args.logging.log_every,
-            checkpoint: args.checkpoints.checkpoint.clone(),
-            checkpoint_every: args.checkpoints.checkpoint_every,
-            quiet: args.common.quiet,
-            ..Default::default()
-        },
+        loop_opts: classify::loop_options(
+            args.steps,
+            &args.logging,
+            &args.checkpoints,
+            args.common.quiet,
+        ),
     };
     let fitted = noisy::fit(&opts, &train, test.as_ref(), &device)?;
     checkpoint::save_model(&args.common.output, &fitted.config, &fitted.state)?;
-    let report = json!({
-        "steps": fitted.summary.steps,
-        "seconds": (fitted.summary.seconds * 100.0).round() / 100.0,
-        "final_loss": fitted.summary.last_loss,
-        "test_accuracy": fitted.test_accuracy,
-        "n_test": test.as_ref().map(|t| t.images.n),
-    });
+    let report = classify::report(
+        &fitted.summary,
+        json!(fitted.test_accuracy),
+        test.as_ref().map(|t| t.images.n),
+    );
     args.common.say(report.to_string());
     Ok(())
 }
