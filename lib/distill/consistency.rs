@@ -38,6 +38,9 @@ use crate::paths::TimeDensity;
 use crate::rng::{self, Purpose};
 use crate::Result;
 
+/// The `parametrisation` of a consistency model's config.
+pub const PARAMETRISATION: &str = "consistency: f(x, t) = x + (1 - t) F(x, t)";
+
 /// f(x, t) = x + (1 - t) F(x, t): x (N, ...), t per row, y (N,) labels or `None`.
 pub fn consistency_fn(
     net: &dyn FieldNet,

@@ -165,7 +165,7 @@ pub fn student_config(method: Method, arch: &Value, teacher_path: &Path, about: 
             c["path"] = teacher_path.to_json();
         }
         Method::Consistency => {
-            c["parametrisation"] = json!("consistency: f(x, t) = x + (1 - t) F(x, t)");
+            c["parametrisation"] = json!(consistency::PARAMETRISATION);
             c["path"] = teacher_path.to_json();
         }
     }

@@ -16,6 +16,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod classify;
+pub mod consistency;
 pub mod coupling;
 pub mod driver;
 pub mod ema;

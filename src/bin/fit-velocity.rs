@@ -53,7 +53,9 @@ struct Args {
     interpolant_noise: Option<f64>,
     /// What to learn. `shortcut`: a shortcut model from the data (Frans et al. 2024; see
     /// flowpipe::train::shortcut), u(x, t, d) for jumps of any size d, written as a `flowmap`
-    /// model: sample it with `sample-fewstep --steps K` (1 to 128 jumps) [default: flow-matching]
+    /// model: sample it with `sample-fewstep --steps K` (1 to 128 jumps). `consistency`:
+    /// consistency training (Song et al. 2023; flowpipe::train::consistency), f(x_t, t) -> the
+    /// trajectory's end, a `consistency` model for `sample-fewstep` [default: flow-matching]
     #[arg(long, value_enum)]
     objective: Option<Objective>,
     #[command(flatten)]

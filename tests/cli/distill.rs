@@ -570,12 +570,12 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     }
 }
 
-/// fit-velocity --objective shortcut (issue 28): a shortcut model trained from the checkerboard
-/// data alone samples in one jump far closer to the data than a flow matching model of the same
-/// size and steps sampled by one Euler step; it resumes into the same file, and its flags are
-/// checked.
+/// fit-velocity --objective shortcut and consistency (issue 28): a shortcut model and a
+/// consistency model trained from the checkerboard data alone sample in one step far closer to
+/// the data than a flow matching model of the same size and steps sampled by one Euler step;
+/// each resumes into the same file, and their flags are checked.
 #[test]
-fn a_shortcut_model_from_data_beats_one_euler_step() {
+fn few_step_models_from_data_beat_one_euler_step() {
     let dir = tmp();
     let (data, refs, noise) = (
         path(&dir, "d.npy"),
@@ -597,10 +597,11 @@ fn a_shortcut_model_from_data_beats_one_euler_step() {
         &["-n", "1000", "--shape", "2", "--seed", "3", "-o", &noise],
         b"",
     );
-    let (fm, sc, ck) = (
+    let (fm, sc, ck, ck_ct) = (
         path(&dir, "fm.st"),
         path(&dir, "sc.st"),
         path(&dir, "ck-{step}.st"),
+        path(&dir, "ck-ct-{step}.st"),
     );
     let train = [
         "--data",
@@ -644,6 +645,54 @@ fn a_shortcut_model_from_data_beats_one_euler_step() {
     );
     let m = flowpipe::io::model::load(&sc, &candle_core::Device::Cpu).unwrap();
     assert_eq!(m.kind(), "flowmap");
+    // Consistency training on the same budget: its one step must be as clearly better.
+    let (ct, x_ct) = (path(&dir, "ct.st"), path(&dir, "xct.npy"));
+    let consistency = [&train[..], &["--objective", "consistency"]].concat();
+    let keep_ct = [
+        "--checkpoint",
+        &ck_ct,
+        "--checkpoint-every",
+        "750",
+        "-o",
+        &ct,
+    ];
+    ok(FIT, &[&consistency[..], &keep_ct].concat(), b"");
+    ok(
+        FEW,
+        &[&noise, "--model", &ct, "--steps", "1", "-q", "-o", &x_ct],
+        b"",
+    );
+    let e_ct = energy(&x_ct, &refs);
+    assert!(
+        e_ct < 0.3 * e_fm,
+        "one consistency step {e_ct} against one Euler step {e_fm}"
+    );
+    let m = flowpipe::io::model::load(&ct, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.kind(), "consistency");
+    // Resumed halfway (the curriculum depends on the step only): the same bytes.
+    let again_ct = path(&dir, "again-ct.st");
+    let resume_ct = [
+        "--data",
+        &data,
+        "--resume",
+        &ck_ct.replace("{step}", "750"),
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        &again_ct,
+    ];
+    ok(FIT, &resume_ct, b"");
+    assert_eq!(
+        std::fs::read(&ct).unwrap(),
+        std::fs::read(&again_ct).unwrap()
+    );
+    let r = run(
+        FIT,
+        &[&consistency[..], &["--source", &data, "-o", &ct]].concat(),
+        b"",
+    );
+    fails(&r, 2, &["--source"]);
     // Resumed from the middle without repeating --objective: the same file.
     let again = path(&dir, "again.st");
     let ck750 = ck.replace("{step}", "750");

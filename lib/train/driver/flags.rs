@@ -54,6 +54,10 @@ pub enum Objective {
     /// A shortcut model (Frans et al. 2024) from data: u(x, t, d) for jumps d, flow matching
     /// at d = 0 plus self-consistency across step sizes; a `flowmap` file for sample-fewstep
     Shortcut,
+    /// Consistency training (Song et al. 2023) from data: f(x, t) maps a point of the path to
+    /// the trajectory's end, from pairs of adjacent times on one draw of the path; a
+    /// `consistency` file for sample-fewstep
+    Consistency,
 }
 
 impl Objective {
@@ -61,6 +65,16 @@ impl Objective {
         match self {
             Objective::FlowMatching => "flow-matching",
             Objective::Shortcut => "shortcut",
+            Objective::Consistency => "consistency",
+        }
+    }
+
+    /// The kind of the model file the objective writes.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Objective::FlowMatching => "velocity",
+            Objective::Shortcut => "flowmap",
+            Objective::Consistency => "consistency",
         }
     }
 }
@@ -178,19 +192,27 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
             );
         }
     }
-    if spec.objective == Some(Objective::Shortcut)
-        && spec_path(spec).is_some_and(|p| p.init_std() != 1.0)
-    {
-        usage_bail!(
-            "--objective shortcut jumps from N(0, I) noise; --path ve starts from N(0, 50^2 I): \
-             use another path"
-        );
-    }
-    if spec.objective == Some(Objective::Shortcut) && f.sample_grid.is_some() {
-        usage_bail!(
-            "--sample-grid draws a velocity model's ODE; sample a shortcut model with \
-             sample-fewstep"
-        );
+    // The few-step objectives sample from N(0, I) with sample-fewstep.
+    if let Some(o) = spec.objective.filter(|&o| o != Objective::FlowMatching) {
+        let name = o.name();
+        if spec_path(spec).is_some_and(|p| p.init_std() != 1.0) {
+            usage_bail!(
+                "--objective {name} starts from N(0, I) noise; --path ve starts from \
+                 N(0, 50^2 I): use another path"
+            );
+        }
+        if f.sample_grid.is_some() {
+            usage_bail!(
+                "--sample-grid draws a velocity model's ODE; sample a {name} model with \
+                 sample-fewstep"
+            );
+        }
+        if o == Objective::Consistency && spec.source.is_some() {
+            usage_bail!(
+                "--objective consistency re-noises along a Gaussian path from N(0, I) when it \
+                 samples; --source does not apply"
+            );
+        }
     }
     let path = spec_path(spec);
     if spec.coupling == Some(Coupling::Ot) && path == Some(Path::Gaussian(GaussianPath::VE)) {

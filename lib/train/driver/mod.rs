@@ -21,8 +21,8 @@ use anyhow::{bail, Context};
 use super::checkpoint::{self, TrainState};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
 use super::preview::Preview;
-use super::shortcut;
 use super::trainer;
+use super::{consistency, shortcut};
 use crate::cli::Common;
 use crate::distill::flowmap::TwoTime;
 use crate::io::npy::{self, shape_str};
@@ -65,15 +65,22 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
-    // A shortcut model is a `flowmap` file: its kind says so, and a resumed run keeps it.
-    let resumes_shortcut = ckpt.as_ref().is_some_and(|c| {
-        checkpoint::model_config(c).is_ok_and(|m| m["kind"].as_str() == Some("flowmap"))
-    });
-    let shortcut = spec.objective == Some(Objective::Shortcut)
-        || (spec.objective.is_none() && spec.kind == "velocity" && resumes_shortcut);
-    let spec = if shortcut {
+    // Each few-step objective writes a model kind of its own; a resumed run keeps its
+    // checkpoint's (a flow matching model is a `velocity` file, whose tools train it).
+    let objective = match (spec.objective, &ckpt) {
+        (Some(o), _) => o,
+        (None, Some(c)) if spec.kind == "velocity" => {
+            match checkpoint::model_config(c).map(|m| m["kind"].as_str().map(str::to_owned)) {
+                Ok(Some(k)) if k == "flowmap" => Objective::Shortcut,
+                Ok(Some(k)) if k == "consistency" => Objective::Consistency,
+                _ => Objective::FlowMatching,
+            }
+        }
+        (None, _) => Objective::FlowMatching,
+    };
+    let spec = if spec.kind == "velocity" {
         FitSpec {
-            kind: "flowmap",
+            kind: objective.kind(),
             ..spec
         }
     } else {
@@ -99,7 +106,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     };
 
     let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
-    let net = if shortcut {
+    let net = if objective == Objective::Shortcut {
         Net::Shortcut(
             TwoTime::new(&config, &params)
                 .with_context(|| format!("building {}", config["arch"]))?,
@@ -139,11 +146,15 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     let opts = flags
         .run
         .loop_options(plan.opt.schedule.total, common.quiet);
+    let total = plan.opt.schedule.total;
     let summary = trainer::run_with(
         &mut state,
         &config,
         &opts,
         &mut |step| match &net {
+            Net::Field(net) if objective == Objective::Consistency => {
+                consistency::loss(net.as_ref(), &loss, step, total)
+            }
             Net::Field(net) => loss.loss(net.as_ref(), step),
             Net::Shortcut(net) => shortcut::loss(net, &loss, step),
         },

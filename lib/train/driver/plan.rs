@@ -16,6 +16,7 @@ use super::flags::{
     spec_path, FitFlags, FitSpec, DEFAULT_BATCH, DEFAULT_LABEL_DROPOUT, DEFAULT_LR, DEFAULT_STEPS,
 };
 use crate::cli::Common;
+use crate::distill::consistency::PARAMETRISATION;
 use crate::io::model::ModelFile;
 use crate::io::npy::shape_str;
 use crate::paths::{Param, Path, TimeDensity};
@@ -100,6 +101,10 @@ pub(super) fn model_config(
         c["parametrisation"] = json!("average-velocity");
         c["second_time"] = json!("jump d = t - s, an extra input channel");
     }
+    if spec.kind == "consistency" {
+        // Consistency training (train::consistency), read as the distilled ones are.
+        c["parametrisation"] = json!(PARAMETRISATION);
+    }
     c["path"] = plan.path.to_json();
     c["source"] = json!(if plan.data_source { "data" } else { "gaussian" });
     c["ema"] = json!(plan.ema);
@@ -107,6 +112,10 @@ pub(super) fn model_config(
         "loss": match plan.param {
             Param::Velocity if spec.kind == "flowmap" => {
                 "shortcut: flow matching at d = 0 and self-consistency across step sizes"
+            }
+            Param::Velocity if spec.kind == "consistency" => {
+                "consistency training: pseudo-Huber between adjacent times of one path draw, \
+                 grid from 10 to 1280 intervals"
             }
             Param::Velocity => "conditional flow matching",
             Param::Score => "denoising score matching",
@@ -155,6 +164,7 @@ pub(super) fn resumed_plan(
         // A shortcut model's average velocity is trained as a velocity.
         param: match m["parametrisation"].as_str() {
             Some("average-velocity") if spec.kind == "flowmap" => Param::Velocity,
+            Some(PARAMETRISATION) if spec.kind == "consistency" => Param::Velocity,
             p => p
                 .and_then(Param::parse)
                 .ok_or_else(|| bad("parametrisation"))?,
