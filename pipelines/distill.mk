@@ -32,6 +32,9 @@
 DIS := $(OUT)/distill
 DIS_SEED := 21
 DIS_METHODS := reflow flowmap consistency
+# fit-velocity's few-step objectives, trained from the data (the rows `<objective>-data`).
+DIS_SCRATCH := shortcut consistency
+DIS_MODELS := $(DIS_METHODS) $(foreach o,$(DIS_SCRATCH),$(o)-data)
 DIS_TEACHER_NFE := 1 2 4 8 16 32 100
 DIS_STUDENT_NFE := 1 2 4
 
@@ -66,14 +69,14 @@ DIS_LR := 1e-3
 .PHONY: distill distill-2d distill-latent
 distill: distill-2d distill-latent
 distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png $(DIS)/nfe-2d.png $(DIS)/2d/teacher-loss.png \
-	$(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m)-loss.png)
+	$(foreach m,$(DIS_MODELS),$(DIS)/2d/$(m)-loss.png)
 distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png $(DIS)/nfe-latent.png \
 	$(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m)-loss.png)
 
 # Each student's training loss, beside it.
 $(DIS)/%-loss.png: $(DIS)/%.safetensors $(TOOLS)
 	render-plot $(DIS)/$*.log.jsonl --y loss --log-y --smooth 5 --labels $(notdir $*) \
-	  --title "Distillation, $(notdir $*) student ($(patsubst %/,%,$(dir $*))): training loss against the step" -o $@
+	  --title "Few-step models, $(notdir $*) ($(patsubst %/,%,$(dir $*))): training loss against the step" -o $@
 
 # A table's rows as JSON lines, for render-plot.
 dis_rows = grep '"model"' $(1) | sed 's/^ *//; s/,$$//' > $(2)
@@ -101,9 +104,15 @@ else
 DIS_CB_STEPS := 30
 endif
 
+DIS_CB_FLAGS = --path condot --steps $(DIS_CB_STEPS) --batch 1000 --lr 1e-3 --hidden 64,64,64,64 -q --seed 2
 $(DIS_CB): $(OUT)/lab2/checkerboard.npy $(TOOLS) | $(DIS)/2d
-	fit-velocity --data $< --path condot --steps $(DIS_CB_STEPS) --batch 1000 --lr 1e-3 \
-	  --hidden 64,64,64,64 -q --seed 2 --log $(DIS)/2d/teacher.log.jsonl -o $@
+	fit-velocity --data $< $(DIS_CB_FLAGS) --log $(DIS)/2d/teacher.log.jsonl -o $@
+
+# The few-step models trained from the data alone, without a teacher (fit-velocity --objective;
+# model `<objective>-data`): the teacher's network, data, steps, batch and learning rate.
+$(foreach o,$(DIS_SCRATCH),$(DIS)/2d/$(o)-data.safetensors): $(DIS)/2d/%-data.safetensors: \
+  $(OUT)/lab2/checkerboard.npy $(TOOLS) | $(DIS)/2d
+	fit-velocity --data $< $(DIS_CB_FLAGS) --objective $* --log $(DIS)/2d/$*-data.log.jsonl -o $@
 
 $(DIS)/2d/teacher-loss.png: $(DIS_CB) $(TOOLS)
 	render-plot $(DIS)/2d/teacher.log.jsonl --y loss --log-y --smooth 5 --labels teacher \
@@ -124,16 +133,16 @@ define dis_2d_student
 $(DIS)/2d/$(1)-%.npy: $(DIS)/2d/noise.npy $(DIS)/2d/$(1).safetensors
 	sample-fewstep $$< --model $(DIS)/2d/$(1).safetensors --steps $$* --seed $(DIS_SEED) -q -o $$@
 endef
-$(foreach m,$(DIS_METHODS),$(eval $(call dis_2d_student,$(m))))
+$(foreach m,$(DIS_MODELS),$(eval $(call dis_2d_student,$(m))))
 
 $(DIS)/2d/%.eval.json: $(DIS)/2d/%.npy $(DIS_CB_REF)
 	evaluate $< --reference $(DIS_CB_REF) -q -o $@
 
 DIS_2D_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
-               $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+               $(foreach m,$(DIS_MODELS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 
 # Students and samples are products, not intermediates make may delete.
-.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/2d/$(m).safetensors) \
+.SECONDARY: $(foreach m,$(DIS_MODELS),$(DIS)/2d/$(m).safetensors) \
             $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).npy $(DIS)/2d/$(r).eval.json)
 
 # One row per (model, steps): {"model", "steps", "nfe", "energy_distance"}.
@@ -151,11 +160,11 @@ $(DIS)/table-2d.json: $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).eval.json)
 	  done; } > $(DIS)/table-2d.txt
 	@cat $(DIS)/table-2d.txt
 
-DIS_2D_GRID := $(foreach k,1 2 4,teacher-$(k)) $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+DIS_2D_GRID := $(foreach k,1 2 4,teacher-$(k)) $(foreach m,$(DIS_MODELS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 $(DIS)/grids-2d.png: $(foreach r,$(DIS_2D_GRID),$(DIS)/2d/$(r).npy)
 	render-grid $^ --bounds $(L2_CB_BOUNDS) --panel-cols 3 \
 	  --titles "$(call dis_titles,$(DIS_2D_GRID))" \
-	  --title "Checkerboard: teacher (Euler) and students, NFE 1, 2, 4" -o $@
+	  --title "Checkerboard: teacher (Euler), students and models from data, NFE 1, 2, 4" -o $@
 
 # ------------------------------------------------------------- latent: the main job ----
 # latent.mk is read after this file: its paths are spelled out here.
@@ -227,7 +236,7 @@ $(DIS)/nfe-2d.png: $(DIS)/table-2d.json $(TOOLS)
 	$(call dis_rows,$<,$(DIS)/table-2d.jsonl)
 	render-plot $(DIS)/table-2d.jsonl --x nfe --y energy_distance --series model --log-x --log-y \
 	  --y-labels "energy distance to the target" --x-label "network evaluations per sample (NFE)" \
-	  --title "Checkerboard: teacher (Euler) and students" -o $@
+	  --title "Checkerboard: teacher (Euler), students and models from data" -o $@
 $(DIS)/nfe-latent.png: $(DIS)/table-latent.json $(TOOLS)
 	$(call dis_rows,$<,$(DIS)/table-latent.jsonl)
 	render-plot $(DIS)/table-latent.jsonl --x nfe --y classifier_fid,guided_accuracy --series model --log-x \

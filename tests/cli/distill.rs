@@ -456,8 +456,8 @@ fn bad_teachers_and_flags_fail_without_writing() {
     assert!(!std::path::Path::new(&out_path).exists());
 }
 
-/// `make distill-2d SMALL=1`: the checkerboard teacher, three students, the NFE table (every
-/// row a finite energy distance) and the grid picture.
+/// `make distill-2d SMALL=1`: the checkerboard teacher, three students, the few-step models
+/// trained from data, the NFE table (every row a finite energy distance) and the grid picture.
 #[test]
 fn distill_2d_pipeline_at_small_sizes() {
     let out = tmp();
@@ -466,7 +466,15 @@ fn distill_2d_pipeline_at_small_sizes() {
     let table: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("table-2d.json")).unwrap()).unwrap();
     let rows = table["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 7 + 3 * 3);
+    // The teacher at 7 step counts, then each student and each model from data at 1, 2, 4.
+    let models = [
+        "reflow",
+        "flowmap",
+        "consistency",
+        "shortcut-data",
+        "consistency-data",
+    ];
+    assert_eq!(rows.len(), 7 + 3 * models.len());
     for row in rows {
         assert!(
             row["energy_distance"].as_f64().unwrap().is_finite(),
@@ -474,8 +482,10 @@ fn distill_2d_pipeline_at_small_sizes() {
         );
     }
     assert_eq!(rows[0]["model"], "teacher");
-    assert_eq!(rows[15]["model"], "consistency");
-    assert_eq!(rows[15]["nfe"], 4);
+    for (i, m) in models.iter().enumerate() {
+        assert_eq!(rows[7 + 3 * i]["model"], *m);
+        assert_eq!(rows[7 + 3 * i + 2]["nfe"], 4);
+    }
     assert!(dir.join("grids-2d.png").is_file());
     assert!(dir.join("table-2d.txt").is_file());
     // The table as a plot, and the teacher's and each student's loss curve beside them.
@@ -485,6 +495,7 @@ fn distill_2d_pipeline_at_small_sizes() {
         "2d/reflow-loss.png",
         "2d/flowmap-loss.png",
         "2d/consistency-loss.png",
+        "2d/consistency-data-loss.png",
     ] {
         let img = image::open(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(img.width() >= 640 && img.height() >= 420, "{f}");
