@@ -6,6 +6,11 @@
 //! - a consistency model: x_1^ = f(x, t_k), then x <- alpha_{t_{k+1}} x_1^ + beta_{t_{k+1}} eps
 //!   (see [`super::consistency`]); the last x_1^ is the sample.
 //!
+//! A flow map or consistency model trained from data with label dropout (`fit-velocity
+//! --objective`) has a null-label branch, and guidance w mixes its network's two outputs by
+//! notes eq. 65 (the average velocity u(x, t_k, 1/K), or F of f = x + (1 - t) F), as Frans et
+//! al. guide their shortcut models; a distilled student's w was fixed when it was distilled.
+//!
 //! Sample i's re-noising draws come from stream (seed, Brownian, first + i), so a sample never
 //! depends on how the set is split into batches.
 
@@ -19,6 +24,7 @@ use super::flowmap::TwoTime;
 use super::{Bank, Teacher, TeacherField, TeacherSolver};
 use crate::device::{from_tensor, to_tensor};
 use crate::fields::LabelledVelocity;
+use crate::guidance::{guided_velocity, ConditionalVelocity};
 use crate::io::model::{self, ModelFile};
 use crate::nn::{build, Learned, Params, Weights};
 use crate::paths::{GaussianPath, Path};
@@ -34,16 +40,21 @@ pub const KINDS: [&str; 5] = ["velocity", "score", "checkpoint", "flowmap", "con
 pub enum Student {
     /// A velocity model sampled with Euler, guided at `guidance` when given labels.
     Velocity { model: Learned, guidance: f64 },
+    /// A flow map; `guidance` w != 1 (a model trained from data with label dropout only) mixes
+    /// its average velocity's branches as eq. 65 mixes velocities.
     FlowMap {
         net: TwoTime,
         data_shape: Vec<usize>,
         num_classes: usize,
+        guidance: f64,
     },
+    /// A consistency model; `guidance` as for the flow map, on F of f = x + (1 - t) F.
     Consistency {
         net: Box<dyn crate::nn::FieldNet>,
         path: GaussianPath,
         data_shape: Vec<usize>,
         num_classes: usize,
+        guidance: f64,
     },
 }
 
@@ -59,8 +70,13 @@ impl Student {
                 .ok_or_else(|| anyhow!("{}: bad data_shape {}", m.name, config["data_shape"]))
         };
         let num_classes = crate::train::arch::num_classes(config);
-        let not_guided = || -> Result<()> {
-            if guidance != 1.0 {
+        // A distilled student samples the field it was distilled from, at the teacher's w; a
+        // few-step model trained from data with label dropout has both branches of CFG.
+        let check_guidance = || -> Result<()> {
+            if guidance == 1.0 {
+                return Ok(());
+            }
+            if !config["distill"].is_null() {
                 bail!(
                     "{}: a {} student samples the field it was distilled from (guidance {}); \
                      --guidance does not apply",
@@ -69,11 +85,18 @@ impl Student {
                     config["distill"]["guidance"]
                 );
             }
+            if num_classes == 0 || config["train"]["label_dropout"].as_f64().unwrap_or(0.0) <= 0.0 {
+                bail!(
+                    "{}: --guidance needs a model trained with labels and label dropout (the \
+                     null label's branch); this one has none",
+                    m.name
+                );
+            }
             Ok(())
         };
         match m.kind() {
             "flowmap" => {
-                not_guided()?;
+                check_guidance()?;
                 let params = Params::from_model(m, Weights::Auto, device)?;
                 let net = TwoTime::new(config, &params)
                     .map_err(|e| anyhow!("loading {}: {e:#}", m.name))?;
@@ -82,10 +105,11 @@ impl Student {
                     net,
                     data_shape: data_shape()?,
                     num_classes,
+                    guidance,
                 })
             }
             "consistency" => {
-                not_guided()?;
+                check_guidance()?;
                 let path = Path::from_json(&config["path"])
                     .ok()
                     .and_then(|p| p.as_gaussian(true))
@@ -105,6 +129,7 @@ impl Student {
                     path,
                     data_shape: data_shape()?,
                     num_classes,
+                    guidance,
                 })
             }
             _ => Ok(Student::Velocity {
@@ -207,13 +232,37 @@ pub fn sample(
                 x = solvers::euler_step(&field, &x, k as f64 * h, h)?.detach();
             }
         }
-        Student::FlowMap { net, .. } => {
+        Student::FlowMap {
+            net,
+            num_classes,
+            guidance,
+            ..
+        } => {
             for k in 0..steps {
-                let s = vec![(k as f64 * h) as f32; n];
-                x = net.jump(&x, &s, &vec![h as f32; n], y)?.detach();
+                let s = k as f64 * h;
+                x = match y {
+                    Some(y) if *guidance != 1.0 => {
+                        let branches = Branches::Jump {
+                            net,
+                            d: h,
+                            num_classes: *num_classes,
+                        };
+                        let u = guided_velocity(&branches, &x, s, y, *guidance)?;
+                        (&x + (u * h)?)?.detach()
+                    }
+                    _ => net
+                        .jump(&x, &vec![s as f32; n], &vec![h as f32; n], y)?
+                        .detach(),
+                };
             }
         }
-        Student::Consistency { net, path, .. } => {
+        Student::Consistency {
+            net,
+            path,
+            num_classes,
+            guidance,
+            ..
+        } => {
             let dim: usize = x0.dims()[1..].iter().product();
             let noise = renoising(seed, first, n, dim, steps.saturating_sub(1));
             for k in 0..steps {
@@ -224,11 +273,64 @@ pub fn sample(
                         .to_dtype(x0.dtype())?;
                     x = ((&x * c.alpha)? + (eps * c.beta)?)?;
                 }
-                x = consistency_fn(net.as_ref(), &x, &vec![t; n], y)?.detach();
+                x = match y {
+                    Some(y) if *guidance != 1.0 => {
+                        let branches = Branches::Field {
+                            net: net.as_ref(),
+                            num_classes: *num_classes,
+                        };
+                        let f = guided_velocity(&branches, &x, t as f64, y, *guidance)?;
+                        (&x + (f * (1.0 - t as f64))?)?.detach()
+                    }
+                    _ => consistency_fn(net.as_ref(), &x, &vec![t; n], y)?.detach(),
+                };
             }
         }
     }
     Ok(x)
+}
+
+/// A few-step model's network seen as a conditional velocity, so that classifier-free guidance
+/// mixes its branches by the one formula ([`guided_velocity`], notes eq. 65): a flow map's
+/// average velocity u(x, s, d) at a fixed jump d, or a consistency model's F(x, t).
+enum Branches<'a> {
+    Jump {
+        net: &'a TwoTime,
+        d: f64,
+        num_classes: usize,
+    },
+    Field {
+        net: &'a dyn crate::nn::FieldNet,
+        num_classes: usize,
+    },
+}
+
+impl ConditionalVelocity for Branches<'_> {
+    fn velocity(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Branches::Jump { net, d, .. } => {
+                let dd = Tensor::full(*d as f32, t.dims(), t.device())?.to_dtype(t.dtype())?;
+                net.forward(x, t, &dd, Some(y))?
+            }
+            Branches::Field { net, .. } => net.forward(x, t, Some(y))?,
+        })
+    }
+    fn num_classes(&self) -> usize {
+        match self {
+            Branches::Jump { num_classes, .. } | Branches::Field { num_classes, .. } => {
+                *num_classes
+            }
+        }
+    }
+    fn gaussian_path(&self) -> Option<GaussianPath> {
+        None
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+    fn describe(&self) -> String {
+        "a few-step model".into()
+    }
 }
 
 /// The re-noising draws of samples first..first + n: `steps` blocks of (n, dim) normals, sample
@@ -275,4 +377,81 @@ pub fn sample_batched(
     }
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     Ok(ndarray::concatenate(ndarray::Axis(0), &views)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A random conditional few-step model of `kind` with label dropout 0.1 (as from data).
+    fn from_data(kind: &str) -> ModelFile {
+        let mut c = json!({"arch": "cmlp", "data_shape": [2], "hidden": [16], "activation": "silu",
+            "time_features": 4, "num_classes": 3, "label_embed_dim": 4});
+        let params = Params::new(5, &Device::Cpu);
+        if kind == "flowmap" {
+            TwoTime::new(&c, &params).unwrap();
+        } else {
+            build(&c, &params).unwrap();
+        }
+        c["kind"] = json!(kind);
+        c["path"] = Path::Gaussian(GaussianPath::CONDOT).to_json();
+        c["train"] = json!({"label_dropout": 0.1});
+        let bytes = model::encode(&c, &params.tensors()).unwrap();
+        model::decode(&bytes, "m.safetensors", &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn guidance_mixes_a_few_step_models_branches_by_eq_65() {
+        // One step of each kind at w = 2.5 against the same step written out from the two
+        // branches: the flow map's x + h ((1 - w) u(x, 0, h | ∅) + w u(x, 0, h | y)), and the
+        // consistency model's x + (1 - 0) ((1 - w) F(x, 0 | ∅) + w F(x, 0 | y)).
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.3f32, -1.2], [2.0, 0.5], [-0.7, 0.1]], &dev).unwrap();
+        let y = Tensor::new(&[0u32, 2, 1], &dev).unwrap();
+        let null = Tensor::new(&[3u32, 3, 3], &dev).unwrap();
+        let w = 2.5;
+        let rows = |t: &Tensor| -> Vec<Vec<f32>> { t.to_vec2().unwrap() };
+        for kind in ["flowmap", "consistency"] {
+            let m = from_data(kind);
+            let guided = Student::load(&m, w, &dev).unwrap();
+            let got = rows(&sample(&guided, &x, 1, Some(&y), 0, 0).unwrap());
+            let branch = |labels: &Tensor| -> Tensor {
+                match &guided {
+                    Student::FlowMap { net, .. } => {
+                        net.jump(&x, &[0.0; 3], &[1.0; 3], Some(labels)).unwrap()
+                    }
+                    Student::Consistency { net, .. } => {
+                        consistency_fn(net.as_ref(), &x, &[0.0; 3], Some(labels)).unwrap()
+                    }
+                    Student::Velocity { .. } => unreachable!(),
+                }
+            };
+            // Both kinds' one step is x + (network output): mix the steps' increments.
+            let (cond, uncond, x0) = (rows(&branch(&y)), rows(&branch(&null)), rows(&x));
+            for i in 0..3 {
+                for j in 0..2 {
+                    let (dc, du) = (cond[i][j] - x0[i][j], uncond[i][j] - x0[i][j]);
+                    let want = x0[i][j] as f64 + (1.0 - w) * du as f64 + w * dc as f64;
+                    assert!(
+                        (got[i][j] as f64 - want).abs() < 1e-5,
+                        "{kind} [{i}][{j}]: {} against {want}",
+                        got[i][j]
+                    );
+                }
+            }
+            // Unguided (w = 1) is the conditional branch itself.
+            let plain = Student::load(&m, 1.0, &dev).unwrap();
+            assert_eq!(
+                rows(&sample(&plain, &x, 1, Some(&y), 0, 0).unwrap()),
+                cond,
+                "{kind}"
+            );
+        }
+        // Without label dropout there is no unconditional branch to mix.
+        let mut m = from_data("flowmap");
+        m.config["train"]["label_dropout"] = json!(0.0);
+        let e = Student::load(&m, w, &dev).err().unwrap().to_string();
+        assert!(e.contains("label dropout"), "{e}");
+    }
 }

@@ -37,7 +37,9 @@ struct Args {
     /// Class labels, (N,) int64, for a conditional model
     #[arg(long, value_name = "PATH")]
     labels: Option<String>,
-    /// Classifier-free guidance scale for a conditional velocity model
+    /// Classifier-free guidance scale w for a conditional velocity model, or for a flow map or
+    /// consistency model trained from data with label dropout (fit-velocity --objective): the
+    /// network's two branches mixed as eq. 65. A distilled student's w is fixed
     #[arg(long, default_value_t = 1.0, value_name = "W")]
     guidance: f64,
     /// Samples computed at once [default: all]
