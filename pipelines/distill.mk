@@ -1,7 +1,9 @@
 # Few-step generation by distillation (notes section 7), through the tools only:
 #   make distill          both parts below
 #   make distill-2d       a checkerboard teacher on lab 2's data ($(DIS)/2d/teacher.safetensors,
-#                         CondOT, MLP 4x64) distilled by reflow, flowmap and consistency:
+#                         CondOT, MLP 4x64) distilled by reflow, flowmap and consistency, and
+#                         beside them the few-step models fit-velocity --objective trains from
+#                         the data alone at the teacher's budget (rows `<objective>-data`):
 #     out/distill/table-2d.json   energy distance to held-out checkerboard samples per (model,
 #                                 steps): the teacher with 1, 2, 4, 8, 16, 32, 100 Euler steps,
 #                                 each student with 1, 2, 4 (NFE = steps)
@@ -9,7 +11,8 @@
 #     out/distill/grids-2d.png    the samples side by side: a row per model, a column per NFE
 #   make distill-latent   the latent main job's model ($(LAT)/flow.safetensors, a DiT with CFG)
 #                         distilled at its guidance w = $(LAT_GUIDANCE) (the student is
-#                         conditional on the label, w fixed):
+#                         conditional on the label, w fixed), and the models trained from the
+#                         latents alone at the main job's budget, guided at the same w:
 #     out/distill/table-latent.json  classifier-FID and guided accuracy per (model, steps) from
 #                                    `evaluate --classifier` on the decoded images (the shared
 #                                    classifier of metrics.mk) against the training images
@@ -71,7 +74,7 @@ distill: distill-2d distill-latent
 distill-2d: $(DIS)/table-2d.json $(DIS)/grids-2d.png $(DIS)/nfe-2d.png $(DIS)/2d/teacher-loss.png \
 	$(foreach m,$(DIS_MODELS),$(DIS)/2d/$(m)-loss.png)
 distill-latent: $(DIS)/table-latent.json $(DIS)/grids-latent.png $(DIS)/nfe-latent.png \
-	$(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m)-loss.png)
+	$(foreach m,$(DIS_MODELS),$(DIS)/latent/$(m)-loss.png)
 
 # Each student's training loss, beside it.
 $(DIS)/%-loss.png: $(DIS)/%.safetensors $(TOOLS)
@@ -172,7 +175,7 @@ DIS_LAT_FLOW := $(OUT)/latent/flow.safetensors
 DIS_LAT_VAE := $(OUT)/latent/vae.safetensors
 DIS_LAT_N := $(shell echo $$(( 10 * $(DIS_LAT_PER_CLASS) )))
 DIS_LAT_RUNS := $(foreach k,$(DIS_TEACHER_NFE),teacher-$(k)) \
-                $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+                $(foreach m,$(DIS_MODELS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 
 # The metrics: the shared classifier (metrics.mk; it reads the 32x32 samples' 28x28 centre) and
 # the training images as the reference, as the main job's own metrics.json does.
@@ -196,12 +199,26 @@ $(DIS)/latent/%.safetensors: $(DIS_LAT_FLOW) | $(DIS)/latent
 	  --steps $(DIS_LAT_STEPS) --batch $(DIS_LAT_BATCH) --lr 3e-4 --warmup 50 \
 	  --seed $(DIS_SEED) --log $(DIS)/latent/$*.log.jsonl -q -o $@
 
+# The few-step models trained from the main job's latents alone: its DiT, steps, batch, learning
+# rate, EMA, time density and label dropout, with --objective (each trains as long as the main
+# job's flow model, shortcut and consistency a step with more network passes). They are
+# sampled with CFG at the same w, the two branches mixed at every step (sample-fewstep
+# --guidance); a distilled student has its w built in.
+$(foreach o,$(DIS_SCRATCH),$(DIS)/latent/$(o)-data.safetensors): $(DIS)/latent/%-data.safetensors: \
+  $(OUT)/latent/latents.npy $(OUT)/latent/train-labels.npy $(TOOLS) | $(DIS)/latent
+	fit-velocity --data $(LAT)/latents.npy --labels $(LAT_LABELS) --label-dropout 0.1 \
+	  --arch dit --patch 1 $(LAT_FLOW_FLAGS) --steps $(LAT_FLOW_STEPS) --batch $(LAT_FLOW_BATCH) \
+	  --lr $(LAT_FLOW_LR) --decay cosine --seed $(LAT_SEED) --objective $* \
+	  --log $(DIS)/latent/$*-data.log.jsonl --log-every 50 -q -o $@
+
+# $(2): the sampler's guidance flag.
 define dis_latent_student
 $(DIS)/latent/$(1)-%.latent.npy: $(DIS)/latent/noise.npy $(DIS)/latent/labels.npy $(DIS)/latent/$(1).safetensors
 	sample-fewstep $$< --model $(DIS)/latent/$(1).safetensors --labels $(DIS)/latent/labels.npy \
-	  --steps $$* --seed $(DIS_SEED) -q -o $$@
+	  --steps $$* --seed $(DIS_SEED) $(2) -q -o $$@
 endef
-$(foreach m,$(DIS_METHODS),$(eval $(call dis_latent_student,$(m))))
+$(foreach m,$(DIS_METHODS),$(eval $(call dis_latent_student,$(m),)))
+$(foreach o,$(DIS_SCRATCH),$(eval $(call dis_latent_student,$(o)-data,--guidance $$(LAT_GUIDANCE))))
 
 $(DIS)/latent/%.images.npy: $(DIS)/latent/%.latent.npy $(DIS_LAT_VAE)
 	decode-vae $< --model $(DIS_LAT_VAE) -q -o $@
@@ -210,7 +227,7 @@ $(DIS)/latent/%.eval.json: $(DIS)/latent/%.images.npy $(DIS)/latent/labels.npy $
 	evaluate $< --labels $(DIS)/latent/labels.npy --classifier $(DIS_LAT_CLS) \
 	  --reference $(DIS_LAT_REF) -q -o $@
 
-.SECONDARY: $(foreach m,$(DIS_METHODS),$(DIS)/latent/$(m).safetensors) \
+.SECONDARY: $(foreach m,$(DIS_MODELS),$(DIS)/latent/$(m).safetensors) \
             $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).latent.npy $(DIS)/latent/$(r).images.npy $(DIS)/latent/$(r).eval.json)
 
 # The first "value" after a key of an evaluate report.
@@ -243,7 +260,7 @@ $(DIS)/nfe-latent.png: $(DIS)/table-latent.json $(TOOLS)
 	  --y-labels "classifier-FID;guided accuracy" --x-label "network evaluations per sample (NFE)" \
 	  --title "Latent DiT, CFG w = $(LAT_GUIDANCE): quality against NFE, teacher and students" -o $@
 
-DIS_LAT_GRID := teacher-1 teacher-4 teacher-32 $(foreach m,$(DIS_METHODS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
+DIS_LAT_GRID := teacher-1 teacher-4 teacher-32 $(foreach m,$(DIS_MODELS),$(foreach k,$(DIS_STUDENT_NFE),$(m)-$(k)))
 $(DIS)/grids-latent.png: $(foreach r,$(DIS_LAT_GRID),$(DIS)/latent/$(r).images.npy)
 	render-grid $^ --cols $(DIS_LAT_PER_CLASS) --range -1,1 --panel-cols 3 \
 	  --titles "$(call dis_titles,$(DIS_LAT_GRID))" \
