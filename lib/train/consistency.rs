@@ -109,12 +109,7 @@ pub fn loss(
 mod tests {
     use super::*;
     use crate::distill::tests::{points_at, rms_against_closed_form};
-    use crate::paths::{GaussianPath, Param, Path, TimeDensity};
-    use crate::train::checkpoint::TrainState;
-    use crate::train::coupling::Coupling;
-    use crate::train::losses::{Dataset, Source};
-    use crate::train::optim::{AdamWConfig, Decay, Schedule};
-    use crate::train::trainer::{self, LoopOptions};
+    use crate::train::testing::{gaussian_problem, small_mlp, train};
     use candle_core::{Device, Var};
 
     #[test]
@@ -158,68 +153,13 @@ mod tests {
     fn consistency_training_from_data_learns_the_gaussian_flow_map() {
         // Data from N((2, -1), 0.5^2 I) only, no teacher: f(x_s, s) must be the end of the
         // exact CondOT trajectory through x_s, for s = 0 (one step from noise) and s = 1/2.
-        let n = 8192;
-        let raw = rng::normal_rows(4, Purpose::Data, 0, n, 2);
-        let z: Vec<f32> = raw
-            .chunks(2)
-            .flat_map(|p| {
-                [
-                    (2.0 + 0.5 * p[0] as f64) as f32,
-                    (-1.0 + 0.5 * p[1] as f64) as f32,
-                ]
-            })
-            .collect();
-        let data = Dataset::new(
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 2]), z).unwrap(),
-            "z.npy",
-        )
-        .unwrap();
-        let cl = ConditionalLoss {
-            path: Path::Gaussian(GaussianPath::CONDOT),
-            target: Param::Velocity,
-            data,
-            source: Source::Gaussian,
-            batch: 256,
-            seed: 6,
-            device: Device::Cpu,
-            labels: None,
-            label_dropout: 0.0,
-            time: TimeDensity::Uniform,
-            coupling: Coupling::Independent,
-            interpolant_noise: 0.0,
-        };
-        let mlp = crate::nn::MlpConfig {
-            dim: 2,
-            hidden: vec![64, 64],
-            activation: crate::nn::Activation::Silu,
-            time_features: 0,
-        };
-        let config = mlp.to_json();
-        let params = crate::nn::Params::new(6, &Device::Cpu);
+        let cl = gaussian_problem();
+        let (config, params) = small_mlp();
         let net = crate::nn::build(&config, &params).unwrap();
         let steps = 3000;
-        let schedule = Schedule {
-            lr: 3e-3,
-            warmup: 0,
-            decay: Decay::Cosine,
-            total: steps,
-        };
-        let mut state =
-            TrainState::fresh_or_resumed(params, AdamWConfig::new(schedule, 0.0), None, None)
-                .unwrap();
-        let opts = LoopOptions {
-            total_steps: steps,
-            log: None,
-            log_every: steps,
-            append_log: false,
-            checkpoint: None,
-            checkpoint_every: steps,
-            quiet: true,
-        };
-        trainer::run(&mut state, &config, &opts, &mut |step| {
+        train(params, &config, steps, 3e-3, &mut |step| {
             loss(net.as_ref(), &cl, step, steps)
-        })
-        .unwrap();
+        });
         for (s, tol) in [(0.0, 0.12), (0.5, 0.12)] {
             let (start, xs) = points_at(11, s);
             let got = consistency_fn(net.as_ref(), &xs, &[s as f32; 256], None).unwrap();

@@ -138,3 +138,95 @@ mod tests {
         assert_eq!(unmoved_params(&params, &loss).unwrap(), vec!["unused"]);
     }
 }
+
+/// What the tests of the few-step objectives trained from data share: the Gaussian problem
+/// whose flow map is known in closed form ([`crate::distill::tests::gaussian_flow_map`]) and a
+/// quiet training run.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor};
+    use serde_json::Value;
+
+    use super::checkpoint::TrainState;
+    use super::coupling::Coupling;
+    use super::losses::{ConditionalLoss, Dataset, Source};
+    use super::optim::{AdamWConfig, Decay, Schedule};
+    use super::trainer::{self, LoopOptions};
+    use crate::nn::Params;
+    use crate::paths::{GaussianPath, Param, Path, TimeDensity};
+    use crate::rng::{self, Purpose};
+
+    /// CondOT flow matching's draws from 8,192 samples of N((2, -1), 0.5^2 I), batch 256.
+    pub fn gaussian_problem() -> ConditionalLoss {
+        let n = 8192;
+        let raw = rng::normal_rows(4, Purpose::Data, 0, n, 2);
+        let z: Vec<f32> = raw
+            .chunks(2)
+            .flat_map(|p| {
+                [
+                    (2.0 + 0.5 * p[0] as f64) as f32,
+                    (-1.0 + 0.5 * p[1] as f64) as f32,
+                ]
+            })
+            .collect();
+        let data = Dataset::new(
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 2]), z).unwrap(),
+            "z.npy",
+        )
+        .unwrap();
+        ConditionalLoss {
+            path: Path::Gaussian(GaussianPath::CONDOT),
+            target: Param::Velocity,
+            data,
+            source: Source::Gaussian,
+            batch: 256,
+            seed: 6,
+            device: Device::Cpu,
+            labels: None,
+            label_dropout: 0.0,
+            time: TimeDensity::Uniform,
+            coupling: Coupling::Independent,
+            interpolant_noise: 0.0,
+        }
+    }
+
+    /// The config of an MLP 64 x 64 (SiLU) on 2D points, and its fresh weights.
+    pub fn small_mlp() -> (Value, Params) {
+        let mlp = crate::nn::MlpConfig {
+            dim: 2,
+            hidden: vec![64, 64],
+            activation: crate::nn::Activation::Silu,
+            time_features: 0,
+        };
+        (mlp.to_json(), Params::new(6, &Device::Cpu))
+    }
+
+    /// Trains `params` for `steps` steps of `loss` (AdamW at `lr`, cosine decay), quietly.
+    pub fn train(
+        params: Params,
+        config: &Value,
+        steps: u64,
+        lr: f64,
+        loss: &mut dyn FnMut(u64) -> candle_core::Result<Tensor>,
+    ) {
+        let schedule = Schedule {
+            lr,
+            warmup: 0,
+            decay: Decay::Cosine,
+            total: steps,
+        };
+        let mut state =
+            TrainState::fresh_or_resumed(params, AdamWConfig::new(schedule, 0.0), None, None)
+                .unwrap();
+        let opts = LoopOptions {
+            total_steps: steps,
+            log: None,
+            log_every: steps,
+            append_log: false,
+            checkpoint: None,
+            checkpoint_every: steps,
+            quiet: true,
+        };
+        trainer::run(&mut state, config, &opts, loss).unwrap();
+    }
+}

@@ -121,80 +121,18 @@ pub fn loss(net: &TwoTime, cl: &ConditionalLoss, step: u64) -> candle_core::Resu
 mod tests {
     use super::*;
     use crate::distill::tests::{points_at, rms_against_closed_form};
-    use crate::paths::{GaussianPath, Param, Path, TimeDensity};
-    use crate::train::checkpoint::TrainState;
-    use crate::train::coupling::Coupling;
-    use crate::train::losses::{Dataset, Source};
-    use crate::train::optim::{AdamWConfig, Decay, Schedule};
-    use crate::train::trainer::{self, LoopOptions};
-    use candle_core::Device;
+    use crate::train::testing::{gaussian_problem, small_mlp, train};
 
     #[test]
     fn a_shortcut_model_from_data_learns_the_gaussian_flow_map() {
         // Data from N((2, -1), 0.5^2 I) only, no teacher: the jumps 0 -> 1, 0 -> 1/2 and
         // 1/2 -> 1 must match the closed-form flow map of CondOT to N(0, I).
-        let n = 8192;
-        let raw = rng::normal_rows(4, Purpose::Data, 0, n, 2);
-        let z: Vec<f32> = raw
-            .chunks(2)
-            .flat_map(|p| {
-                [
-                    (2.0 + 0.5 * p[0] as f64) as f32,
-                    (-1.0 + 0.5 * p[1] as f64) as f32,
-                ]
-            })
-            .collect();
-        let data = Dataset::new(
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 2]), z).unwrap(),
-            "z.npy",
-        )
-        .unwrap();
-        let cl = ConditionalLoss {
-            path: Path::Gaussian(GaussianPath::CONDOT),
-            target: Param::Velocity,
-            data,
-            source: Source::Gaussian,
-            batch: 256,
-            seed: 6,
-            device: Device::Cpu,
-            labels: None,
-            label_dropout: 0.0,
-            time: TimeDensity::Uniform,
-            coupling: Coupling::Independent,
-            interpolant_noise: 0.0,
-        };
-        let mlp = crate::nn::MlpConfig {
-            dim: 2,
-            hidden: vec![64, 64],
-            activation: crate::nn::Activation::Silu,
-            time_features: 0,
-        };
-        let config = mlp.to_json();
-        let params = crate::nn::Params::new(6, &Device::Cpu);
+        let cl = gaussian_problem();
+        let (config, params) = small_mlp();
         let net = TwoTime::new(&config, &params).unwrap();
-        let steps = 1500;
-        let schedule = Schedule {
-            lr: 3e-3,
-            warmup: 0,
-            decay: Decay::Cosine,
-            total: steps,
-        };
-        let mut state =
-            TrainState::fresh_or_resumed(params, AdamWConfig::new(schedule, 0.0), None, None)
-                .unwrap();
-        let opts = LoopOptions {
-            total_steps: steps,
-            log: None,
-            log_every: steps,
-            append_log: false,
-            checkpoint: None,
-            checkpoint_every: steps,
-            quiet: true,
-        };
-        trainer::run(&mut state, &config, &opts, &mut |step| {
+        train(params, &config, 1500, 3e-3, &mut |step| {
             loss(&net, &cl, step)
-        })
-        .unwrap();
+        });
         for (s, t, tol) in [(0.0, 1.0, 0.1), (0.0, 0.5, 0.08), (0.5, 1.0, 0.08)] {
             let (start, xs) = points_at(11, s);
             let got = net
