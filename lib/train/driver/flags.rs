@@ -54,6 +54,9 @@ pub enum Objective {
     /// A shortcut model (Frans et al. 2024) from data: u(x, t, d) for jumps d, flow matching
     /// at d = 0 plus self-consistency across step sizes; a `flowmap` file for sample-fewstep
     Shortcut,
+    /// A MeanFlow model (Geng et al. 2025) from data: the same u(x, t, d), regressed on the
+    /// MeanFlow identity u = v + d du/dt; a `flowmap` file for sample-fewstep
+    Meanflow,
 }
 
 impl Objective {
@@ -61,7 +64,24 @@ impl Objective {
         match self {
             Objective::FlowMatching => "flow-matching",
             Objective::Shortcut => "shortcut",
+            Objective::Meanflow => "meanflow",
         }
+    }
+
+    /// Parses a name of [`Self::name`].
+    pub fn parse(s: &str) -> Option<Objective> {
+        [
+            Objective::FlowMatching,
+            Objective::Shortcut,
+            Objective::Meanflow,
+        ]
+        .into_iter()
+        .find(|o| o.name() == s)
+    }
+
+    /// Whether the objective trains a two-time model u(x, t, d), a `flowmap` file.
+    pub fn jumps(self) -> bool {
+        matches!(self, Objective::Shortcut | Objective::Meanflow)
     }
 }
 
@@ -178,19 +198,20 @@ pub(super) fn check_flags(spec: &FitSpec, f: &FitFlags) -> Result<()> {
             );
         }
     }
-    if spec.objective == Some(Objective::Shortcut)
-        && spec_path(spec).is_some_and(|p| p.init_std() != 1.0)
-    {
-        usage_bail!(
-            "--objective shortcut jumps from N(0, I) noise; --path ve starts from N(0, 50^2 I): \
-             use another path"
-        );
-    }
-    if spec.objective == Some(Objective::Shortcut) && f.sample_grid.is_some() {
-        usage_bail!(
-            "--sample-grid draws a velocity model's ODE; sample a shortcut model with \
-             sample-fewstep"
-        );
+    if let Some(o) = spec.objective.filter(|o| o.jumps()) {
+        let o = o.name();
+        if spec_path(spec).is_some_and(|p| p.init_std() != 1.0) {
+            usage_bail!(
+                "--objective {o} jumps from N(0, I) noise; --path ve starts from N(0, 50^2 I): \
+                 use another path"
+            );
+        }
+        if f.sample_grid.is_some() {
+            usage_bail!(
+                "--sample-grid draws a velocity model's ODE; sample a {o} model with \
+                 sample-fewstep"
+            );
+        }
     }
     let path = spec_path(spec);
     if spec.coupling == Some(Coupling::Ot) && path == Some(Path::Gaussian(GaussianPath::VE)) {

@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 
 use super::checkpoint::{self, TrainState};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
+use super::meanflow;
 use super::preview::Preview;
 use super::shortcut;
 use super::trainer;
@@ -65,13 +66,14 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         Some(p) => Some(checkpoint::load(p, &device)?),
         None => None,
     };
-    // A shortcut model is a `flowmap` file: its kind says so, and a resumed run keeps it.
-    let resumes_shortcut = ckpt.as_ref().is_some_and(|c| {
+    // A shortcut or MeanFlow model is a `flowmap` file: its kind says so, and a resumed run
+    // keeps it (and its train.objective, checked in the plan).
+    let resumes_flowmap = ckpt.as_ref().is_some_and(|c| {
         checkpoint::model_config(c).is_ok_and(|m| m["kind"].as_str() == Some("flowmap"))
     });
-    let shortcut = spec.objective == Some(Objective::Shortcut)
-        || (spec.objective.is_none() && spec.kind == "velocity" && resumes_shortcut);
-    let spec = if shortcut {
+    let jumps = spec.objective.is_some_and(Objective::jumps)
+        || (spec.objective.is_none() && spec.kind == "velocity" && resumes_flowmap);
+    let spec = if jumps {
         FitSpec {
             kind: "flowmap",
             ..spec
@@ -99,15 +101,15 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     };
 
     let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
-    let net = if shortcut {
-        Net::Shortcut(
-            TwoTime::new(&config, &params)
-                .with_context(|| format!("building {}", config["arch"]))?,
-        )
-    } else {
-        Net::Field(
-            nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?,
-        )
+    let building = || format!("building {}", config["arch"]);
+    let net = match plan.objective {
+        Objective::Shortcut => {
+            Net::Shortcut(TwoTime::new(&config, &params).with_context(building)?)
+        }
+        Objective::Meanflow => {
+            Net::MeanFlow(TwoTime::new(&config, &params).with_context(building)?)
+        }
+        Objective::FlowMatching => Net::Field(nn::build(&config, &params).with_context(building)?),
     };
     let mut state =
         TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
@@ -136,6 +138,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         interpolant_noise: plan.interpolant_noise,
     };
     loss.validate()?;
+    let fd_step = meanflow::fd_step(&config);
     let opts = flags
         .run
         .loop_options(plan.opt.schedule.total, common.quiet);
@@ -146,6 +149,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         &mut |step| match &net {
             Net::Field(net) => loss.loss(net.as_ref(), step),
             Net::Shortcut(net) => shortcut::loss(net, &loss, step),
+            Net::MeanFlow(net) => meanflow::loss(net, &loss, step, fd_step),
         },
         &mut |state, _| match &preview {
             Some(p) => p.write(&config, state),
@@ -165,10 +169,11 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The network a run trains: a field u(x, t), or a shortcut model's u(x, t, d).
+/// The network a run trains: a field u(x, t), or a shortcut or MeanFlow model's u(x, t, d).
 enum Net {
     Field(Box<dyn nn::FieldNet>),
     Shortcut(TwoTime),
+    MeanFlow(TwoTime),
 }
 
 /// Reads (N, ...) finite samples from `path` (the `--data` or `--source` file).
