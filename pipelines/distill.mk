@@ -36,7 +36,7 @@ DIS := $(OUT)/distill
 DIS_SEED := 21
 DIS_METHODS := reflow flowmap consistency
 # fit-velocity's few-step objectives, trained from the data (the rows `<objective>-data`).
-DIS_SCRATCH := shortcut consistency
+DIS_SCRATCH := shortcut meanflow consistency
 DIS_MODELS := $(DIS_METHODS) $(foreach o,$(DIS_SCRATCH),$(o)-data)
 DIS_TEACHER_NFE := 1 2 4 8 16 32 100
 DIS_STUDENT_NFE := 1 2 4
@@ -157,9 +157,9 @@ $(DIS)/table-2d.json: $(foreach r,$(DIS_2D_RUNS),$(DIS)/2d/$(r).eval.json)
 	    printf '%s  {"model": "%s", "steps": %s, "nfe": %s, "energy_distance": %s}' "$$sep" "$$m" "$$k" "$$k" "$$v"; \
 	    sep=$$',\n'; \
 	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
-	{ printf '%-12s %6s %18s\n' model NFE energy_distance; \
+	{ printf '%-18s %6s %18s\n' model NFE energy_distance; \
 	  for r in $(DIS_2D_RUNS); do \
-	    printf '%-12s %6s %18s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_ed,$(DIS)/2d/$$r.eval.json))"; \
+	    printf '%-18s %6s %18s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_ed,$(DIS)/2d/$$r.eval.json))"; \
 	  done; } > $(DIS)/table-2d.txt
 	@cat $(DIS)/table-2d.txt
 
@@ -242,9 +242,9 @@ $(DIS)/table-latent.json: $(foreach r,$(DIS_LAT_RUNS),$(DIS)/latent/$(r).eval.js
 	      "$${r%-*}" "$${r##*-}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
 	    sep=$$',\n'; \
 	  done; printf '\n]}\n'; } > $@.tmp && mv $@.tmp $@
-	{ printf '%-12s %6s %16s %16s\n' model NFE classifier_fid guided_accuracy; \
+	{ printf '%-18s %6s %16s %16s\n' model NFE classifier_fid guided_accuracy; \
 	  for r in $(DIS_LAT_RUNS); do f=$(DIS)/latent/$$r.eval.json; \
-	    printf '%-12s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
+	    printf '%-18s %6s %16s %16s\n' "$${r%-*}" "$${r##*-}" "$$($(call dis_val,classifier_fid,$$f))" "$$($(call dis_val,guided_accuracy,$$f))"; \
 	  done; } > $(DIS)/table-latent.txt
 	@cat $(DIS)/table-latent.txt
 

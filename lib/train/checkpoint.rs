@@ -239,7 +239,8 @@ value_enum_flag!(
     crate::nn::vae::LogvarMode,
     crate::nn::vae::DecoderVariance,
     crate::discrete::paths::Noise,
-    crate::discrete::schedule::Kappa
+    crate::discrete::schedule::Kappa,
+    super::driver::Objective
 );
 
 impl<T: FlagValue + ?Sized> FlagValue for &T {

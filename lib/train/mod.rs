@@ -6,12 +6,14 @@
 //! [`trainer::run`]. Resuming rebuilds the same state from a checkpoint: weights via
 //! `Params::from_model`, moments, EMA and step via `TrainState::restore`. Every random draw of
 //! step s is keyed by s, so a resumed run ends bit-identical to an uninterrupted one.
-//! [`driver`] is the work of the `fit-velocity` and `fit-score` tools. Every module that trains
-//! names its files alike: `driver.rs` for a tool's order of work (flags, inputs, train, write;
-//! here, [`crate::discrete::driver`], [`crate::distill::driver`]) and `train.rs` or the shared
-//! [`trainer`] for the training itself. A driver that outgrows one file becomes a folder of
-//! files of one idea: `mod.rs` the order of work, `flags.rs` the flags and their usage errors,
-//! `plan.rs` the run's plan, fresh or resumed (here [`driver`] and [`vae`]).
+//! [`driver`] is the work of the `fit-velocity` and `fit-score` tools; besides flow matching,
+//! fit-velocity trains few-step models from data with the losses of [`shortcut`] and
+//! [`meanflow`]. Every module that trains names its files alike: `driver.rs` for a tool's order
+//! of work (flags, inputs, train, write; here, [`crate::discrete::driver`],
+//! [`crate::distill::driver`]) and `train.rs` or the shared [`trainer`] for the training itself.
+//! A driver that outgrows one file becomes a folder of files of one idea: `mod.rs` the order of
+//! work, `flags.rs` the flags and their usage errors, `plan.rs` the run's plan, fresh or resumed
+//! (here [`driver`] and [`vae`]).
 
 pub mod arch;
 pub mod checkpoint;
@@ -22,6 +24,7 @@ pub mod driver;
 pub mod ema;
 pub mod flags;
 pub mod losses;
+pub mod meanflow;
 pub mod noisy;
 pub mod optim;
 pub mod preview;

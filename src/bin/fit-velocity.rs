@@ -53,9 +53,13 @@ struct Args {
     interpolant_noise: Option<f64>,
     /// What to learn. `shortcut`: a shortcut model from the data (Frans et al. 2024; see
     /// flowpipe::train::shortcut), u(x, t, d) for jumps of any size d, written as a `flowmap`
-    /// model: sample it with `sample-fewstep --steps K` (1 to 128 jumps). `consistency`:
+    /// model: sample it with `sample-fewstep --steps K` (1 to 128 jumps). `meanflow`: the same
+    /// network and file, regressed on the MeanFlow identity u = v + d du/dt (Geng et al. 2025;
+    /// see flowpipe::train::meanflow), a quarter of each batch with d > 0. `consistency`:
     /// consistency training (Song et al. 2023; flowpipe::train::consistency), f(x_t, t) -> the
-    /// trajectory's end, a `consistency` model for `sample-fewstep` [default: flow-matching]
+    /// trajectory's end, a `consistency` model for `sample-fewstep`. All need a path from
+    /// N(0, I) (not ve) and no --sample-grid; --resume keeps the objective
+    /// [default: flow-matching]
     #[arg(long, value_enum)]
     objective: Option<Objective>,
     #[command(flatten)]

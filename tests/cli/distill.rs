@@ -472,6 +472,7 @@ fn distill_2d_pipeline_at_small_sizes() {
         "flowmap",
         "consistency",
         "shortcut-data",
+        "meanflow-data",
         "consistency-data",
     ];
     assert_eq!(rows.len(), 7 + 3 * models.len());
@@ -581,10 +582,10 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     }
 }
 
-/// fit-velocity --objective shortcut and consistency (issue 28): a shortcut model and a
-/// consistency model trained from the checkerboard data alone sample in one step far closer to
-/// the data than a flow matching model of the same size and steps sampled by one Euler step;
-/// each resumes into the same file, and their flags are checked.
+/// fit-velocity --objective shortcut, meanflow and consistency (issue 28): each model trained
+/// from the checkerboard data alone samples in one step far closer to the data than a flow
+/// matching model of the same size and steps sampled by one Euler step; each resumes into the
+/// same file and keeps its objective, and their flags are checked.
 #[test]
 fn few_step_models_from_data_beat_one_euler_step() {
     let dir = tmp();
@@ -742,4 +743,88 @@ fn few_step_models_from_data_beat_one_euler_step() {
         b"",
     );
     fails(&r, 2, &["--path ve"]);
+
+    // MeanFlow: the same network and file, another target; compared with the same Euler step.
+    let (mf, ck_mf, x_mf) = (
+        path(&dir, "mf.st"),
+        path(&dir, "mf-{step}.st"),
+        path(&dir, "xmf.npy"),
+    );
+    let meanflow = [&train[..], &["--objective", "meanflow"]].concat();
+    let keep = [
+        "--checkpoint",
+        &ck_mf,
+        "--checkpoint-every",
+        "1400",
+        "-o",
+        &mf,
+    ];
+    ok(FIT, &[&meanflow[..], &keep].concat(), b"");
+    ok(
+        FEW,
+        &[&noise, "--model", &mf, "--steps", "1", "-q", "-o", &x_mf],
+        b"",
+    );
+    let e_mf = energy(&x_mf, &refs);
+    assert!(
+        e_mf < 0.3 * e_fm,
+        "one MeanFlow jump {e_mf} against one Euler step {e_fm}"
+    );
+    let m = flowpipe::io::model::load(&mf, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.kind(), "flowmap");
+    assert_eq!(m.config["train"]["objective"], "meanflow");
+    // Resumed near the end without --objective: the same file, so the objective was kept.
+    let again = path(&dir, "again-mf.st");
+    let resume = [
+        "--data",
+        &data,
+        "--resume",
+        &ck_mf.replace("{step}", "1400"),
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        &again,
+    ];
+    ok(FIT, &resume, b"");
+    assert_eq!(std::fs::read(&mf).unwrap(), std::fs::read(&again).unwrap());
+    let r = run(
+        FIT,
+        &[&resume[..], &["--objective", "shortcut"]].concat(),
+        b"",
+    );
+    fails(&r, 2, &["--objective shortcut", "meanflow", "mf-1400.st"]);
+    // A shortcut checkpoint (no train.objective) does not become a MeanFlow run.
+    let r = run(
+        FIT,
+        &[
+            "--data",
+            &data,
+            "--resume",
+            &ck750,
+            "--objective",
+            "meanflow",
+            "-q",
+            "-o",
+            &again,
+        ],
+        b"",
+    );
+    fails(&r, 2, &["--objective meanflow", "shortcut", "ck-750.st"]);
+    let r = run(
+        FIT,
+        &[&meanflow[..], &["--path", "ve", "-o", &mf]].concat(),
+        b"",
+    );
+    fails(&r, 2, &["--objective meanflow", "--path ve"]);
+    let r = run(
+        FIT,
+        &[
+            &meanflow[..],
+            &["--sample-grid", &path(&dir, "g.png"), "-o", &mf],
+        ]
+        .concat(),
+        b"",
+    );
+    fails(&r, 2, &["sample-fewstep"]);
 }

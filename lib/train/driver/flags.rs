@@ -58,6 +58,9 @@ pub enum Objective {
     /// the trajectory's end, from pairs of adjacent times on one draw of the path; a
     /// `consistency` file for sample-fewstep
     Consistency,
+    /// A MeanFlow model (Geng et al. 2025) from data: the same u(x, t, d) as shortcut,
+    /// regressed on the MeanFlow identity u = v + d du/dt; a `flowmap` file for sample-fewstep
+    Meanflow,
 }
 
 impl Objective {
@@ -66,6 +69,7 @@ impl Objective {
             Objective::FlowMatching => "flow-matching",
             Objective::Shortcut => "shortcut",
             Objective::Consistency => "consistency",
+            Objective::Meanflow => "meanflow",
         }
     }
 
@@ -73,9 +77,26 @@ impl Objective {
     pub fn kind(self) -> &'static str {
         match self {
             Objective::FlowMatching => "velocity",
-            Objective::Shortcut => "flowmap",
+            Objective::Shortcut | Objective::Meanflow => "flowmap",
             Objective::Consistency => "consistency",
         }
+    }
+
+    /// Parses a name of [`Self::name`].
+    pub fn parse(s: &str) -> Option<Objective> {
+        [
+            Objective::FlowMatching,
+            Objective::Shortcut,
+            Objective::Consistency,
+            Objective::Meanflow,
+        ]
+        .into_iter()
+        .find(|o| o.name() == s)
+    }
+
+    /// Whether the objective trains a two-time model u(x, t, d), a `flowmap` file.
+    pub fn jumps(self) -> bool {
+        matches!(self, Objective::Shortcut | Objective::Meanflow)
     }
 }
 

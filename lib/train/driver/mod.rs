@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 
 use super::checkpoint::{self, TrainState};
 use super::losses::{ConditionalLoss, Dataset, Labels, Source};
+use super::meanflow;
 use super::preview::Preview;
 use super::trainer;
 use super::{consistency, shortcut};
@@ -66,26 +67,20 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         None => None,
     };
     // Each few-step objective writes a model kind of its own; a resumed run keeps its
-    // checkpoint's (a flow matching model is a `velocity` file, whose tools train it).
-    let objective = match (spec.objective, &ckpt) {
-        (Some(o), _) => o,
+    // checkpoint's kind, and the plan reads the objective back (train.objective for a flowmap).
+    let kind = match (spec.objective, &ckpt) {
+        (Some(o), _) => o.kind(),
         (None, Some(c)) if spec.kind == "velocity" => {
-            match checkpoint::model_config(c).map(|m| m["kind"].as_str().map(str::to_owned)) {
-                Ok(Some(k)) if k == "flowmap" => Objective::Shortcut,
-                Ok(Some(k)) if k == "consistency" => Objective::Consistency,
-                _ => Objective::FlowMatching,
+            let m = checkpoint::model_config(c).ok();
+            match m.as_ref().and_then(|m| m["kind"].as_str()) {
+                Some("flowmap") => "flowmap",
+                Some("consistency") => "consistency",
+                _ => "velocity",
             }
         }
-        (None, _) => Objective::FlowMatching,
+        (None, _) => spec.kind,
     };
-    let spec = if spec.kind == "velocity" {
-        FitSpec {
-            kind: objective.kind(),
-            ..spec
-        }
-    } else {
-        spec
-    };
+    let spec = FitSpec { kind, ..spec };
     let plan = match &ckpt {
         Some(c) => resumed_plan(&spec, flags, common, c, &data, source.as_ref(), &labels)?,
         None => fresh_plan(&spec, flags, common, &data, source.is_some(), &labels)?,
@@ -106,15 +101,17 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     };
 
     let params = checkpoint::start_params(ckpt.as_ref(), plan.seed, &device);
-    let net = if objective == Objective::Shortcut {
-        Net::Shortcut(
-            TwoTime::new(&config, &params)
-                .with_context(|| format!("building {}", config["arch"]))?,
-        )
-    } else {
-        Net::Field(
-            nn::build(&config, &params).with_context(|| format!("building {}", config["arch"]))?,
-        )
+    let building = || format!("building {}", config["arch"]);
+    let net = match plan.objective {
+        Objective::Shortcut => {
+            Net::Shortcut(TwoTime::new(&config, &params).with_context(building)?)
+        }
+        Objective::Meanflow => {
+            Net::MeanFlow(TwoTime::new(&config, &params).with_context(building)?)
+        }
+        Objective::FlowMatching | Objective::Consistency => {
+            Net::Field(nn::build(&config, &params).with_context(building)?)
+        }
     };
     let mut state =
         TrainState::fresh_or_resumed(params, plan.opt.clone(), plan.ema, ckpt.as_ref())?;
@@ -143,6 +140,7 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         interpolant_noise: plan.interpolant_noise,
     };
     loss.validate()?;
+    let fd_step = meanflow::fd_step(&config);
     let opts = flags
         .run
         .loop_options(plan.opt.schedule.total, common.quiet);
@@ -152,11 +150,12 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
         &config,
         &opts,
         &mut |step| match &net {
-            Net::Field(net) if objective == Objective::Consistency => {
+            Net::Field(net) if plan.objective == Objective::Consistency => {
                 consistency::loss(net.as_ref(), &loss, step, total)
             }
             Net::Field(net) => loss.loss(net.as_ref(), step),
             Net::Shortcut(net) => shortcut::loss(net, &loss, step),
+            Net::MeanFlow(net) => meanflow::loss(net, &loss, step, fd_step),
         },
         &mut |state, _| match &preview {
             Some(p) => p.write(&config, state),
@@ -176,10 +175,11 @@ pub fn run(spec: FitSpec, flags: &FitFlags, common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The network a run trains: a field u(x, t), or a shortcut model's u(x, t, d).
+/// The network a run trains: a field u(x, t), or a shortcut or MeanFlow model's u(x, t, d).
 enum Net {
     Field(Box<dyn nn::FieldNet>),
     Shortcut(TwoTime),
+    MeanFlow(TwoTime),
 }
 
 /// Reads (N, ...) finite samples from `path` (the `--data` or `--source` file).

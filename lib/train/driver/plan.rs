@@ -13,7 +13,8 @@ use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
 
 use super::flags::{
-    spec_path, FitFlags, FitSpec, DEFAULT_BATCH, DEFAULT_LABEL_DROPOUT, DEFAULT_LR, DEFAULT_STEPS,
+    spec_path, FitFlags, FitSpec, Objective, DEFAULT_BATCH, DEFAULT_LABEL_DROPOUT, DEFAULT_LR,
+    DEFAULT_STEPS,
 };
 use crate::cli::Common;
 use crate::distill::consistency::PARAMETRISATION;
@@ -43,6 +44,9 @@ pub(super) struct Plan {
     pub(super) time: TimeDensity,
     pub(super) coupling: Coupling,
     pub(super) interpolant_noise: f64,
+    /// What the run regresses on: flow matching (also fit-score's, which has no choice), or a
+    /// two-time model's objective (kind `flowmap`).
+    pub(super) objective: Objective,
 }
 
 pub(super) fn fresh_plan(
@@ -81,6 +85,7 @@ pub(super) fn fresh_plan(
         time: f.time_density.unwrap_or(TimeDensity::Uniform),
         coupling: spec.coupling.unwrap_or_default(),
         interpolant_noise: spec.interpolant_noise.unwrap_or(0.0),
+        objective: spec.objective.unwrap_or(Objective::FlowMatching),
     })
 }
 
@@ -97,7 +102,8 @@ pub(super) fn model_config(
     c["kind"] = json!(spec.kind);
     c["parametrisation"] = json!(plan.param.name());
     if spec.kind == "flowmap" {
-        // A shortcut model (train::shortcut), read as the distilled flow maps are.
+        // A shortcut or MeanFlow model (train::shortcut, train::meanflow), read as the distilled
+        // flow maps are.
         c["parametrisation"] = json!("average-velocity");
         c["second_time"] = json!("jump d = t - s, an extra input channel");
     }
@@ -110,6 +116,10 @@ pub(super) fn model_config(
     c["ema"] = json!(plan.ema);
     c["train"] = json!({
         "loss": match plan.param {
+            Param::Velocity if plan.objective == Objective::Meanflow => {
+                "meanflow: u(x, s, d) on sg(v + d du/ds), the total derivative along (v, 1, -1) by \
+                 a central difference; flow matching at d = 0"
+            }
             Param::Velocity if spec.kind == "flowmap" => {
                 "shortcut: flow matching at d = 0 and self-consistency across step sizes"
             }
@@ -134,6 +144,10 @@ pub(super) fn model_config(
     // one from before the option; a file without it trained independently.
     if plan.coupling != Coupling::Independent {
         c["train"]["coupling"] = json!(plan.coupling.name());
+    }
+    // A flowmap file without it is a shortcut model (files from before MeanFlow).
+    if plan.objective == Objective::Meanflow {
+        c["train"]["objective"] = json!(plan.objective.name());
     }
     // The same for the stochastic interpolant: absent means no noise term.
     if plan.interpolant_noise > 0.0 {
@@ -194,6 +208,15 @@ pub(super) fn resumed_plan(
                 .filter(|a| *a >= 0.0 && a.is_finite())
                 .ok_or_else(|| bad("train.interpolant_noise"))?,
         },
+        // A flowmap file without train.objective is a shortcut model.
+        objective: match (spec.kind, m["train"]["objective"].as_str()) {
+            ("flowmap", None) => Objective::Shortcut,
+            ("flowmap", Some(o)) => Objective::parse(o)
+                .filter(|o| o.jumps())
+                .ok_or_else(|| bad("train.objective"))?,
+            ("consistency", _) => Objective::Consistency,
+            _ => Objective::FlowMatching,
+        },
     };
     let s = &plan.opt.schedule;
     for (flag, key, given, _) in arch::given(&f.net) {
@@ -237,6 +260,7 @@ pub(super) fn resumed_plan(
         &plan.time.name(),
         name,
     )?;
+    checkpoint::same("--objective", &spec.objective, &plan.objective, name)?;
     checkpoint::same("--coupling", &spec.coupling, &plan.coupling, name)?;
     checkpoint::same(
         "--interpolant-noise",
