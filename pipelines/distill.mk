@@ -90,7 +90,10 @@ $(DIS)/2d $(DIS)/latent:
 DIS_EMPTY :=
 DIS_SPACE := $(DIS_EMPTY) $(DIS_EMPTY)
 # Panel titles of runs `model-steps`: "model NFE steps", separated by `;`.
-dis_titles = $(subst -, NFE ,$(patsubst %;,%,$(subst ;$(DIS_SPACE),;,$(foreach r,$(1),$(r);))))
+# The steps are after the last `-` (a model's name may hold one: `shortcut-data-4`).
+dis_steps = $(lastword $(subst -, ,$(1)))
+dis_title = $(patsubst %-$(call dis_steps,$(1)),%,$(1)) NFE $(call dis_steps,$(1))
+dis_titles = $(patsubst %;,%,$(subst ;$(DIS_SPACE),;,$(foreach r,$(1),$(call dis_title,$(r));)))
 
 # Energy distance of one evaluate report (the first "value" after "energy_distance").
 dis_ed = awk '/"energy_distance"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(1)
