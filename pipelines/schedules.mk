@@ -2,7 +2,8 @@
 # the tools only.
 #   make schedules   out/schedules/schedules.jsonl (one row per model)
 # The same 2D MLP velocity model is trained on the checkerboard (N(0, I) source, independent
-# pairs) along each probability path (condot, sqrt, cosine, vp; flowpipe::paths) with each
+# pairs; ve from its own N(0, 50^2 I)) along each probability path (condot, sqrt, cosine, vp, ve;
+# flowpipe::paths) with each
 # density of the training time (uniform, logit-normal with m = 0, s = 1, and mode sampling with
 # s = 1.29, Esser et al. 2024; flowpipe::paths::TimeDensity), and measured three ways against
 # 2,000 held-out points: the energy distance of 2,000 samples by Euler with 8 steps and by Heun
@@ -14,7 +15,7 @@
 
 SCH := $(OUT)/schedules
 SCH_SEED := 31
-SCH_PATHS := condot sqrt cosine vp
+SCH_PATHS := condot sqrt cosine vp ve
 SCH_TIMES := uniform logitnormal mode
 SCH_TIME_uniform := uniform
 SCH_TIME_logitnormal := logit-normal:0,1
@@ -45,8 +46,9 @@ $(SCH)/train.npy: $(TOOLS) | $(SCH)/.dir
 	sample-data checkerboard -n $(SCH_N) --seed $(SCH_SEED) -o $@
 $(SCH)/ref.npy: $(TOOLS) | $(SCH)/.dir
 	sample-data checkerboard -n $(SCH_SAMPLES) --seed 131 -o $@
-$(SCH)/noise.npy: $(TOOLS) | $(SCH)/.dir
-	sample-noise -n $(SCH_SAMPLES) --shape 2 --seed 132 -o $@
+# Each model's own p_init (N(0, I), or N(0, 50^2 I) for ve), from the same normal draws.
+$(SCH)/%.noise.npy: $(SCH)/%.safetensors
+	sample-noise -n $(SCH_SAMPLES) --model $< --seed 132 -o $@
 
 # The energy distance of one evaluate report (the first "value" after "energy_distance").
 sch_ed = awk '/"energy_distance"/ { f = 1 } f && /"value"/ { gsub(/[ ,]/, ""); split($$0, a, ":"); print a[2]; exit }' $(1)
@@ -58,10 +60,10 @@ sch_time = $(SCH_TIME_$(word 2,$(subst -, ,$(1))))
 $(SCH)/%.safetensors: $(SCH)/train.npy
 	fit-velocity --data $< --path $(call sch_path,$*) --time-density $(call sch_time,$*) $(SCH_FIT) \
 	  --log $(SCH)/$*.log.jsonl -o $@
-$(SCH)/%.row.json: $(SCH)/%.safetensors $(SCH)/noise.npy $(SCH)/ref.npy
-	simulate-sde -q $(SCH)/noise.npy --field $< --solver euler --steps 8 \
+$(SCH)/%.row.json: $(SCH)/%.safetensors $(SCH)/%.noise.npy $(SCH)/ref.npy
+	simulate-sde -q $(SCH)/$*.noise.npy --field $< --solver euler --steps 8 \
 	  | evaluate - --reference $(SCH)/ref.npy -q -o $(SCH)/$*.euler8.json
-	simulate-sde -q $(SCH)/noise.npy --field $< --solver heun --steps 50 \
+	simulate-sde -q $(SCH)/$*.noise.npy --field $< --solver heun --steps 50 \
 	  | evaluate - --reference $(SCH)/ref.npy -q -o $(SCH)/$*.heun50.json
 	likelihood $(SCH)/ref.npy --model $< -q -o $(SCH)/$*.nll.json
 	printf '{"path": "%s", "time_density": "%s", "energy_distance_euler8": %s, "energy_distance_heun50": %s, "nll": %s}\n' \
@@ -69,7 +71,7 @@ $(SCH)/%.row.json: $(SCH)/%.safetensors $(SCH)/noise.npy $(SCH)/ref.npy
 	  "$$($(call sch_ed,$(SCH)/$*.heun50.json))" \
 	  "$$(sed -n 's/.*"nll":\([^,}]*\).*/\1/p' $(SCH)/$*.nll.json)" > $@.tmp && mv $@.tmp $@
 
-.SECONDARY: $(foreach m,$(SCH_MODELS),$(SCH)/$(m).safetensors $(SCH)/$(m).row.json)
+.SECONDARY: $(foreach m,$(SCH_MODELS),$(SCH)/$(m).safetensors $(SCH)/$(m).noise.npy $(SCH)/$(m).row.json)
 
 $(SCH)/schedules.jsonl: $(foreach m,$(SCH_MODELS),$(SCH)/$(m).row.json)
 	cat $^ > $@.tmp && mv $@.tmp $@

@@ -273,8 +273,8 @@ fn schedules_pipeline_tabulates_every_path_and_time_density() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 12, "{table}");
-    for path in ["condot", "sqrt", "cosine", "vp"] {
+    assert_eq!(rows.len(), 15, "{table}");
+    for path in ["condot", "sqrt", "cosine", "vp", "ve"] {
         for time in ["uniform", "logit-normal:0,1", "mode:1.29"] {
             let row = rows
                 .iter()
