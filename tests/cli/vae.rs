@@ -271,8 +271,9 @@ fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
     v
 }
 
-/// `make latent lab3 SMALL=1` on a 20-image stand-in for Fashion-MNIST: every stage of the main
-/// job and of lab 3 runs through the binaries, metrics included (classifier, evaluate).
+/// `make latent lab3 schedules-images SMALL=1` on a 20-image stand-in for Fashion-MNIST: every
+/// stage of the main job, of lab 3 and of the image schedules table runs through the binaries,
+/// metrics included (classifier, evaluate).
 #[test]
 fn make_latent_and_lab3_run_every_stage() {
     let data = tmp();
@@ -302,8 +303,28 @@ fn make_latent_and_lab3_run_every_stage() {
     }
     let out = tmp();
     let data_dir = format!("FLOWPIPE_DATA={}", data.path().display());
-    let targets = ["latent", "lab3", "lab3-sanity", "guidance-latent"];
+    let targets = [
+        "latent",
+        "lab3",
+        "lab3-sanity",
+        "guidance-latent",
+        "schedules-images",
+    ];
     make_small(&targets, out.path(), &[data_dir]);
+    // The image half of the schedules table (issue 28): a row per model, each with its two
+    // classifier-FIDs (SMALL trains two of the fifteen models).
+    let table = std::fs::read_to_string(out.path().join("schedules/images.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = table
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(rows[1]["path"], "ve", "{table}");
+    for r in &rows {
+        for key in ["fid_euler8", "fid_heun25"] {
+            assert!(r[key].as_f64().is_some_and(f64::is_finite), "{r}");
+        }
+    }
     // Classifier guidance beside CFG on the latents (issue 27): a row per method and w.
     let gl = out.path().join("guidance").join("latent");
     let rows: serde_json::Value =
