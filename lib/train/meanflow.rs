@@ -111,12 +111,14 @@ pub const RATIO: f64 = 0.25;
 pub const FD_STEP: f64 = 1e-2;
 
 /// The step h of the finite-difference JVP for the network of `config`: [`FD_STEP`], shrunk to
-/// keep 2 pi f h ~ 0.02 for the fastest time frequency f of the architecture (the MLP's
-/// `time_features` K: f = K; DiT's sinusoidal features: f = 1000 / (2 pi)).
+/// keep 2 pi f h ~ 0.02 for the fastest time frequency f of the architecture (the MLPs'
+/// `time_features` K: f = K; DiT's sinusoidal features: f = 1000 / (2 pi); the U-Net's learned
+/// Fourier frequencies start as N(0, 1) draws: f = 3, three standard deviations).
 pub fn fd_step(config: &Value) -> f64 {
     let fastest = match config["arch"].as_str() {
-        Some("mlp") => config["time_features"].as_u64().unwrap_or(0) as f64,
+        Some("mlp" | "cmlp") => config["time_features"].as_u64().unwrap_or(0) as f64,
         Some("dit") => 1000.0 / std::f64::consts::TAU,
+        Some("unet") => 3.0,
         _ => 0.0,
     };
     FD_STEP.min(3e-3 / fastest)
@@ -284,22 +286,28 @@ mod tests {
         let (a, c) = times.split_at(n);
         let s: Vec<f32> = a.iter().zip(c).map(|(a, c)| a.min(*c)).collect();
         let d: Vec<f32> = a.iter().zip(c).map(|(a, c)| (a - c).abs()).collect();
-        for (hidden, time_features) in [(vec![64; 4], 0), (vec![64, 64], 4)] {
-            let mlp = crate::nn::MlpConfig {
+        let configs = [(vec![64; 4], 0), (vec![64, 64], 4)].map(|(hidden, time_features)| {
+            crate::nn::MlpConfig {
                 dim: 2,
                 hidden,
                 activation: crate::nn::Activation::Silu,
                 time_features,
-            };
+            }
+            .to_json()
+        });
+        // The labelled MLP's harmonics need the same smaller step (its null label here).
+        let cmlp = serde_json::json!({"arch": "cmlp", "data_shape": [2], "hidden": [64, 64],
+            "activation": "silu", "time_features": 4, "num_classes": 3, "label_embed_dim": 4});
+        for config in configs.into_iter().chain([cmlp]) {
+            let time_features = &config["time_features"];
             let params = crate::nn::Params::new(3, &Device::Cpu);
-            let net = TwoTime::new(&mlp.to_json(), &params).unwrap();
+            let net = TwoTime::new(&config, &params).unwrap();
             let exact = jvp_exact(&net, &x, &v, &s, &d);
-            let h = fd_step(&mlp.to_json());
+            let h = fd_step(&config);
             let fd = jvp_fd(&net, &x, &v, &s, &d, None, h).unwrap();
             let err = relative_rms(&fd, &exact);
             // Measured 2026-12-07: 5.7e-5 (K = 0, h = 1e-2) and 5.3e-5 (K = 4, h = 7.5e-4); the
             // table of other h is in the module header.
-            eprintln!("time_features {time_features}, h {h}: relative rms error {err:.2e}");
             assert!(err < 1e-3, "time features {time_features}: {err}");
         }
     }
