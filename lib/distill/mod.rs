@@ -203,6 +203,21 @@ pub(crate) mod tests {
         (err / (2 * start.len()) as f64).sqrt()
     }
 
+    /// Asserts that each jump (s, t) of `net`, from 256 points carried to s by the closed-form
+    /// flow, lands within rms `tol` of the closed-form flow map. An untrained or Euler jump from
+    /// 0 to 1 is off by about 0.5 per coordinate (the map scales each axis by sd_1 / sd_0 = 0.5),
+    /// so tolerances below that need the map learned.
+    pub fn assert_jumps_match(net: &super::flowmap::TwoTime, cases: &[(f64, f64, f64)]) {
+        for &(s, t, tol) in cases {
+            let (start, xs) = points_at(11, s);
+            let got = net
+                .jump(&xs, &[s as f32; 256], &[(t - s) as f32; 256], None)
+                .unwrap();
+            let rmse = rms_against_closed_form(&start, &got, s, t);
+            assert!(rmse < tol, "jump {s} -> {t}: rms error {rmse}");
+        }
+    }
+
     #[test]
     fn bank_follows_the_closed_form_flow() {
         let g = GaussianTarget {
