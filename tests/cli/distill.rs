@@ -609,12 +609,7 @@ fn few_step_models_from_data_beat_one_euler_step() {
         &["-n", "1000", "--shape", "2", "--seed", "3", "-o", &noise],
         b"",
     );
-    let (fm, sc, ck, ck_ct) = (
-        path(&dir, "fm.st"),
-        path(&dir, "sc.st"),
-        path(&dir, "ck-{step}.st"),
-        path(&dir, "ck-ct-{step}.st"),
-    );
+    let fm = path(&dir, "fm.st");
     let train = [
         "--data",
         &data,
@@ -635,196 +630,139 @@ fn few_step_models_from_data_beat_one_euler_step() {
         "-q",
     ];
     ok(FIT, &[&train[..], &["-o", &fm]].concat(), b"");
-    let shortcut = [&train[..], &["--objective", "shortcut"]].concat();
-    let keep = ["--checkpoint", &ck, "--checkpoint-every", "750", "-o", &sc];
-    ok(FIT, &[&shortcut[..], &keep].concat(), b"");
-    let (x_fm, x_sc) = (path(&dir, "xfm.npy"), path(&dir, "xsc.npy"));
+    let x_fm = path(&dir, "xfm.npy");
     let sim = [
         &noise, "--field", &fm, "--solver", "euler", "--steps", "1", "-q",
     ];
     ok(SIM, &[&sim[..], &["-o", &x_fm]].concat(), b"");
-    ok(
-        FEW,
-        &[&noise, "--model", &sc, "--steps", "1", "-q", "-o", &x_sc],
-        b"",
-    );
-    let (e_fm, e_sc) = (energy(&x_fm, &refs), energy(&x_sc, &refs));
-    // One Euler step lands every sample near the data mean (about 1.3 here); the shortcut's
-    // one jump must be several times closer.
-    assert!(
-        e_sc < 0.3 * e_fm,
-        "one jump {e_sc} against one Euler step {e_fm}"
-    );
-    let m = flowpipe::io::model::load(&sc, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(m.kind(), "flowmap");
-    // Consistency training on the same budget: its one step must be as clearly better.
-    let (ct, x_ct) = (path(&dir, "ct.st"), path(&dir, "xct.npy"));
-    let consistency = [&train[..], &["--objective", "consistency"]].concat();
-    let keep_ct = [
-        "--checkpoint",
-        &ck_ct,
-        "--checkpoint-every",
-        "750",
-        "-o",
-        &ct,
-    ];
-    ok(FIT, &[&consistency[..], &keep_ct].concat(), b"");
-    ok(
-        FEW,
-        &[&noise, "--model", &ct, "--steps", "1", "-q", "-o", &x_ct],
-        b"",
-    );
-    let e_ct = energy(&x_ct, &refs);
-    assert!(
-        e_ct < 0.3 * e_fm,
-        "one consistency step {e_ct} against one Euler step {e_fm}"
-    );
-    let m = flowpipe::io::model::load(&ct, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(m.kind(), "consistency");
-    // Resumed halfway (the curriculum depends on the step only): the same bytes.
-    let again_ct = path(&dir, "again-ct.st");
-    let resume_ct = [
-        "--data",
-        &data,
-        "--resume",
-        &ck_ct.replace("{step}", "750"),
-        "--threads",
-        "1",
-        "-q",
-        "-o",
-        &again_ct,
-    ];
-    ok(FIT, &resume_ct, b"");
-    assert_eq!(
-        std::fs::read(&ct).unwrap(),
-        std::fs::read(&again_ct).unwrap()
-    );
-    let r = run(
-        FIT,
-        &[&consistency[..], &["--source", &data, "-o", &ct]].concat(),
-        b"",
-    );
-    fails(&r, 2, &["--source"]);
-    // Resumed from the middle without repeating --objective: the same file.
-    let again = path(&dir, "again.st");
-    let ck750 = ck.replace("{step}", "750");
-    let resume = [
-        "--data",
-        &data,
-        "--resume",
-        &ck750,
-        "--threads",
-        "1",
-        "-q",
-        "-o",
-        &again,
-    ];
-    ok(FIT, &resume, b"");
-    assert_eq!(std::fs::read(&sc).unwrap(), std::fs::read(&again).unwrap());
-    let r = run(
-        FIT,
-        &[&resume[..], &["--objective", "flow-matching"]].concat(),
-        b"",
-    );
-    fails(&r, 1, &["ck-750.st", "flowmap"]);
-    let r = run(
-        FIT,
-        &[
-            &shortcut[..],
-            &["--sample-grid", &path(&dir, "g.png"), "-o", &sc],
-        ]
-        .concat(),
-        b"",
-    );
-    fails(&r, 2, &["sample-fewstep"]);
-    let r = run(
-        FIT,
-        &[&shortcut[..], &["--path", "ve", "-o", &sc]].concat(),
-        b"",
-    );
-    fails(&r, 2, &["--path ve"]);
+    // One Euler step lands every sample near the data mean (about 1.3 here).
+    let e_fm = energy(&x_fm, &refs);
 
-    // MeanFlow: the same network and file, another target; compared with the same Euler step.
-    let (mf, ck_mf, x_mf) = (
-        path(&dir, "mf.st"),
-        path(&dir, "mf-{step}.st"),
-        path(&dir, "xmf.npy"),
-    );
-    let meanflow = [&train[..], &["--objective", "meanflow"]].concat();
-    let keep = [
-        "--checkpoint",
-        &ck_mf,
-        "--checkpoint-every",
-        "1400",
-        "-o",
-        &mf,
-    ];
-    ok(FIT, &[&meanflow[..], &keep].concat(), b"");
-    ok(
-        FEW,
-        &[&noise, "--model", &mf, "--steps", "1", "-q", "-o", &x_mf],
-        b"",
-    );
-    let e_mf = energy(&x_mf, &refs);
-    assert!(
-        e_mf < 0.3 * e_fm,
-        "one MeanFlow jump {e_mf} against one Euler step {e_fm}"
-    );
-    let m = flowpipe::io::model::load(&mf, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(m.kind(), "flowmap");
-    assert_eq!(m.config["train"]["objective"], "meanflow");
-    // Resumed near the end without --objective: the same file, so the objective was kept.
-    let again = path(&dir, "again-mf.st");
-    let resume = [
-        "--data",
-        &data,
-        "--resume",
-        &ck_mf.replace("{step}", "1400"),
-        "--threads",
-        "1",
-        "-q",
-        "-o",
-        &again,
-    ];
-    ok(FIT, &resume, b"");
-    assert_eq!(std::fs::read(&mf).unwrap(), std::fs::read(&again).unwrap());
-    let r = run(
-        FIT,
-        &[&resume[..], &["--objective", "shortcut"]].concat(),
-        b"",
-    );
-    fails(&r, 2, &["--objective shortcut", "meanflow", "mf-1400.st"]);
-    // A shortcut checkpoint (no train.objective) does not become a MeanFlow run.
-    let r = run(
-        FIT,
-        &[
+    // Each objective on the same budget, checkpointed at step `every`: its one step must be
+    // several times closer to the data, and a run resumed from the checkpoint without
+    // --objective must end in the same bytes (the objective was kept). Returns the model, the
+    // checkpoint and the flags of the run.
+    let from_data = |objective: &str, every: &str| -> (String, String, Vec<String>) {
+        let model = path(&dir, &format!("{objective}.st"));
+        let ck = path(&dir, &format!("{objective}-{{step}}.st"));
+        let flags: Vec<String> = train
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--objective".into(), objective.into()])
+            .collect();
+        let keep = [
+            "--checkpoint",
+            &ck,
+            "--checkpoint-every",
+            every,
+            "-o",
+            &model,
+        ];
+        let args: Vec<&str> = flags.iter().map(String::as_str).chain(keep).collect();
+        ok(FIT, &args, b"");
+        let x = path(&dir, &format!("x-{objective}.npy"));
+        ok(
+            FEW,
+            &[&noise, "--model", &model, "--steps", "1", "-q", "-o", &x],
+            b"",
+        );
+        let e = energy(&x, &refs);
+        assert!(
+            e < 0.3 * e_fm,
+            "one {objective} step {e} against one Euler step {e_fm}"
+        );
+        let ck = ck.replace("{step}", every);
+        let again = path(&dir, &format!("again-{objective}.st"));
+        let resume = [
             "--data",
             &data,
             "--resume",
-            &ck750,
-            "--objective",
-            "meanflow",
+            &ck,
+            "--threads",
+            "1",
             "-q",
             "-o",
             &again,
-        ],
-        b"",
-    );
-    fails(&r, 2, &["--objective meanflow", "shortcut", "ck-750.st"]);
-    let r = run(
-        FIT,
-        &[&meanflow[..], &["--path", "ve", "-o", &mf]].concat(),
-        b"",
-    );
-    fails(&r, 2, &["--objective meanflow", "--path ve"]);
-    let r = run(
-        FIT,
-        &[
-            &meanflow[..],
-            &["--sample-grid", &path(&dir, "g.png"), "-o", &mf],
+        ];
+        ok(FIT, &resume, b"");
+        assert_eq!(
+            std::fs::read(&model).unwrap(),
+            std::fs::read(&again).unwrap(),
+            "{objective}"
+        );
+        (model, ck, flags)
+    };
+    let kind = |model: &str| flowpipe::io::model::load(model, &candle_core::Device::Cpu).unwrap();
+
+    let (sc, ck_sc, shortcut) = from_data("shortcut", "750");
+    assert_eq!(kind(&sc).kind(), "flowmap");
+    // The curriculum depends on the step only, so the resumed run repeats it.
+    let (ct, _, consistency) = from_data("consistency", "750");
+    assert_eq!(kind(&ct).kind(), "consistency");
+    let (mf, ck_mf, meanflow) = from_data("meanflow", "1400");
+    let m = kind(&mf);
+    assert_eq!(m.kind(), "flowmap");
+    assert_eq!(m.config["train"]["objective"], "meanflow");
+
+    // Refused: flags that contradict a checkpoint's objective, and the ones no few-step
+    // objective takes.
+    let with = |flags: &[String], more: &[&str]| -> Vec<String> {
+        flags
+            .iter()
+            .cloned()
+            .chain(more.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let out = path(&dir, "refused.st");
+    let resume = |ck: &str, objective: &str| -> Vec<String> {
+        [
+            "--data",
+            &data,
+            "--resume",
+            ck,
+            "--objective",
+            objective,
+            "-q",
+            "-o",
+            &out,
         ]
-        .concat(),
-        b"",
+        .map(String::from)
+        .to_vec()
+    };
+    let fails_with = |args: Vec<String>, code: i32, words: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&run(FIT, &args, b""), code, words);
+    };
+    fails_with(
+        resume(&ck_sc, "flow-matching"),
+        1,
+        &["shortcut-750.st", "flowmap"],
     );
-    fails(&r, 2, &["sample-fewstep"]);
+    fails_with(
+        resume(&ck_mf, "shortcut"),
+        2,
+        &["--objective shortcut", "meanflow", "meanflow-1400.st"],
+    );
+    // A shortcut checkpoint (no train.objective) does not become a MeanFlow run.
+    fails_with(
+        resume(&ck_sc, "meanflow"),
+        2,
+        &["--objective meanflow", "shortcut", "shortcut-750.st"],
+    );
+    for flags in [&shortcut, &meanflow, &consistency] {
+        let ve = with(flags, &["--path", "ve", "-o", &out]);
+        fails_with(ve, 2, &["--path ve"]);
+        let grid = with(flags, &["--sample-grid", &path(&dir, "g.png"), "-o", &out]);
+        fails_with(grid, 2, &["sample-fewstep"]);
+    }
+    fails_with(
+        with(&consistency, &["--source", &data, "-o", &out]),
+        2,
+        &["--source"],
+    );
+    assert!(!std::path::Path::new(&out).exists());
+    // The models the refused runs named are untouched.
+    for model in [&sc, &ct, &mf] {
+        assert!(std::path::Path::new(model).is_file());
+    }
 }
