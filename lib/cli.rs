@@ -191,6 +191,14 @@ where
     Ok(v)
 }
 
+/// clap's value parser for a flag that must be a positive finite number.
+pub fn positive_number(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, got '{s}'")),
+    }
+}
+
 /// clap's error on one line, as the house writes errors: its first paragraph (the error and
 /// the arguments it concerns) without the `error: ` prefix, `Usage:` and hints.
 fn clap_one_line(e: &clap::Error) -> String {

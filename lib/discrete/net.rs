@@ -134,6 +134,7 @@ impl DenoiserConfig {
             num_classes: self.num_classes,
             mlp_ratio: self.mlp_ratio,
             time_features: self.time_features,
+            time_scale: crate::nn::embed::DEFAULT_TIME_SCALE,
             activation: self.activation,
         }
     }
@@ -165,7 +166,13 @@ impl Denoiser {
         Ok(Denoiser {
             token_embed: params.var("token_embed", &[v, d], small)?,
             pos_embed: params.var("pos_embed", &[1, cfg.seq_len, d], small)?,
-            time_embed: TimeMlp::new(params, "time_embed", cfg.time_features, d)?,
+            time_embed: TimeMlp::new(
+                params,
+                "time_embed",
+                cfg.time_features,
+                crate::nn::embed::DEFAULT_TIME_SCALE,
+                d,
+            )?,
             label_embed: match cfg.num_classes {
                 0 => None,
                 k => Some(LabelEmbedding::new(params, "label_embed", k, d)?),

@@ -289,6 +289,7 @@ mod tests {
             num_classes: 3,
             mlp_ratio: 2,
             time_features: 16,
+            time_scale: 1000.0,
             activation: FfActivation::Silu,
         }
         .to_json();

@@ -90,13 +90,16 @@ pub struct DitConfig {
     pub mlp_ratio: usize,
     /// Sinusoidal features of t fed to the time MLP.
     pub time_features: usize,
+    /// Their time scale S: features cos/sin(S t omega_k), omega_k <= 1 ([`super::embed`]).
+    pub time_scale: f64,
     /// The nonlinearity of the feed-forward layers and of the final MLP.
     pub activation: FfActivation,
 }
 
 impl DitConfig {
     /// The config fields: `arch` ("dit"), `data_shape`, `patch_size`, `width`, `depth`,
-    /// `heads`, `num_classes`, `mlp_ratio`, `time_features`, `activation` ("gelu" | "silu").
+    /// `heads`, `num_classes`, `mlp_ratio`, `time_features`, `time_scale`, `activation`
+    /// ("gelu" | "silu").
     pub fn to_json(&self) -> Value {
         json!({
             "arch": "dit",
@@ -108,12 +111,14 @@ impl DitConfig {
             "num_classes": self.num_classes,
             "mlp_ratio": self.mlp_ratio,
             "time_features": self.time_features,
+            "time_scale": self.time_scale,
             "activation": self.activation.name(),
         })
     }
 
     /// Reads a config. Defaults: patch 2, width 256, depth 6, 4 heads, unconditional, mlp_ratio
-    /// 4, 256 time features; `activation` has none (required).
+    /// 4, 256 time features of time scale 1000 (files written before the key existed have
+    /// that scale); `activation` has none (required).
     pub fn from_json(config: &Value) -> ConfigResult<DitConfig> {
         let data_shape = image_shape(config, "dit")?;
         let cfg = DitConfig {
@@ -125,6 +130,13 @@ impl DitConfig {
             num_classes: size(config, "num_classes", 0)?,
             mlp_ratio: positive(config, "mlp_ratio", 4)?,
             time_features: positive(config, "time_features", 256)?,
+            time_scale: match &config["time_scale"] {
+                Value::Null => super::embed::DEFAULT_TIME_SCALE,
+                v => v
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("dit time_scale must be a positive number, got {v}"))?,
+            },
             // Required: GELU and SiLU networks have the same tensors, so a default would load
             // a file written with the other one without a word.
             activation: match &config["activation"] {
@@ -273,7 +285,7 @@ impl Dit {
                 &[1, cfg.tokens(), d],
                 Init::Normal { std: 0.02 },
             )?,
-            time_embed: TimeMlp::new(params, "time_embed", cfg.time_features, d)?,
+            time_embed: TimeMlp::new(params, "time_embed", cfg.time_features, cfg.time_scale, d)?,
             label_embed: match cfg.num_classes {
                 0 => None,
                 k => Some(LabelEmbedding::new(params, "label_embed", k, d)?),
@@ -359,6 +371,7 @@ mod tests {
             num_classes,
             mlp_ratio: 4,
             time_features: 8,
+            time_scale: 1000.0,
             activation: FfActivation::Gelu,
         }
     }

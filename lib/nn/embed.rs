@@ -5,8 +5,10 @@
 //!   (dim/2 of them), phi(t) = sqrt(2) [sin(2 pi w t), cos(2 pi w t)]; the sqrt(2) gives each
 //!   coordinate mean square 1 (sin^2 + cos^2 = 1 per pair).
 //! - Sinusoidal features (transformer style, used by DiT): omega_k = 10000^(-k / half),
-//!   phi(t) = [cos(1000 t omega_k), sin(1000 t omega_k)]; t is scaled by 1000 so that t in [0, 1]
-//!   spans the range of the 1000 discrete steps these frequencies were designed for.
+//!   phi(t) = [cos(S t omega_k), sin(S t omega_k)]. The time scale S is 1000 by default, so that
+//!   t in [0, 1] spans the range of the 1000 discrete steps these frequencies were designed for;
+//!   a smaller S gives features that vary slowly in t (MeanFlow, whose target holds the
+//!   network's own derivative in t, needs that: see [`crate::train::meanflow`]).
 //! - [`TimeMlp`]: Linear -> SiLU -> Linear on top of fixed features.
 //! - [`LabelEmbedding`]: a table of num_classes + 1 learned rows, N(0, 1) like `nn.Embedding`;
 //!   the last row is the null label of classifier-free guidance (notes eq. on the guided vector
@@ -61,11 +63,15 @@ pub fn harmonics(t: &Tensor, k: usize) -> candle_core::Result<Tensor> {
     Tensor::cat(&[t, &arg.sin()?, &arg.cos()?], 1)
 }
 
-/// Fixed sinusoidal features of t: (N, 1) -> (N, dim), [cos(1000 t omega), sin(1000 t omega)].
-pub fn sinusoidal(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+/// The time scale S of [`sinusoidal`] features unless a config names another.
+pub const DEFAULT_TIME_SCALE: f64 = 1000.0;
+
+/// Fixed sinusoidal features of t: (N, 1) -> (N, dim), [cos(S t omega), sin(S t omega)], S the
+/// time `scale`.
+pub fn sinusoidal(t: &Tensor, dim: usize, scale: f64) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
-        .map(|k| 1000.0 * (-(10000f32.ln()) * k as f32 / half as f32).exp())
+        .map(|k| scale as f32 * (-(10000f32.ln()) * k as f32 / half as f32).exp())
         .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
     let arg = t.broadcast_mul(&freqs)?;
@@ -80,23 +86,31 @@ pub fn sinusoidal(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
 #[derive(Clone)]
 pub struct TimeMlp {
     features: usize,
+    scale: f64,
     l1: Linear,
     l2: Linear,
 }
 
 impl TimeMlp {
-    /// Layers `name.0`, `name.1` on `features` sinusoidal features.
-    pub fn new(params: &Params, name: &str, features: usize, dim: usize) -> Result<TimeMlp> {
+    /// Layers `name.0`, `name.1` on `features` sinusoidal features of time scale `scale`.
+    pub fn new(
+        params: &Params,
+        name: &str,
+        features: usize,
+        scale: f64,
+        dim: usize,
+    ) -> Result<TimeMlp> {
         let p = params.pp(name);
         Ok(TimeMlp {
             features,
+            scale,
             l1: linear(&p, "0", features, dim)?,
             l2: linear(&p, "1", dim, dim)?,
         })
     }
 
     pub fn forward(&self, t: &Tensor) -> candle_core::Result<Tensor> {
-        let h = sinusoidal(t, self.features)?;
+        let h = sinusoidal(t, self.features, self.scale)?;
         self.l2
             .forward(&self.l1.forward_act(&h, super::ops::Activated::Silu)?)
     }
@@ -191,11 +205,17 @@ mod tests {
     #[test]
     fn sinusoidal_features_start_at_cos_one_sin_zero() {
         let t = Tensor::new(&[[0f32], [0.5]], &Device::Cpu).unwrap();
-        let phi: Vec<Vec<f32>> = sinusoidal(&t, 8).unwrap().to_vec2().unwrap();
+        let phi: Vec<Vec<f32>> = sinusoidal(&t, 8, DEFAULT_TIME_SCALE)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(phi[0], vec![1., 1., 1., 1., 0., 0., 0., 0.]);
         // k = 0: omega = 1000, so the first feature of t = 0.5 is cos(500).
         assert!((phi[1][0] - 500f32.cos()).abs() < 1e-3);
-        assert_eq!(sinusoidal(&t, 7).unwrap().dims(), &[2, 7]);
+        assert_eq!(
+            sinusoidal(&t, 7, DEFAULT_TIME_SCALE).unwrap().dims(),
+            &[2, 7]
+        );
     }
 
     #[test]

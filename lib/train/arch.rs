@@ -6,7 +6,7 @@
 //! the part of a model file's config that rebuilds the network ([`crate::nn::build`]). On
 //! resume the checkpoint's config wins and [`given`] lists the flags to compare against it.
 
-use crate::cli::at_least_1;
+use crate::cli::{at_least_1, positive_number};
 use serde_json::{json, Value};
 
 use crate::nn::{Activation, CmlpConfig, DitConfig, MlpConfig, UNetConfig};
@@ -65,6 +65,10 @@ pub struct NetFlags {
     /// DiT attention heads, dividing the width [default: 4]
     #[arg(long, value_name = "H", value_parser = at_least_1::<usize>)]
     pub heads: Option<usize>,
+    /// DiT time scale S of the sinusoidal time features cos/sin(S t omega_k), omega_k <= 1
+    /// [default: 1000; 1 with --objective meanflow]
+    #[arg(long, value_name = "S", value_parser = positive_number)]
+    pub time_scale: Option<f64>,
     /// MLP hidden layer widths, comma separated [default: 64,64,64,64]
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
     pub hidden: Option<Vec<usize>>,
@@ -117,6 +121,12 @@ pub fn given(n: &NetFlags) -> Vec<(&'static str, &'static str, Value, &'static [
     add("--width", "width", n.width.map(|w| json!(w)), &[Dit]);
     add("--depth", "depth", n.depth.map(|d| json!(d)), &[Dit]);
     add("--heads", "heads", n.heads.map(|h| json!(h)), &[Dit]);
+    add(
+        "--time-scale",
+        "time_scale",
+        n.time_scale.map(|s| json!(s)),
+        &[Dit],
+    );
     v
 }
 
@@ -213,6 +223,7 @@ pub fn fresh_config(
                 num_classes,
                 mlp_ratio: 4,
                 time_features: 256,
+                time_scale: n.time_scale.unwrap_or(crate::nn::embed::DEFAULT_TIME_SCALE),
                 // SiLU: as good here and much cheaper on CPU than exact (erf) GELU.
                 activation: crate::nn::dit::FfActivation::Silu,
             }

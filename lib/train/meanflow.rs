@@ -72,13 +72,22 @@
 //!     K = 0   1.2e-4  5.7e-5  1.2e-4  2.3e-4  2.9e-4  6.2e-4  1.3e-3  2.9e-3
 //!     K = 4   7.8e-2  9.0e-3  2.3e-3  8.1e-4  3.6e-4  9.7e-5  4.8e-5  1.1e-4
 //! ```
-//! ([`fd_step`]: 1e-2 for K = 0; 7.5e-4 for K = 4, error 5.3e-5 there.) Not measured for
-//! images: the U-Net's and the conditional MLP's learned Fourier features have frequencies of
-//! order 2 pi, but DiT's sinusoidal features reach 1000 t, where no step in f32 both resolves
-//! them and stays above rounding, so MeanFlow on DiT gets a poor JVP (h = 2e-5 there,
-//! rounding-bound). Near s = 0 or
-//! d = 0 the stencil leaves [0, 1] by h: the network is smooth there and the difference stays a
-//! derivative of it, not of the data.
+//! ([`fd_step`]: 1e-2 for K = 0; 7.5e-4 for K = 4, error 5.3e-5 there.) For a DiT, whose
+//! sinusoidal features cos/sin(S t omega_k) reach the angular frequency S (the config's
+//! `time_scale`), `finite_difference_jvp_on_a_dit_matches_the_exact_one` measured, on a random
+//! 2-block DiT: 8.8e-4 at the default S = 1000 (h = 1.9e-5, near the rounding floor) and 2.1e-4
+//! at S = 1 (h = 1e-2). Near s = 0 or d = 0 the stencil leaves [0, 1] by h: the network is
+//! smooth there and the difference stays a derivative of it, not of the data.
+//!
+//! **Slow time features for a DiT.** The regression is a fixed-point iteration: the target is
+//! v + d du/ds of the current network. A part of u that oscillates in s as sin(omega s) comes
+//! back in the target amplified by d omega, so every frequency omega > 1/d feeds itself. The
+//! MLPs (raw t, or K <= 4 harmonics) and the U-Net (learned frequencies near 2 pi) stay below
+//! that, but the DiT's default features reach omega = 1000: trained so on the main job's
+//! latents (at f2c27f4) the loss rose from 550 to 3,000-5,000 while a shortcut model's fell to
+//! 97, and one jump gave classifier-FID 337. A MeanFlow DiT is therefore built with
+//! [`DIT_TIME_SCALE`] = 1 unless `--time-scale` says otherwise (the features then vary on the
+//! scale of t itself; the flow-matching rows still resolve t through the time MLP).
 //!
 //! **Adaptive weight.** Geng et al. weight each row by w = sg(1 / (||Delta||^2 + c)^p), c = 1e-3,
 //! p = 1 their best (a robust loss close to ||Delta||); p = 0 is the plain squared error. On
@@ -112,17 +121,25 @@ pub const FD_STEP: f64 = 1e-2;
 
 /// The step h of the finite-difference JVP for the network of `config`: [`FD_STEP`], shrunk to
 /// keep 2 pi f h ~ 0.02 for the fastest time frequency f of the architecture (the MLPs'
-/// `time_features` K: f = K; DiT's sinusoidal features: f = 1000 / (2 pi); the U-Net's learned
-/// Fourier frequencies start as N(0, 1) draws: f = 3, three standard deviations).
+/// `time_features` K: f = K; DiT's sinusoidal features of time scale S: f = S / (2 pi); the
+/// U-Net's learned Fourier frequencies start as N(0, 1) draws: f = 3, three standard
+/// deviations).
 pub fn fd_step(config: &Value) -> f64 {
     let fastest = match config["arch"].as_str() {
         Some("mlp" | "cmlp") => config["time_features"].as_u64().unwrap_or(0) as f64,
-        Some("dit") => 1000.0 / std::f64::consts::TAU,
+        Some("dit") => {
+            let scale = config["time_scale"].as_f64();
+            scale.unwrap_or(crate::nn::embed::DEFAULT_TIME_SCALE) / std::f64::consts::TAU
+        }
         Some("unet") => 3.0,
         _ => 0.0,
     };
     FD_STEP.min(3e-3 / fastest)
 }
+
+/// The time scale S of a MeanFlow DiT's sinusoidal features unless `--time-scale` names
+/// another: the features vary on the scale of t itself (see the module header).
+pub const DIT_TIME_SCALE: f64 = 1.0;
 
 /// The power p of the adaptive weight w = sg(1 / (||Delta||^2 + c)^p).
 pub const ADAPTIVE_P: f64 = 0.0;
@@ -150,8 +167,8 @@ pub fn jvp_fd(
         let ds: Vec<f32> = d.iter().map(|&d| (d as f64 - k) as f32).collect();
         net.forward(
             &xs,
-            &Tensor::from_vec(ss, n, dev)?,
-            &Tensor::from_vec(ds, n, dev)?,
+            &Tensor::from_vec(ss, n, dev)?.to_dtype(x.dtype())?,
+            &Tensor::from_vec(ds, n, dev)?.to_dtype(x.dtype())?,
             y,
         )
     };
@@ -228,15 +245,17 @@ mod tests {
     /// u_i with respect to its own x, s and d.
     fn jvp_exact(net: &TwoTime, x: &Tensor, v: &Tensor, s: &[f32], d: &[f32]) -> Tensor {
         let n = x.dim(0).unwrap();
+        let dev = x.device();
         let xv = Var::from_tensor(x).unwrap();
-        let sv = Var::from_tensor(&Tensor::from_slice(s, n, &Device::Cpu).unwrap()).unwrap();
-        let dv = Var::from_tensor(&Tensor::from_slice(d, n, &Device::Cpu).unwrap()).unwrap();
+        let sv = Var::from_tensor(&Tensor::from_slice(s, n, dev).unwrap()).unwrap();
+        let dv = Var::from_tensor(&Tensor::from_slice(d, n, dev).unwrap()).unwrap();
         let out = net
             .forward(xv.as_tensor(), sv.as_tensor(), dv.as_tensor(), None)
             .unwrap();
+        let flat = out.flatten_from(1).unwrap();
         let mut cols = Vec::new();
-        for i in 0..out.dim(1).unwrap() {
-            let g = out
+        for i in 0..flat.dim(1).unwrap() {
+            let g = flat
                 .narrow(1, i, 1)
                 .unwrap()
                 .sum_all()
@@ -246,12 +265,17 @@ mod tests {
             let gx = g.get(xv.as_tensor()).unwrap();
             let gs = g.get(sv.as_tensor()).unwrap();
             let gd = g.get(dv.as_tensor()).unwrap();
-            let col = ((gx * v).unwrap().sum_keepdim(1).unwrap()
+            let col = ((gx * v)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+                .sum_keepdim(1)
+                .unwrap()
                 + (gs - gd).unwrap().reshape((n, 1)).unwrap())
             .unwrap();
             cols.push(col);
         }
-        Tensor::cat(&cols, 1).unwrap()
+        Tensor::cat(&cols, 1).unwrap().reshape(out.dims()).unwrap()
     }
 
     /// rms of `a - b` over the rms of `b`.
@@ -309,6 +333,56 @@ mod tests {
             // Measured 2026-12-07: 5.7e-5 (K = 0, h = 1e-2) and 5.3e-5 (K = 4, h = 7.5e-4); the
             // table of other h is in the module header.
             assert!(err < 1e-3, "time features {time_features}: {err}");
+        }
+    }
+
+    #[test]
+    fn finite_difference_jvp_on_a_dit_matches_the_exact_one() {
+        // A small DiT, at the default time scale and at MeanFlow's, with every weight drawn at
+        // random (adaLN-Zero's zero gates would make the output constant in s), 2 x 4 x 4
+        // samples.
+        for (scale, bound) in [(1000.0, 2e-3), (DIT_TIME_SCALE, 1e-3)] {
+            let config = crate::nn::DitConfig {
+                data_shape: [2, 4, 4],
+                patch_size: 2,
+                width: 32,
+                depth: 2,
+                heads: 2,
+                num_classes: 0,
+                mlp_ratio: 2,
+                time_features: 64,
+                time_scale: scale,
+                activation: crate::nn::FfActivation::Silu,
+            }
+            .to_json();
+            let params = crate::nn::Params::new(3, &Device::Cpu);
+            let net = TwoTime::new(&config, &params).unwrap();
+            for (i, (_, var)) in params.vars().into_iter().enumerate() {
+                let fan = *var.dims().last().unwrap_or(&1) as f32;
+                let w: Vec<f32> = rng::normal_rows(5, Purpose::Misc, i as u64, 1, var.elem_count())
+                    .iter()
+                    .map(|v| v / fan.sqrt())
+                    .collect();
+                var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+            let n = 8;
+            let draw = |k| {
+                let v = rng::normal_rows(1, Purpose::Misc, k, n, 32);
+                Tensor::from_vec(v, (n, 2, 4, 4), &Device::Cpu).unwrap()
+            };
+            let (x, v) = (draw(0), draw(1));
+            let mut times = vec![0f32; 2 * n];
+            TimeDensity::Uniform.fill(&mut rng::stream(1, Purpose::Time, 0), &mut times);
+            let (a, c) = times.split_at(n);
+            let s: Vec<f32> = a.iter().zip(c).map(|(a, c)| a.min(*c)).collect();
+            let d: Vec<f32> = a.iter().zip(c).map(|(a, c)| (a - c).abs()).collect();
+            let exact = jvp_exact(&net, &x, &v, &s, &d);
+            let fd = jvp_fd(&net, &x, &v, &s, &d, None, fd_step(&config)).unwrap();
+            let err = relative_rms(&fd, &exact);
+            // Measured 2026-12-08: 8.8e-4 at S = 1000 (h = 1.9e-5) and 2.1e-4 at S = 1
+            // (h = 1e-2).
+            assert!(err < bound, "time scale {scale}: {err}");
         }
     }
 

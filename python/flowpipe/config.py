@@ -145,6 +145,10 @@ def resolve(config):
         if s[1] % p or s[2] % p:
             raise ConfigError(f"patch size {p} does not divide the image size {s[1]}x{s[2]}")
         c.update(data_shape=s, patch_size=p, **_transformer(c, "dit", width=256, depth=6, time_features=256))
+        scale = c.get("time_scale", 1000.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise ConfigError(f"dit time_scale must be a positive number, found {scale!r}")
+        c["time_scale"] = float(scale)
     elif arch == "vae":
         s = _image_shape(c, "vae")
         ch = _sizes(c, "channels", [32, 64, 64])

@@ -123,12 +123,13 @@ def harmonics(t32, k):
     return np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
 
 
-def sinusoidal(t32, dim):
-    """[cos(1000 t omega_k), sin(1000 t omega_k)], omega_k = 10000^(-k / half): (N, dim)."""
+def sinusoidal(t32, dim, scale=1000.0):
+    """[cos(S t omega_k), sin(S t omega_k)], omega_k = 10000^(-k / half), S the time scale:
+    (N, dim)."""
     half = dim // 2
     k = np.arange(half, dtype=F32)
     e = (-F32(math.log(10000.0)) * k) / F32(half) if half else k
-    freqs = F32(1000.0) * np.exp(e.astype(np.float64)).astype(F32)
+    freqs = F32(scale) * np.exp(e.astype(np.float64)).astype(F32)
     arg = (t32[:, None] * freqs[None, :]).astype(np.float64)
     parts = [np.cos(arg), np.sin(arg)]
     if dim % 2:
@@ -253,7 +254,7 @@ def _modulate(z, m, i, d):
 def _dit_condition(cfg, W, t, y, n):
     """SiLU(TimeMlp(t) + E(y)): the adaLN input of the dit and the token transformer, (N, D)."""
     t32 = time_column(t, n)
-    cond = W.lin("time_embed.1", silu(W.lin("time_embed.0", sinusoidal(t32, cfg["time_features"]))))
+    cond = W.lin("time_embed.1", silu(W.lin("time_embed.0", sinusoidal(t32, cfg["time_features"], cfg.get("time_scale", 1000.0)))))
     ids = label_ids(y, n, cfg["num_classes"])
     if cfg["num_classes"]:
         cond = cond + W("label_embed.weight")[ids]

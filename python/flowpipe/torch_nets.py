@@ -62,11 +62,12 @@ def harmonics(t, k):
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-def sinusoidal(t, dim):
-    """[cos(1000 t omega_k), sin(1000 t omega_k)], omega_k = 10000^(-k / half): (N, dim)."""
+def sinusoidal(t, dim, scale=1000.0):
+    """[cos(S t omega_k), sin(S t omega_k)], omega_k = 10000^(-k / half), S the time scale:
+    (N, dim)."""
     half = dim // 2
     k = torch.arange(half, dtype=torch.float32, device=t.device)
-    freqs = 1000.0 * torch.exp(-math.log(10000.0) * k / max(half, 1))
+    freqs = scale * torch.exp(-math.log(10000.0) * k / max(half, 1))
     arg = t[:, None] * freqs[None, :]
     parts = [torch.cos(arg), torch.sin(arg)]
     if dim % 2:
@@ -303,7 +304,7 @@ class Dit(nn.Module):
         c, h, w = cfg["data_shape"]
         p, d = cfg["patch_size"], cfg["width"]
         t = _time(t, n, x.device)
-        cond = self.time_embed[1](F.silu(self.time_embed[0](sinusoidal(t, cfg["time_features"]).to(x.dtype))))
+        cond = self.time_embed[1](F.silu(self.time_embed[0](sinusoidal(t, cfg["time_features"], cfg.get("time_scale", 1000.0)).to(x.dtype))))
         if self.num_classes:
             cond = cond + self.label_embed(_labels(y, n, self.num_classes, x.device))
         c_act = F.silu(cond)

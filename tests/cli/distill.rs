@@ -537,6 +537,77 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     let asked = path(&dir, "asked.npy");
     let a = ndarray::Array1::from_iter((0..6).map(|i| (i % 3) as i64)).into_dyn();
     flowpipe::io::npy::write(&asked, &a).unwrap();
+
+    // The DiT's time scale: 1000 by default, 1 for MeanFlow (whose target holds the network's
+    // derivative in t), or what --time-scale says; a MeanFlow DiT samples with guidance.
+    let load = |m: &str| flowpipe::io::model::load(m, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(load(&model).config["time_scale"], 1000.0);
+    for (extra, scale) in [(None, 1.0), (Some("20"), 20.0)] {
+        let mf = path(&dir, "meanflow.safetensors");
+        let mut args = vec![
+            "--data",
+            &data,
+            "--labels",
+            &labels,
+            "--arch",
+            "dit",
+            "--patch",
+            "1",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--steps",
+            "3",
+            "--batch",
+            "16",
+            "--objective",
+            "meanflow",
+            "-q",
+            "-o",
+            &mf,
+        ];
+        if let Some(s) = extra {
+            args.extend(["--time-scale", s]);
+        }
+        ok(FIT, &args, b"");
+        assert_eq!(load(&mf).config["time_scale"], scale);
+        let x1 = path(&dir, "meanflow-x1.npy");
+        ok(
+            FEW,
+            &[
+                &noise,
+                "--model",
+                &mf,
+                "--labels",
+                &asked,
+                "--steps",
+                "2",
+                "--guidance",
+                "2",
+                "-o",
+                &x1,
+            ],
+            b"",
+        );
+        assert!(read(&x1).iter().all(|v| v.is_finite()));
+    }
+    let unet = [
+        "--data",
+        &data,
+        "--arch",
+        "unet",
+        "--time-scale",
+        "5",
+        "--steps",
+        "1",
+        "-o",
+        &model,
+    ];
+    fails(&run(FIT, &unet, b""), 2, &["--time-scale", "unet"]);
+
     for method in ["reflow", "flowmap", "consistency"] {
         let student = path(&dir, &format!("{method}.safetensors"));
         let args = [

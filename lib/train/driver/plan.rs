@@ -69,8 +69,15 @@ pub(super) fn fresh_plan(
         total: f.steps.unwrap_or(DEFAULT_STEPS),
     };
     let num_classes = labels.as_ref().map_or(0, |l| l.num_classes);
+    let objective = spec.objective.unwrap_or(Objective::FlowMatching);
+    let mut net = arch::fresh_config(&f.net, data.n, &data.shape, num_classes, &data.name)?;
+    // MeanFlow's target holds the network's derivative in t, which the DiT's default time
+    // features (frequencies up to 1000) make unstable: slow features unless asked otherwise.
+    if objective == Objective::Meanflow && net["arch"] == "dit" && f.net.time_scale.is_none() {
+        net["time_scale"] = json!(crate::train::meanflow::DIT_TIME_SCALE);
+    }
     Ok(Plan {
-        net: arch::fresh_config(&f.net, data.n, &data.shape, num_classes, &data.name)?,
+        net,
         param: spec.param.unwrap_or(spec.default_param),
         path: spec_path(spec).unwrap_or(default_path),
         data_source,
@@ -85,7 +92,7 @@ pub(super) fn fresh_plan(
         time: f.time_density.unwrap_or(TimeDensity::Uniform),
         coupling: spec.coupling.unwrap_or_default(),
         interpolant_noise: spec.interpolant_noise.unwrap_or(0.0),
-        objective: spec.objective.unwrap_or(Objective::FlowMatching),
+        objective,
     })
 }
 
