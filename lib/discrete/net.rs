@@ -136,6 +136,7 @@ impl DenoiserConfig {
             time_features: self.time_features,
             time_scale: crate::nn::embed::DEFAULT_TIME_SCALE,
             activation: self.activation,
+            text: None,
         }
     }
 }
@@ -288,7 +289,7 @@ impl Denoiser {
             .reshape((n, l, self.config.width))?
             .broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
-            h = block.forward(&h, &c_act)?;
+            h = block.forward(&h, &c_act, None)?;
         }
         let m = self
             .final_modulation

@@ -291,6 +291,7 @@ mod tests {
             time_features: 16,
             time_scale: 1000.0,
             activation: FfActivation::Silu,
+            text: None,
         }
         .to_json();
         let v = crate::rng::normal_rows(1, crate::rng::Purpose::Misc, 0, 2, 64);

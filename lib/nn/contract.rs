@@ -50,6 +50,9 @@ fn networks() -> Vec<(String, Value, Vec<String>)> {
                "label_embed_dim": 4, "groups": 2}),
         json!({"arch": "dit", "data_shape": [1, 4, 4], "patch_size": 2, "width": 8, "depth": 2,
                "heads": 2, "num_classes": 3, "time_features": 8, "activation": "gelu"}),
+        json!({"arch": "dit", "data_shape": [1, 4, 4], "patch_size": 2, "width": 8, "depth": 2,
+               "heads": 2, "time_features": 8, "activation": "silu",
+               "text": {"vocab": 5, "max_len": 4, "width": 8, "depth": 1, "heads": 2}}),
     ];
     for config in field_nets {
         let params = Params::new(0, &dev);

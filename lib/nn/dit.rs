@@ -30,6 +30,7 @@ use super::layers::{
     gelu, self_attention, to_channels_first, Conv2d, GatherCache, Geometry, RmsNorm,
 };
 use super::ops::{gated_residual, norm_modulate, silu, Activated};
+use super::text::{CrossAttention, Encoded, TextConfig, TextEncoder};
 
 /// The feed-forward nonlinearity of a [`Dit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,14 +95,17 @@ pub struct DitConfig {
     pub time_scale: f64,
     /// The nonlinearity of the feed-forward layers and of the final MLP.
     pub activation: FfActivation,
+    /// Conditioning on a prompt: a text encoder of these sizes, read by cross-attention in
+    /// every block ([`super::text`]); replaces the labels (`num_classes` must be 0).
+    pub text: Option<TextConfig>,
 }
 
 impl DitConfig {
     /// The config fields: `arch` ("dit"), `data_shape`, `patch_size`, `width`, `depth`,
     /// `heads`, `num_classes`, `mlp_ratio`, `time_features`, `time_scale`, `activation`
-    /// ("gelu" | "silu").
+    /// ("gelu" | "silu"), and `text` when it reads prompts.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "arch": "dit",
             "data_shape": self.data_shape,
             "patch_size": self.patch_size,
@@ -113,7 +117,11 @@ impl DitConfig {
             "time_features": self.time_features,
             "time_scale": self.time_scale,
             "activation": self.activation.name(),
-        })
+        });
+        if let Some(text) = &self.text {
+            v["text"] = text.to_json();
+        }
+        v
     }
 
     /// Reads a config. Defaults: patch 2, width 256, depth 6, 4 heads, unconditional, mlp_ratio
@@ -152,7 +160,17 @@ impl DitConfig {
                     .and_then(FfActivation::parse)
                     .ok_or_else(|| format!("unknown dit activation {v} (gelu or silu)"))?,
             },
+            text: match &config["text"] {
+                Value::Null => None,
+                v => Some(TextConfig::from_json(v)?),
+            },
         };
+        if cfg.text.is_some() && cfg.num_classes > 0 {
+            return Err(format!(
+                "a dit reads prompts or labels, not both: it has a text encoder and num_classes {}",
+                cfg.num_classes
+            ));
+        }
         let [_, h, w] = data_shape;
         if h % cfg.patch_size != 0 || w % cfg.patch_size != 0 {
             return Err(format!(
@@ -215,6 +233,8 @@ impl Attention {
 pub struct DitBlock {
     modulation: Linear,
     attn: Attention,
+    /// Reads the prompt, after the self-attention (text models only).
+    cross: Option<CrossAttention>,
     fc1: Linear,
     fc2: Linear,
     norm: RmsNorm,
@@ -222,12 +242,22 @@ pub struct DitBlock {
 }
 
 impl DitBlock {
-    /// Names under `params`: `modulation`, `qkv`, `proj`, `fc1`, `fc2`.
+    /// Names under `params`: `modulation`, `qkv`, `proj`, `fc1`, `fc2`, and
+    /// `cross.{q,kv,proj}` with text.
     pub fn new(cfg: &DitConfig, params: &Params) -> Result<DitBlock> {
         let d = cfg.width;
         Ok(DitBlock {
             modulation: zero_linear(params, "modulation", d, 6 * d)?,
             attn: Attention::new(params, d, cfg.heads)?,
+            cross: match &cfg.text {
+                Some(t) => Some(CrossAttention::new(
+                    &params.pp("cross"),
+                    d,
+                    t.width,
+                    cfg.heads,
+                )?),
+                None => None,
+            },
             fc1: linear(params, "fc1", d, cfg.mlp_ratio * d)?,
             fc2: linear(params, "fc2", cfg.mlp_ratio * d, d)?,
             norm: RmsNorm::plain(),
@@ -235,12 +265,20 @@ impl DitBlock {
         })
     }
 
-    /// z: (N, L, D), c_act = SiLU(c): (N, D) -> (N, L, D).
-    pub fn forward(&self, z: &Tensor, c_act: &Tensor) -> candle_core::Result<Tensor> {
+    /// z: (N, L, D), c_act = SiLU(c): (N, D), the encoded prompt with text -> (N, L, D).
+    pub fn forward(
+        &self,
+        z: &Tensor,
+        c_act: &Tensor,
+        text: Option<&Encoded>,
+    ) -> candle_core::Result<Tensor> {
         // Six vectors (N, D) side by side: shift, scale, gate of the attention, then of the MLP.
         let m = self.modulation.forward(c_act)?;
         let h = norm_modulate(z, &m, 0, self.norm.eps)?;
-        let z = gated_residual(z, &self.attn.forward(&h)?, &m, 2)?;
+        let mut z = gated_residual(z, &self.attn.forward(&h)?, &m, 2)?;
+        if let (Some(cross), Some(text)) = (&self.cross, text) {
+            z = cross.forward(&z, text)?;
+        }
         let h = norm_modulate(&z, &m, 3, self.norm.eps)?;
         let ff = self.fc2.forward(&self.activation.after(&self.fc1, &h)?)?;
         gated_residual(&z, &ff, &m, 5)
@@ -255,6 +293,8 @@ pub struct Dit {
     pos_embed: Tensor,
     time_embed: TimeMlp,
     label_embed: Option<LabelEmbedding>,
+    /// The prompt's encoder and the pooled embedding's map into the conditioning (text only).
+    text: Option<(TextEncoder, Linear)>,
     blocks: Vec<DitBlock>,
     final_modulation: Linear,
     final_fc1: Linear,
@@ -266,7 +306,8 @@ pub struct Dit {
 impl Dit {
     /// Builds the layers from `params`. Names: `patchify`, `pos_embed`, `time_embed.{0,1}`,
     /// `label_embed`, `blocks.<i>.{modulation,qkv,proj,fc1,fc2}`,
-    /// `final.{modulation,fc1,fc2}`, `final_conv`.
+    /// `final.{modulation,fc1,fc2}`, `final_conv`; with text also `text.*` (the encoder),
+    /// `text_pool` and `blocks.<i>.cross.{q,kv,proj}`.
     pub fn new(cfg: &DitConfig, params: &Params) -> Result<Dit> {
         let cache = GatherCache::default();
         let [c, _, _] = cfg.data_shape;
@@ -289,6 +330,13 @@ impl Dit {
             label_embed: match cfg.num_classes {
                 0 => None,
                 k => Some(LabelEmbedding::new(params, "label_embed", k, d)?),
+            },
+            text: match &cfg.text {
+                Some(t) => Some((
+                    TextEncoder::new(&params.pp("text"), t)?,
+                    linear(params, "text_pool", t.width, d)?,
+                )),
+                None => None,
             },
             blocks: (0..cfg.depth)
                 .map(|i| DitBlock::new(cfg, &params.pp("blocks").pp(i.to_string())))
@@ -321,9 +369,16 @@ impl FieldNet for Dit {
             );
         }
         let mut cond = self.time_embed.forward(&time_column(t, n)?)?;
-        match &self.label_embed {
-            Some(e) => cond = (cond + e.forward(y, n)?)?,
-            None => {
+        let mut prompt = None;
+        match (&self.label_embed, &self.text) {
+            (Some(e), _) => cond = (cond + e.forward(y, n)?)?,
+            (None, Some((encoder, pool))) => {
+                // y holds the prompts' token ids (N, L); None is the null prompt.
+                let encoded = encoder.forward(y, n)?;
+                cond = (cond + pool.forward(&encoded.pooled)?)?;
+                prompt = Some(encoded);
+            }
+            (None, None) => {
                 label_ids(y, n, 0, x.device())?;
             }
         }
@@ -335,7 +390,7 @@ impl FieldNet for Dit {
             .reshape((n, cfg.tokens(), cfg.width))?
             .broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
-            z = block.forward(&z, &c_act)?;
+            z = block.forward(&z, &c_act, prompt.as_ref())?;
         }
         let m = self.final_modulation.forward(&c_act)?; // shift, scale
         let z = norm_modulate(&z, &m, 0, self.norm.eps)?;
@@ -373,6 +428,7 @@ mod tests {
             time_features: 8,
             time_scale: 1000.0,
             activation: FfActivation::Gelu,
+            text: None,
         }
     }
 
@@ -409,14 +465,14 @@ mod tests {
         let z = wobbly(&[3, 16, 16], 2);
         let c = wobbly(&[3, 16], 3);
         for block in net.blocks() {
-            assert_eq!(max_abs_diff(&block.forward(&z, &c).unwrap(), &z), 0.0);
+            assert_eq!(max_abs_diff(&block.forward(&z, &c, None).unwrap(), &z), 0.0);
         }
         // The attention and feed-forward inside are not trivial: with the gates opened the
         // block changes its input.
         let mut open = net.blocks()[0].clone();
         open.modulation.bias =
             Some(Tensor::ones(96, candle_core::DType::F32, &Device::Cpu).unwrap());
-        assert!(max_abs_diff(&open.forward(&z, &c).unwrap(), &z) > 1e-3);
+        assert!(max_abs_diff(&open.forward(&z, &c, None).unwrap(), &z) > 1e-3);
     }
 
     #[test]
@@ -465,6 +521,71 @@ mod tests {
         let null = net.forward(&x2, &t, None).unwrap();
         let real = net.forward(&x2, &t, Some(&labels(&[0, 1]))).unwrap();
         assert!(max_abs_diff(&null, &real) > 1e-5);
+    }
+
+    #[test]
+    fn a_dit_reads_prompts_and_padding_and_the_null_prompt_behave() {
+        let text = TextConfig {
+            vocab: 6,
+            max_len: 5,
+            width: 8,
+            depth: 1,
+            heads: 2,
+        };
+        let cfg = DitConfig {
+            text: Some(text),
+            ..tiny([1, 8, 8], 2, 0)
+        };
+        assert_eq!(DitConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        let mut both = cfg.to_json();
+        both["num_classes"] = json!(3);
+        assert!(DitConfig::from_json(&both)
+            .unwrap_err()
+            .contains("not both"));
+
+        let p = Params::new(5, &Device::Cpu);
+        let net = Dit::new(&cfg, &p).unwrap();
+        let x = wobbly(&[4, 1, 8, 8], 4);
+        let ids = |rows: &[[u32; 5]], l: usize| {
+            let flat: Vec<u32> = rows.iter().flat_map(|r| r[..l].to_vec()).collect();
+            Tensor::from_vec(flat, (rows.len(), l), &Device::Cpu).unwrap()
+        };
+        let rows = [[1, 2, 0, 0, 0], [3, 0, 0, 0, 0], [4, 5, 1, 0, 0], [0; 5]];
+        // Exempt, zero in exact arithmetic: the [PAD] embedding (masked everywhere) and the
+        // keys' biases, which add a constant to each query's scores (width 16, text width 8).
+        let keys = [
+            ("text.embed", 0..1),
+            ("text.blocks.0.qkv.bias", 8..16),
+            ("blocks.0.qkv.bias", 16..32),
+            ("blocks.1.qkv.bias", 16..32),
+            ("blocks.0.cross.kv.bias", 0..16),
+            ("blocks.1.cross.kv.bias", 0..16),
+        ];
+        // The cross-attention's projection opened by hand (it starts at zero, which would
+        // keep the gradients of its q and kv below f32 resolution for several steps).
+        for (i, (name, var)) in p.vars().into_iter().enumerate() {
+            if name.ends_with("cross.proj.weight") {
+                var.set(&wobbly(var.dims(), 50 + i as u64)).unwrap();
+            }
+        }
+        every_parameter_moves(&net, &p, &x, Some(&ids(&rows, 3)), 3, &keys);
+
+        let t = times(4);
+        let short = net.forward(&x, &t, Some(&ids(&rows, 3))).unwrap();
+        let padded = net.forward(&x, &t, Some(&ids(&rows, 5))).unwrap();
+        assert!(max_abs_diff(&short, &padded) < 1e-5);
+        let null = net.forward(&x, &t, None).unwrap();
+        let all_pad = net.forward(&x, &t, Some(&ids(&[[0; 5]; 4], 2))).unwrap();
+        assert_eq!(max_abs_diff(&null, &all_pad), 0.0);
+        // The last prompt is the null one; the others are read.
+        let row = |a: &Tensor, i| a.narrow(0, i, 1).unwrap();
+        assert!(max_abs_diff(&row(&short, 3), &row(&null, 3)) < 1e-6);
+        for i in 0..3 {
+            assert!(
+                max_abs_diff(&row(&short, i), &row(&null, i)) > 1e-4,
+                "prompt {i}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod learned;
 pub mod mlp;
 pub mod noisy;
 pub mod ops;
+pub mod text;
 pub mod unet;
 pub mod vae;
 

@@ -226,6 +226,7 @@ pub fn fresh_config(
                 time_scale: n.time_scale.unwrap_or(crate::nn::embed::DEFAULT_TIME_SCALE),
                 // SiLU: as good here and much cheaper on CPU than exact (erf) GELU.
                 activation: crate::nn::dit::FfActivation::Silu,
+                text: None,
             }
             .to_json();
             DitConfig::from_json(&v).map_err(|e| crate::UsageError(e.to_string()))?;

@@ -353,6 +353,7 @@ mod tests {
                 time_features: 64,
                 time_scale: scale,
                 activation: crate::nn::FfActivation::Silu,
+                text: None,
             }
             .to_json();
             let params = crate::nn::Params::new(3, &Device::Cpu);

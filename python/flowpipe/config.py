@@ -149,6 +149,8 @@ def resolve(config):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
             raise ConfigError(f"dit time_scale must be a positive number, found {scale!r}")
         c["time_scale"] = float(scale)
+        if c.get("text") is not None:
+            raise ConfigError("a dit that reads prompts ('text') is not supported by the Python package yet")
     elif arch == "vae":
         s = _image_shape(c, "vae")
         ch = _sizes(c, "channels", [32, 64, 64])
