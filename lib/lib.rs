@@ -36,6 +36,7 @@ pub mod render;
 pub mod rng;
 pub mod solvers;
 pub mod spec;
+pub mod text;
 pub mod train;
 
 // Outside the core: the speed figures of `run-bench` and `make bench`. No module above uses it;

@@ -41,6 +41,8 @@ pub enum Purpose {
     Probe = 12,
     /// Uniform dequantisation noise of discrete data (`likelihood`).
     Dequantize = 13,
+    /// The phrasing of each caption (`text::captions`, make-captions).
+    Captions = 14,
 }
 
 /// SplitMix64 finaliser: a fixed, portable mixing function (never Rust's DefaultHasher).

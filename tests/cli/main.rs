@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod captions;
 mod couplings;
 mod discrete;
 mod distill;
