@@ -87,7 +87,10 @@
 //! latents (at f2c27f4) the loss rose from 550 to 3,000-5,000 while a shortcut model's fell to
 //! 97, and one jump gave classifier-FID 337. A MeanFlow DiT is therefore built with
 //! [`DIT_TIME_SCALE`] = 1 unless `--time-scale` says otherwise (the features then vary on the
-//! scale of t itself; the flow-matching rows still resolve t through the time MLP).
+//! scale of t itself; the flow-matching rows still resolve t through the time MLP). So built
+//! (measured 2026-12-08 at 546cb2a, `make distill-latent`'s recipe, 2 cores of an AMD EPYC), the
+//! loss fell from 448 to 167, and classifier-FID / guided accuracy at 1, 2, 4 jumps were
+//! 195 / 83%, 110 / 97%, 93 / 98% (shortcut from data: 207 / 81%, 76 / 90%, 63 / 95%).
 //!
 //! **Adaptive weight.** Geng et al. weight each row by w = sg(1 / (||Delta||^2 + c)^p), c = 1e-3,
 //! p = 1 their best (a robust loss close to ||Delta||); p = 0 is the plain squared error. On
