@@ -525,15 +525,17 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     );
     let y = ndarray::Array1::from_iter((0..64).map(|i| (i % 3) as i64)).into_dyn();
     flowpipe::io::npy::write(&labels, &y).unwrap();
-    let model = path(&dir, "dit.safetensors");
-    ok(
-        FIT,
-        &[
+    // A tiny labelled DiT, 3 steps, with `more` flags.
+    let fit_dit = |more: &[&str], out: &str| {
+        let mut args = vec![
             "--data", &data, "--labels", &labels, "--arch", "dit", "--patch", "1", "--width", "16",
-            "--depth", "1", "--heads", "2", "--steps", "3", "--batch", "16", "-q", "-o", &model,
-        ],
-        b"",
-    );
+            "--depth", "1", "--heads", "2", "--steps", "3", "--batch", "16", "-q", "-o", out,
+        ];
+        args.extend(more);
+        ok(FIT, &args, b"");
+    };
+    let model = path(&dir, "dit.safetensors");
+    fit_dit(&[], &model);
     let asked = path(&dir, "asked.npy");
     let a = ndarray::Array1::from_iter((0..6).map(|i| (i % 3) as i64)).into_dyn();
     flowpipe::io::npy::write(&asked, &a).unwrap();
@@ -544,35 +546,11 @@ fn a_dit_teacher_on_latents_is_distilled_by_every_method() {
     assert_eq!(load(&model).config["time_scale"], 1000.0);
     for (extra, scale) in [(None, 1.0), (Some("20"), 20.0)] {
         let mf = path(&dir, "meanflow.safetensors");
-        let mut args = vec![
-            "--data",
-            &data,
-            "--labels",
-            &labels,
-            "--arch",
-            "dit",
-            "--patch",
-            "1",
-            "--width",
-            "16",
-            "--depth",
-            "1",
-            "--heads",
-            "2",
-            "--steps",
-            "3",
-            "--batch",
-            "16",
-            "--objective",
-            "meanflow",
-            "-q",
-            "-o",
-            &mf,
-        ];
+        let mut more = vec!["--objective", "meanflow"];
         if let Some(s) = extra {
-            args.extend(["--time-scale", s]);
+            more.extend(["--time-scale", s]);
         }
-        ok(FIT, &args, b"");
+        fit_dit(&more, &mf);
         assert_eq!(load(&mf).config["time_scale"], scale);
         let x1 = path(&dir, "meanflow-x1.npy");
         ok(
