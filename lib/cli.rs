@@ -53,6 +53,7 @@ impl Common {
     }
 
     fn setup_inner(&self) -> Result<candle_core::Device> {
+        wait_passively();
         let env = |key: &str| std::env::var(key).ok();
         let threads = match self.threads {
             Some(n) => Some(n),
@@ -124,6 +125,26 @@ fn make_jobs(flags: &str) -> Option<Option<usize>> {
         return Some(None);
     }
     count.parse().ok().map(Some)
+}
+
+/// How many turns an idle worker of candle's barrier pool spins waiting for the next kernel
+/// before it parks (sleeps until woken), unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` says
+/// otherwise. candle's own default, 25,000, keeps idle workers on their cores between
+/// kernels; when more threads than cores run (two tools of 2 threads on 2 cores, by hand or
+/// from two shells), the spinners take the cores the working threads need. Measured on 2
+/// cores of an AMD EPYC (2026-12-08, 300 steps of the main job's DiT, wall seconds): one run
+/// 25.4-26.9 at 25,000, 25.9 at 2,000, 27.5 at 1,000, 28.6 at 0; two runs side by side 107.6
+/// at 25,000, 72.9 at 5,000, 64.8 at 2,000, 62-63.5 at 1,000 and 0 (the same bytes in every
+/// case). A worker that parks wakes for the next kernel at the cost of a wake-up.
+pub const SPIN_LIMIT: u32 = 2000;
+
+/// Sets candle's spin limit to [`SPIN_LIMIT`] unless the environment sets it; call before
+/// candle's pool starts (its first kernel), from the single thread of a tool's start.
+fn wait_passively() {
+    const KEY: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(KEY).is_none() {
+        std::env::set_var(KEY, SPIN_LIMIT.to_string());
+    }
 }
 
 /// Limits candle's and our own worker pools to `n` threads.
